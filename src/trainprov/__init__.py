@@ -1,0 +1,35 @@
+"""trainprov: W3C PROV provenance of deep-learning training in a SQL database.
+
+Declare a dataflow, start a run, record what its tasks use and generate, and query the
+store with SQL while the training runs.
+"""
+
+from .capture import Element, FileRef, Run, SignalInterrupt, Task, start_run
+from .errors import CaptureError, QueryError, SpecError, StoreError, TrainprovError, ValueTypeError
+from .query import Reader, connect, query, query_df
+from .spec import Attribute, Dataflow, Dataset, Transformation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attribute",
+    "CaptureError",
+    "Dataflow",
+    "Dataset",
+    "Element",
+    "FileRef",
+    "QueryError",
+    "Reader",
+    "Run",
+    "SignalInterrupt",
+    "SpecError",
+    "StoreError",
+    "Task",
+    "TrainprovError",
+    "Transformation",
+    "ValueTypeError",
+    "connect",
+    "query",
+    "query_df",
+    "start_run",
+]

@@ -1,0 +1,70 @@
+"""Which runs are still alive: a run whose process died without ending it is interrupted."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import time
+
+from ..store import Backend
+
+#: a run on another machine whose writer sent no heartbeat for this long is taken as dead
+STALE_SECONDS = 120.0
+
+
+def process_started(pid: int) -> str | None:
+    """The kernel's start time of a process (tells a reused pid apart), where it is known."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the name: state is field 3, starttime field 22
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def is_alive(pid: int, started: str | None) -> bool:
+    """True if that process still runs (and is the same process, where that can be told)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now_started = process_started(pid)
+    if started is None or now_started is None:
+        return os.path.exists(f"/proc/{pid}") or not os.path.isdir("/proc")
+    return now_started == started
+
+
+def reap(backend: Backend) -> list[str]:
+    """Mark runs whose process is gone as interrupted; return their ids."""
+    try:
+        result = backend.query(
+            "SELECT run_id, host, pid, process_started, started_at, heartbeat_at "
+            "FROM runs WHERE status = 'running'"
+        )
+    except Exception:  # no catalog yet, or unreadable: nothing to reap
+        return []
+    host = socket.gethostname()
+    now = time.time()
+    dead = []
+    for run_id, run_host, pid, started, started_at, heartbeat_at in result.rows:
+        last = heartbeat_at or started_at
+        last_ts = last.timestamp() if isinstance(last, _dt.datetime) else now
+        if run_host == host and pid is not None:
+            gone = not is_alive(int(pid), started)
+            why = f"process {pid} on {host} ended without ending the run"
+        else:
+            gone = now - last_ts > STALE_SECONDS
+            why = f"no heartbeat from {run_host} for more than {STALE_SECONDS:.0f} s"
+        if gone:
+            begin = started_at.timestamp() if isinstance(started_at, _dt.datetime) else last_ts
+            dead.append((run_id, last_ts, max(0.0, last_ts - begin), why))
+    if dead:
+        try:
+            backend.mark_interrupted(dead)
+        except Exception:  # a read-only store: the status is corrected by the next writer
+            return []
+    return [d[0] for d in dead]

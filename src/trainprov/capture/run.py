@@ -1,0 +1,403 @@
+"""Runs and tasks: the retrospective provenance a training records as it goes."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Iterable, NamedTuple
+
+from ..errors import CaptureError, SpecError
+from ..spec import Dataflow
+from ..store.catalog import element_target, target
+from . import agents, liveness
+from .writer import Writer, before_close, writer_for
+
+_RUN = target("runs")
+_RUN_END = target("runs", ("run_id", "status", "ended_at", "duration_s", "error"), mode="update")
+_TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at"))
+_TASK_END = target("tasks", ("task_id", "status", "ended_at", "duration_s", "error"), mode="update")
+_DEPENDENCY = target("task_dependencies")
+_USAGE = target("usages")
+_FILE = target("files")
+_DERIVATION = target("file_derivations")
+_AGENT = target("agents")
+
+_new_tuple = tuple.__new__  # builds an Element without NamedTuple's Python-level __new__
+
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+class Element(NamedTuple):
+    """A reference to one recorded element (a row of a dataset table)."""
+
+    dataset: str
+    task_id: str
+    seq: int
+
+
+class FileRef(NamedTuple):
+    """A recorded file: its id, path, size and SHA-256."""
+
+    file_id: str
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+class SignalInterrupt(SystemExit):
+    """Raised in the main thread on SIGTERM so that runs end as interrupted and rows are written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC start time and random hex."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _status_for(exc: BaseException | None) -> tuple[str, str | None]:
+    if exc is None:
+        return "finished", None
+    if isinstance(exc, SignalInterrupt):
+        return "interrupted", f"signal {signal.Signals(exc.signum).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt (SIGINT)"
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "finished", None
+    return "failed", _describe(exc)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        return digest.hexdigest()
+
+
+class Task:
+    """One execution of a transformation inside a run; records the elements it uses and generates."""
+
+    def __init__(self, run: "Run", transformation: str, iteration: int, depends_on: Iterable["Task | str"]) -> None:
+        spec = run.dataflow.transformation(transformation)
+        self.run = run
+        self.transformation = transformation
+        self.iteration = iteration
+        self.id = f"{run.id}.{next(run._task_numbers)}"
+        self.started = time.time()
+        self.status = "running"
+        self._run_id = run.id
+        self._put = run._writer.put
+        self._queue = run._writer._queue
+        self._soft_limit = run._writer.batch_rows
+        self._seq = itertools.count(1)
+        self._files = run._file_numbers
+
+        def entries(names: tuple[str, ...]) -> dict[str, tuple[Any, Any, bool]]:
+            datasets = run.dataflow.datasets
+            return {n: (run._targets[n], datasets[n].check, bool(datasets[n].file_attributes)) for n in names}
+
+        self._uses = entries(spec.used_names)
+        self._generates = entries(spec.generated_names)
+        self._put((_TASK, (self.id, run.id, transformation, iteration, "running", self.started)))
+        for dep in depends_on:
+            dep_id = dep.id if isinstance(dep, Task) else str(dep)
+            self._put((_DEPENDENCY, (self.id, dep_id)))
+
+    # ---- elements ---------------------------------------------------------------------
+
+    def generated(self, dataset: str, /, **values: Any) -> Element:
+        """Record one element this task generated; returns a reference to it."""
+        entry = self._generates.get(dataset)
+        if entry is None or self.status != "running":
+            raise self._refuse(dataset, "generates")
+        tgt, check, has_files = entry
+        if values:
+            check(values)
+        seq = next(self._seq)
+        item = (tgt, (self._run_id, self.id, seq, time.time()), values)
+        queue = self._queue
+        if len(queue) < self._soft_limit:
+            queue.append(item)
+        else:
+            self._put(item)
+        if has_files:
+            self._record_files(dataset, seq, values)
+        return _new_tuple(Element, (dataset, self.id, seq))
+
+    def used(self, what: "str | Element", /, **values: Any) -> Element:
+        """Record that this task used an element: a new one (dataset name and values) or a recorded one."""
+        if isinstance(what, Element):
+            if values:
+                raise CaptureError("used(element) takes no values: the element is already recorded")
+            if self.status != "running":
+                raise self._refuse(what.dataset, "uses")
+            self._put((_USAGE, (self._run_id, self.id, what.dataset, what.task_id, what.seq, time.time())))
+            return what
+        entry = self._uses.get(what)
+        if entry is None or self.status != "running":
+            raise self._refuse(what, "uses")
+        tgt, check, has_files = entry
+        check(values)
+        seq = next(self._seq)
+        self._put((tgt, (self._run_id, self.id, seq, time.time()), values))
+        if has_files:
+            self._record_files(what, seq, values)
+        return Element(what, self.id, seq)
+
+    def _refuse(self, dataset: object, role: str) -> Exception:
+        if self.status != "running":
+            return CaptureError(f"task {self.id} ({self.transformation}) has ended ({self.status}); start a new task")
+        verb, other_verb, other_call = (
+            ("use", "generates", "task.generated()") if role == "uses" else ("generate", "uses", "task.used()")
+        )
+        if dataset in (self._generates if role == "uses" else self._uses):
+            return SpecError(
+                f"transformation {self.transformation!r} does not {verb} dataset {dataset!r}; "
+                f"it {other_verb} it: record it with {other_call}"
+            )
+        declared = ", ".join(self._uses if role == "uses" else self._generates) or "(none)"
+        return SpecError(
+            f"transformation {self.transformation!r} does not {verb} a dataset named {dataset!r}; "
+            f"it {role}: {declared}"
+        )
+
+    # ---- files ------------------------------------------------------------------------
+
+    def file(
+        self,
+        path: str | os.PathLike,
+        *,
+        role: str | None = None,
+        derived_from: Iterable[FileRef | str] = (),
+        dataset: str | None = None,
+        element_seq: int | None = None,
+    ) -> FileRef:
+        """Record a file (data, checkpoint, model) with its size and SHA-256, hashed now."""
+        path = os.path.abspath(os.fspath(path))
+        try:
+            stat = os.stat(path)
+            digest = _sha256(path)
+        except OSError as exc:
+            raise CaptureError(f"cannot record file {path}: {exc.strerror or exc}") from None
+        file_id = f"{self._run_id}.f{next(self._files)}"
+        now = time.time()
+        self._put(
+            (
+                _FILE,
+                (file_id, self._run_id, self.id, path, role, stat.st_size, digest, stat.st_mtime, now, dataset, element_seq),
+            )
+        )
+        for source in derived_from:
+            self._put((_DERIVATION, (file_id, source.file_id if isinstance(source, FileRef) else str(source))))
+        return FileRef(file_id, path, stat.st_size, digest)
+
+    def _record_files(self, dataset: str, seq: int, values: dict[str, Any]) -> None:
+        names = self.run.dataflow.datasets[dataset].file_attributes
+        for name in names:
+            if values.get(name) is not None:
+                role = dataset if len(names) == 1 else f"{dataset}.{name}"
+                self.file(values[name], role=role, dataset=dataset, element_seq=seq)
+
+    # ---- end --------------------------------------------------------------------------
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the task (finished, failed or interrupted); later records are refused."""
+        if self.status != "running":
+            return
+        if status not in STATUSES[1:]:
+            raise ValueError(f"status must be one of {', '.join(STATUSES[1:])}, got {status!r}")
+        self.status = status
+        now = time.time()
+        self._put((_TASK_END, (self.id, status, now, now - self.started, error)))
+        self.run._tasks.discard(self)
+
+    def __enter__(self) -> "Task":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(*_status_for(exc))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.transformation} {self.status}>"
+
+
+class Run:
+    """One execution of a dataflow. Use as a context manager, or call end()."""
+
+    def __init__(
+        self,
+        dataflow: Dataflow,
+        store: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+        record_agents: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        if not isinstance(dataflow, Dataflow):
+            raise SpecError(f"start_run needs a Dataflow, got {type(dataflow).__name__}")
+        self._writer: Writer = writer_for(store)
+        backend = self._writer.backend
+        self.dataflow = dataflow
+        self.dataflow_version = backend.declare(dataflow)
+        liveness.reap(backend)
+        self.store = backend.url
+        self.id = new_run_id()
+        self.name = name
+        self.started = time.time()
+        self.status = "running"
+        self._targets = {n: element_target(ds) for n, ds in dataflow.datasets.items()}
+        self._task_numbers = itertools.count(1)
+        self._file_numbers = itertools.count(1)
+        self._iterations: dict[str, int] = {}
+        self._tasks: set[Task] = set()
+        pid = os.getpid()
+        self._writer.put(
+            (
+                _RUN,
+                (
+                    self.id,
+                    dataflow.name,
+                    self.dataflow_version,
+                    name,
+                    "running",
+                    self.started,
+                    None,
+                    None,
+                    self.started,
+                    socket.gethostname(),
+                    pid,
+                    liveness.process_started(pid),
+                    agents._user(),
+                    " ".join(sys.argv),
+                    os.getcwd(),
+                    None,
+                ),
+            )
+        )
+        if record_agents:
+            for row in agents.collect(self.id):
+                self._writer.put((_AGENT, row))
+        self._writer.watch_run(self.id, True)
+        self._writer.flush()
+        _open_runs.add(self)
+        if handle_signals:
+            _signals.install()
+        self._handles_signals = handle_signals
+
+    def task(self, transformation: str, *, depends_on: Iterable[Task | str] = ()) -> Task:
+        """Start a task of a transformation; use it as a context manager or call end()."""
+        if self.status != "running":
+            raise CaptureError(f"run {self.id} has ended ({self.status}); start a new run")
+        iteration = self._iterations.get(transformation, 0) + 1
+        task = Task(self, transformation, iteration, depends_on)
+        self._iterations[transformation] = iteration
+        self._tasks.add(task)
+        return task
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Return once every row captured so far is committed and visible to readers."""
+        self._writer.flush(timeout)
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run and its open tasks, and write everything captured."""
+        if self.status != "running":
+            return
+        if status not in STATUSES[1:]:
+            raise ValueError(f"status must be one of {', '.join(STATUSES[1:])}, got {status!r}")
+        for task in list(self._tasks):
+            task.end(status, error)
+        self.status = status
+        now = time.time()
+        self._writer.put((_RUN_END, (self.id, status, now, now - self.started, error)))
+        self._writer.watch_run(self.id, False)
+        _open_runs.discard(self)
+        if self._handles_signals:
+            _signals.release()
+        self._writer.flush()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        status, error = _status_for(exc)
+        try:
+            self.end(status, error)
+        except CaptureError as failure:
+            if exc is None:
+                raise
+            warnings.warn(str(failure), RuntimeWarning, stacklevel=2)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} {self.dataflow.name} v{self.dataflow_version} {self.status}>"
+
+
+def start_run(
+    dataflow: Dataflow,
+    store: str | os.PathLike | None = None,
+    *,
+    name: str | None = None,
+    record_agents: bool = True,
+    handle_signals: bool = True,
+) -> Run:
+    """Declare the dataflow in the store and start a run of it."""
+    return Run(dataflow, store, name=name, record_agents=record_agents, handle_signals=handle_signals)
+
+
+# ---- process-wide state -------------------------------------------------------------------
+
+_open_runs: set[Run] = set()
+
+
+class _SignalHandling:
+    """Turns SIGTERM into SignalInterrupt while runs are open, unless the program handles it."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.installed = False
+
+    def install(self) -> None:
+        self.users += 1
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._raise)
+            self.installed = True
+
+    def release(self) -> None:
+        self.users = max(0, self.users - 1)
+        if self.users == 0 and self.installed and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self.installed = False
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise SignalInterrupt(signum)
+
+
+_signals = _SignalHandling()
+
+
+def _end_open_runs() -> None:
+    for run in list(_open_runs):
+        run.end("interrupted", "the process exited without ending the run")
+
+
+before_close(_end_open_runs)

@@ -1,0 +1,236 @@
+"""The `trainprov` command line: runs, show, query, schema."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import sys
+from typing import Any, Sequence
+
+import click
+from tabulate import tabulate
+
+from .errors import TrainprovError
+from .query import Reader
+from .store import ENV_VAR
+
+
+def _cell(value: Any) -> str:
+    """A value as a table shows it: exact floats, NULL for missing, ISO timestamps."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, _dt.datetime):
+        return value.isoformat(sep=" ", timespec="microseconds")
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return ""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, _dt.datetime):
+        return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(value)
+
+
+def _emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    if fmt == "json":
+        records = [{c: _json_value(v) for c, v in zip(columns, row)} for row in rows]
+        click.echo(json.dumps(records, indent=2, default=str))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else _cell(v) for v in row])
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo(
+            tabulate([[_cell(v) for v in row] for row in rows], headers=list(columns), disable_numparse=True)
+        )
+
+
+FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+    help="Output format.",
+)
+
+
+class _Group(click.Group):
+    """Turns trainprov's errors into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TrainprovError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--store", envvar=ENV_VAR, default="trainprov.db", show_default=True,
+    help=f"The store: a SQLite file path or URL (also ${ENV_VAR}).",
+)
+@click.version_option(package_name="trainprov")
+@click.pass_context
+def main(ctx: click.Context, store: str) -> None:
+    """Provenance of deep-learning training, queryable with SQL while it runs."""
+    ctx.obj = store
+
+
+def _reader(ctx: click.Context) -> Reader:
+    return Reader(ctx.obj)
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["running", "finished", "failed", "interrupted"]), help="Only runs with this status.")
+@click.option("--dataflow", help="Only runs of this dataflow.")
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many runs (0: all).")
+@FORMAT
+@click.pass_context
+def runs(ctx: click.Context, status: str | None, dataflow: str | None, limit: int, fmt: str) -> None:
+    """List runs, newest first, with live status and duration."""
+    frame = _reader(ctx).runs(status=status, dataflow=dataflow, limit=limit or None)
+    if fmt != "table":
+        _emit(list(frame.columns), frame.astype(object).where(frame.notna(), None).values.tolist(), fmt)
+        return
+    if frame.empty:
+        click.echo("no runs yet")
+        return
+    rows = [
+        [r.run_id, f"{r.dataflow} v{r.dataflow_version}", r.name or "", r.status, _when(r.started_at), _duration(r.duration_s), r.host]
+        for r in frame.itertuples()
+    ]
+    click.echo(tabulate(rows, headers=["run", "dataflow", "name", "status", "started (UTC)", "duration", "host"], disable_numparse=True))
+
+
+def _details(text: Any) -> str:
+    try:
+        details = json.loads(text) if isinstance(text, str) else (text or {})
+    except json.JSONDecodeError:
+        return str(text)
+    parts = []
+    for key, value in details.items():
+        if key == "argv":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "; ".join(json.dumps(v) for v in value) or "none"
+        parts.append(f"{key}: {value}")
+    return "\n".join(parts)
+
+
+def _values(last: dict[str, Any] | None) -> str:
+    if not last:
+        return ""
+    return "  ".join(f"{k}={_cell(v)}" for k, v in last.items() if v is not None)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def show(ctx: click.Context, run: str, fmt: str) -> None:
+    """Show one run (an id, a unique prefix, or 'latest'): agents, tasks, datasets, files."""
+    info = _reader(ctx).show(run)
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=2, default=_json_value))
+        return
+    r = info["run"]
+    click.echo(f"run {r['run_id']}   dataflow {r['dataflow']} v{r['dataflow_version']}   {r['status']}"
+               + (f"   name {r['name']}" if r["name"] else ""))
+    click.echo(f"  started {_when(r['started_at'])} UTC   ended {_when(r['ended_at']) or '-'}   duration {_duration(r['duration_s'])}")
+    click.echo(f"  host {r['host']}   pid {r['pid']}   user {r['user_name']}   working dir {r['working_dir']}")
+    click.echo(f"  command: {r['command']}")
+    if r["error"]:
+        click.echo(f"  error: {r['error']}")
+    click.echo("\nagents")
+    click.echo(tabulate([[a["kind"], a["agent_id"], _details(a["details"])] for a in info["agents"]], tablefmt="plain"))
+    click.echo("\ntasks")
+    click.echo(tabulate(
+        [[t["task_id"], f"{t['transformation']} #{t['iteration']}", t["status"], _duration(t["duration_s"]), t["error"] or ""]
+         for t in info["tasks"]], tablefmt="plain"))
+    click.echo("\ndatasets")
+    rows = []
+    for name, d in info["datasets"].items():
+        role = "; ".join(
+            [f"used by {', '.join(d['used_by'])}"] * bool(d["used_by"]) + [f"generated by {', '.join(d['generated_by'])}"] * bool(d["generated_by"])
+        )
+        rows.append([name, role, f"{d['rows']} row{'s' * (d['rows'] != 1)}", _values(d["last"])])
+    click.echo(tabulate(rows, headers=["dataset", "role", "rows", "last values"], disable_numparse=True))
+    files = info["files"]
+    if files:
+        click.echo(f"\nfiles ({len(files)}{', the last 10' if len(files) > 10 else ''})")
+        click.echo(tabulate(
+            [[f["file_id"], f["role"] or "", f["path"], f["size_bytes"], f["sha256"][:16] + "..."] for f in files[-10:]],
+            headers=["file", "role", "path", "bytes", "sha256"], disable_numparse=True))
+
+
+@main.command()
+@click.argument("sql")
+@click.option("-p", "--param", "params", multiple=True, help="A value for the next ? placeholder (repeatable).")
+@FORMAT
+@click.pass_context
+def query(ctx: click.Context, sql: str, params: tuple[str, ...], fmt: str) -> None:
+    """Run one read-only SQL statement (SELECT or WITH ... SELECT) on the store."""
+    result = _reader(ctx).result(sql, list(params))
+    _emit(result.columns, result.rows, fmt)
+    if fmt == "table":
+        click.echo(f"({len(result.rows)} row{'s' * (len(result.rows) != 1)})", err=True)
+
+
+@main.command()
+@click.option("--dataset", help="Only this dataset.")
+@click.option("--catalog/--no-catalog", default=True, show_default=True, help="Also the store's own tables (runs, tasks, ...).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def schema(ctx: click.Context, dataset: str | None, catalog: bool, fmt: str) -> None:
+    """The tables, columns and types a query can use."""
+    entries = _reader(ctx).schema(catalog=catalog and not dataset)
+    if dataset:
+        entries = [e for e in entries if e["table"] == dataset]
+        if not entries:
+            raise click.ClickException(f"no dataset {dataset!r} in this store (run `trainprov schema` to list them)")
+    if fmt == "json":
+        click.echo(json.dumps(entries, indent=2))
+        return
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        tables.setdefault(entry["table"], []).append(entry)
+    for kind, title in (("dataset", "datasets (one table each)"), ("catalog", "store tables")):
+        names = [t for t, cols in tables.items() if cols[0]["kind"] == kind]
+        if not names:
+            continue
+        click.echo(f"== {title} ==")
+        for name in names:
+            click.echo(f"\n{name}")
+            click.echo(tabulate(
+                [[e["column"], e["type"], e["sql_type"], e["description"]] for e in tables[name]],
+                tablefmt="plain"))
+        click.echo()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Reading a store: SQL, DataFrames, runs, one run's summary and the schema.
+
+Everything here is read-only and safe to use from another process while a run writes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .capture import liveness
+from .errors import QueryError, StoreError
+from .spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS
+from .store import Backend, Result, open_backend
+from .store.catalog import TABLES
+
+_ELEMENT_DOCS = {
+    "run_id": "the run that recorded the element",
+    "task_id": "the task that used or generated it",
+    "element_seq": "its number within the task (1, 2, ...)",
+    "recorded_at": "when it was captured (UTC)",
+}
+
+
+def to_dataframe(result: Result) -> pd.DataFrame:
+    """A DataFrame of a result; a float column holding both NULL and NaN keeps them apart (dtype object)."""
+    frame = pd.DataFrame.from_records(result.rows, columns=result.columns, coerce_float=False)
+    for j, name in enumerate(result.columns):
+        column = [r[j] for r in result.rows]
+        has_none = any(v is None for v in column)
+        has_nan = any(isinstance(v, float) and math.isnan(v) for v in column)
+        if has_none and has_nan:
+            frame[name] = pd.Series(column, dtype=object, index=frame.index)
+    return frame
+
+
+class Reader:
+    """Read-only access to a store."""
+
+    def __init__(self, store: str | os.PathLike | Backend | None = None) -> None:
+        self.backend = store if isinstance(store, Backend) else open_backend(store)
+        try:
+            self.backend.query("SELECT run_id FROM runs LIMIT 1")
+        except QueryError:
+            raise StoreError(f"{self.backend.url} is not a trainprov store: it has no trainprov catalog") from None
+        liveness.reap(self.backend)
+
+    @property
+    def url(self) -> str:
+        """Where the store is."""
+        return self.backend.url
+
+    # ---- SQL ---------------------------------------------------------------------------
+
+    def result(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
+        """Run one read-only SQL statement; returns columns and rows."""
+        return self.backend.query(sql, params)
+
+    def rows(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run one read-only SQL statement; returns a list of dicts."""
+        return self.result(sql, params).dicts()
+
+    def df(self, sql: str, params: Sequence[Any] | dict = ()) -> pd.DataFrame:
+        """Run one read-only SQL statement; returns a pandas DataFrame."""
+        return to_dataframe(self.result(sql, params))
+
+    # ---- runs --------------------------------------------------------------------------
+
+    def runs(self, *, status: str | None = None, dataflow: str | None = None, limit: int | None = None) -> pd.DataFrame:
+        """The runs, newest first, with live status and duration in seconds."""
+        liveness.reap(self.backend)
+        p = self.backend.placeholder
+        where, params = [], []
+        if status:
+            where.append(f"status = {p}")
+            params.append(status)
+        if dataflow:
+            where.append(f"dataflow = {p}")
+            params.append(dataflow)
+        sql = (
+            "SELECT run_id, dataflow, dataflow_version, name, status, started_at, ended_at, duration_s, "
+            "host, user_name FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY started_at DESC, run_id DESC"
+            + (f" LIMIT {int(limit)}" if limit else "")
+        )
+        result = self.result(sql, params)
+        now = _dt.datetime.now(_dt.timezone.utc)
+        i_status, i_start, i_dur = (result.columns.index(c) for c in ("status", "started_at", "duration_s"))
+        result.rows = [
+            r[:i_dur] + ((now - r[i_start]).total_seconds(),) + r[i_dur + 1 :]
+            if r[i_status] == "running" and isinstance(r[i_start], _dt.datetime)
+            else r
+            for r in result.rows
+        ]
+        return to_dataframe(result)
+
+    def resolve_run(self, ref: str) -> str:
+        """A run id from an id, a unique prefix of one, or 'latest'."""
+        p = self.backend.placeholder
+        if ref == "latest":
+            rows = self.result("SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1").rows
+        else:
+            rows = self.result(
+                f"SELECT run_id FROM runs WHERE run_id = {p} OR substr(run_id, 1, {p}) = {p} LIMIT 3",
+                (ref, len(ref), ref),
+            ).rows
+            exact = [r for r in rows if r[0] == ref]
+            rows = exact or rows
+        if not rows:
+            raise QueryError(f"no run {ref!r} in {self.url} (see `trainprov runs`)")
+        if len(rows) > 1:
+            raise QueryError(f"run prefix {ref!r} is ambiguous: {', '.join(r[0] for r in rows)}, ...")
+        return rows[0][0]
+
+    def show(self, ref: str) -> dict[str, Any]:
+        """One run: its record, agents, tasks, files, and for each dataset its rows and last values."""
+        liveness.reap(self.backend)
+        run_id = self.resolve_run(ref)
+        p = self.backend.placeholder
+        run = self.rows(f"SELECT * FROM runs WHERE run_id = {p}", (run_id,))[0]
+        if run["status"] == "running" and isinstance(run["started_at"], _dt.datetime):
+            run["duration_s"] = (_dt.datetime.now(_dt.timezone.utc) - run["started_at"]).total_seconds()
+        agents = self.rows(
+            f"SELECT agent_id, kind, name, details, acted_on_behalf_of FROM agents WHERE run_id = {p} ORDER BY agent_id",
+            (run_id,),
+        )
+        tasks = self.rows(
+            "SELECT task_id, transformation, iteration, status, started_at, ended_at, duration_s, error "
+            f"FROM tasks WHERE run_id = {p} ORDER BY started_at, task_id",
+            (run_id,),
+        )
+        files = self.rows(
+            f"SELECT file_id, task_id, path, role, size_bytes, sha256 FROM files WHERE run_id = {p} ORDER BY recorded_at",
+            (run_id,),
+        )
+        roles = self.rows(
+            "SELECT td.dataset, td.role, td.transformation FROM transformation_datasets td "
+            "JOIN runs r ON r.dataflow = td.dataflow AND r.dataflow_version = td.dataflow_version "
+            f"WHERE r.run_id = {p} ORDER BY td.dataset, td.role",
+            (run_id,),
+        )
+        datasets: dict[str, dict[str, Any]] = {}
+        for row in roles:
+            entry = datasets.setdefault(row["dataset"], {"used_by": [], "generated_by": []})
+            entry["used_by" if row["role"] == "uses" else "generated_by"].append(row["transformation"])
+        for name, entry in datasets.items():
+            entry["rows"] = self.result(f"SELECT count(*) FROM {name} WHERE run_id = {p}", (run_id,)).rows[0][0]
+            last = self.rows(
+                f"SELECT * FROM {name} WHERE run_id = {p} ORDER BY recorded_at DESC, element_seq DESC LIMIT 1",
+                (run_id,),
+            )
+            entry["last"] = {k: v for k, v in last[0].items() if k not in ELEMENT_COLUMNS} if last else None
+        return {"run": run, "agents": agents, "tasks": tasks, "files": files, "datasets": datasets}
+
+    # ---- schema ------------------------------------------------------------------------
+
+    def schema(self, *, catalog: bool = True) -> list[dict[str, Any]]:
+        """Every table a query can use: datasets first, then the store's own tables, column by column."""
+        sql_types = getattr(self.backend, "sql_types", {})
+        out: list[dict[str, Any]] = []
+        datasets = self.rows("SELECT name, description FROM datasets ORDER BY name")
+        attributes = self.rows("SELECT dataset, name, type, description FROM attributes ORDER BY dataset, position")
+        for ds in datasets:
+            for column, kind in zip(ELEMENT_COLUMNS, ELEMENT_COLUMN_TYPES):
+                out.append(
+                    {"table": ds["name"], "kind": "dataset", "column": column, "type": kind,
+                     "sql_type": sql_types.get(kind, ""), "description": _ELEMENT_DOCS[column]}
+                )
+            for attr in attributes:
+                if attr["dataset"] == ds["name"]:
+                    out.append(
+                        {"table": ds["name"], "kind": "dataset", "column": attr["name"], "type": attr["type"],
+                         "sql_type": sql_types.get(attr["type"], ""), "description": attr["description"] or ""}
+                    )
+        if catalog:
+            for table in TABLES.values():
+                for column, kind in table.columns:
+                    out.append(
+                        {"table": table.name, "kind": "catalog", "column": column, "type": kind,
+                         "sql_type": sql_types.get(kind, ""), "description": ""}
+                    )
+        return out
+
+    def dataset(self, name: str, run: str | None = None) -> pd.DataFrame:
+        """All elements of a dataset (of one run, if given) as a DataFrame."""
+        p = self.backend.placeholder
+        known = [r[0] for r in self.result("SELECT name FROM datasets ORDER BY name").rows]
+        if name not in known:
+            raise QueryError(f"no dataset {name!r} in {self.url}; datasets: {', '.join(known) or '(none)'}")
+        if run is None:
+            return self.df(f"SELECT * FROM {name} ORDER BY recorded_at, element_seq")
+        return self.df(
+            f"SELECT * FROM {name} WHERE run_id = {p} ORDER BY recorded_at, element_seq", (self.resolve_run(run),)
+        )
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.backend.close()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def connect(store: str | os.PathLike | None = None) -> Reader:
+    """Open a store for reading (the argument, else $TRAINPROV_STORE, else ./trainprov.db)."""
+    return Reader(store)
+
+
+def query(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Run one read-only SQL statement on a store; returns a list of dicts."""
+    with Reader(store) as reader:
+        return reader.rows(sql, params)
+
+
+def query_df(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Run one read-only SQL statement on a store; returns a pandas DataFrame."""
+    with Reader(store) as reader:
+        return reader.df(sql, params)

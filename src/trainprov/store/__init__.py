@@ -1,0 +1,54 @@
+"""Stores: where provenance is kept. SQLite by default; every dialect detail lives here."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import StoreError
+from .base import Backend, Result, SQLBackend
+from .catalog import Target
+
+DEFAULT_STORE = "trainprov.db"
+ENV_VAR = "TRAINPROV_STORE"
+
+__all__ = ["Backend", "Result", "SQLBackend", "Target", "open_backend", "resolve_url"]
+
+
+def resolve_url(store: str | os.PathLike | None = None) -> str:
+    """The store to use: the argument, else $TRAINPROV_STORE, else trainprov.db here."""
+    if store is not None:
+        return os.fspath(store)
+    return os.environ.get(ENV_VAR) or DEFAULT_STORE
+
+
+def open_backend(store: str | os.PathLike | None = None) -> Backend:
+    """Open the backend a store URL or path names (nothing is created until it is written)."""
+    url = resolve_url(store)
+    scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
+    if scheme in ("postgresql", "postgres"):
+        raise StoreError(
+            f"PostgreSQL stores are not supported yet ({_hide_password(url)}); use a SQLite file path"
+        )
+    if scheme not in ("", "sqlite", "file"):
+        raise StoreError(f"unknown store URL scheme {scheme!r} in {url!r}; give a file path or sqlite:///path")
+    from .sqlite import SQLiteBackend
+
+    path, options = url, {}
+    if scheme:
+        parts = urlsplit(url)
+        path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if not path:
+        raise StoreError(f"store URL {url!r} names no file")
+    kwargs = {}
+    if "wal_limit_mb" in options:
+        kwargs["wal_limit_bytes"] = int(float(options["wal_limit_mb"]) * (1 << 20))
+    return SQLiteBackend(os.path.expanduser(path), **kwargs)
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url

@@ -1,0 +1,327 @@
+"""The backend interface, and the SQL that every DB-API backend shares.
+
+A backend creates and evolves the schema, writes batches of rows in one transaction and
+runs read-only queries. Layers above talk to it only through `Backend`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import SpecError
+from ..spec import Dataflow, Dataset
+from .catalog import TABLES, Table, Target, dataset_table
+
+Encoder = Callable[[tuple], tuple]
+
+
+@dataclass
+class Result:
+    """Rows of a read query with their column names."""
+
+    columns: list[str]
+    rows: list[tuple]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """The rows as dictionaries keyed by column name."""
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+class Backend(ABC):
+    """What the layers above need from a store."""
+
+    url: str
+    #: how this backend's SQL marks a query parameter
+    placeholder: str = "?"
+
+    @abstractmethod
+    def declare(self, flow: Dataflow) -> int:
+        """Create or evolve the tables of a dataflow and record it; return its version."""
+
+    @abstractmethod
+    def write(self, groups: Sequence[tuple[Target, list[tuple]]]) -> None:
+        """Write the queued items of all groups in one transaction, in order.
+
+        Each group is (target, items); an item is (target, row) or, for element targets,
+        (target, values of the element columns, dict of attribute values).
+        """
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
+        """Run one read-only statement; refuse any statement that would modify the store."""
+
+    @abstractmethod
+    def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:
+        """End runs (run_id, ended_at, duration_s, reason) still marked running as interrupted."""
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """True if the store holds a trainprov catalog."""
+
+    def maintain(self) -> None:
+        """Periodic upkeep done by the writer between batches (nothing by default)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def _utc(value: float | _dt.datetime) -> _dt.datetime:
+    if isinstance(value, _dt.datetime):
+        return value
+    return _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+
+
+class SQLBackend(Backend):
+    """Schema evolution, catalog bookkeeping and batched writes over a DB-API connection."""
+
+    #: attribute type -> SQL column type
+    sql_types: dict[str, str] = {}
+    #: rows per multi-row INSERT when a batch is large
+    rows_per_statement = 100
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._statements: dict[Target, tuple[str, Encoder]] = {}
+
+    # ---- dialect hooks ---------------------------------------------------------------
+
+    @abstractmethod
+    def _connect_writer(self) -> Any:
+        """A new connection that may write, in autocommit mode."""
+
+    @abstractmethod
+    def _begin(self, cur: Any) -> None:
+        """Start a write transaction that holds the write lock from the start."""
+
+    def _value_expr(self, kind: str, source: str) -> str:
+        """Python expression (over `source`) giving the value this database stores for a type."""
+        return source
+
+    #: names the expressions of _value_expr may use
+    _expr_globals: dict[str, Any] = {}
+
+    @abstractmethod
+    def _table_exists(self, cur: Any, name: str) -> bool:
+        """True if the table exists."""
+
+    def _create_table_sql(self, table: Table) -> list[str]:
+        cols = ", ".join(f"{name} {self.sql_types[kind]}" for name, kind in table.columns)
+        stmts = [f"CREATE TABLE IF NOT EXISTS {table.name} ({cols}, PRIMARY KEY ({', '.join(table.key)}))"]
+        for index in table.indexes:
+            stmts.append(
+                f"CREATE INDEX IF NOT EXISTS {table.name}_{'_'.join(index)}_idx "
+                f"ON {table.name} ({', '.join(index)})"
+            )
+        return stmts
+
+    # ---- connections -----------------------------------------------------------------
+
+    def _writer(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect_writer()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except Exception:  # closing a connection another thread still uses
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+        conn = self._writer()
+        cur = conn.cursor()
+        self._begin(cur)
+        try:
+            result = work(cur)
+            cur.execute("COMMIT")
+            return result
+        except BaseException:
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:  # the failure may have ended the transaction already
+                pass
+            raise
+
+    # ---- schema ----------------------------------------------------------------------
+
+    def _ensure_catalog(self, cur: Any) -> None:
+        if self._table_exists(cur, "attributes"):
+            return
+        for table in TABLES.values():
+            for stmt in self._create_table_sql(table):
+                cur.execute(stmt)
+
+    def declare(self, flow: Dataflow) -> int:
+        return self._transaction(lambda cur: self._declare(cur, flow))
+
+    def _declare(self, cur: Any, flow: Dataflow) -> int:
+        self._ensure_catalog(cur)
+        p = self.placeholder
+        now = self._encode_value("datetime", _dt.datetime.now(_dt.timezone.utc))
+        for ds in flow.datasets.values():
+            self._declare_dataset(cur, ds, now)
+        cur.execute(
+            f"SELECT version, fingerprint FROM dataflows WHERE name = {p} ORDER BY version DESC",
+            (flow.name,),
+        )
+        latest = cur.fetchone()
+        fingerprint = flow.fingerprint()
+        if latest is not None and latest[1] == fingerprint:
+            return int(latest[0])
+        version = 1 if latest is None else int(latest[0]) + 1
+        cur.execute(
+            f"INSERT INTO dataflows (name, version, fingerprint, description, spec, declared_at) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+            (flow.name, version, fingerprint, flow.description, json.dumps(flow.to_dict()), now),
+        )
+        for t in flow.transformations.values():
+            cur.execute(
+                f"INSERT INTO transformations (dataflow, dataflow_version, name, description) "
+                f"VALUES ({p}, {p}, {p}, {p})",
+                (flow.name, version, t.name, t.description),
+            )
+            for role, names in (("uses", t.used_names), ("generates", t.generated_names)):
+                for ds_name in names:
+                    cur.execute(
+                        "INSERT INTO transformation_datasets (dataflow, dataflow_version, "
+                        f"transformation, dataset, role) VALUES ({p}, {p}, {p}, {p}, {p})",
+                        (flow.name, version, t.name, ds_name, role),
+                    )
+        return version
+
+    def _declare_dataset(self, cur: Any, ds: Dataset, now: Any) -> None:
+        p = self.placeholder
+        cur.execute(f"SELECT name, type, position FROM attributes WHERE dataset = {p}", (ds.name,))
+        known = {name: (kind, pos) for name, kind, pos in cur.fetchall()}
+        cur.execute(f"SELECT 1 FROM datasets WHERE name = {p}", (ds.name,))
+        created = cur.fetchone() is None
+        if created:
+            if self._table_exists(cur, ds.name):
+                raise SpecError(
+                    f"cannot declare dataset {ds.name!r}: the store already has a table of that "
+                    "name that trainprov did not create"
+                )
+            for stmt in self._create_table_sql(dataset_table(ds)):
+                cur.execute(stmt)
+            cur.execute(
+                f"INSERT INTO datasets (name, description, declared_at) VALUES ({p}, {p}, {p})",
+                (ds.name, ds.description, now),
+            )
+        position = max((pos for _, pos in known.values()), default=-1)
+        for attr in ds.attributes:
+            if attr.name in known:
+                stored = known[attr.name][0]
+                if stored != attr.type:
+                    raise SpecError(
+                        f"dataset {ds.name!r} attribute {attr.name!r} is declared as {attr.type}, "
+                        f"but the store already has it as {stored}; use a new attribute name "
+                        "(a type cannot change once rows may exist)"
+                    )
+                continue
+            if not created:
+                cur.execute(f"ALTER TABLE {ds.name} ADD COLUMN {attr.name} {self.sql_types[attr.type]}")
+            position += 1
+            cur.execute(
+                "INSERT INTO attributes (dataset, name, type, position, description, added_at) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+                (ds.name, attr.name, attr.type, position, attr.description, now),
+            )
+
+    # ---- writes ----------------------------------------------------------------------
+
+    def _compile(self, target: Target, order: Sequence[int]) -> Encoder:
+        """Build, once per target, a function from a queued item to the values stored.
+
+        An item is (target, row) or, for elements, (target, element columns, values dict).
+
+        Generated code because this runs for every row the writer writes: one tuple
+        expression is several times faster than a loop over the columns.
+        """
+        exprs = []
+        for i in order:
+            column, kind = target.columns[i], target.types[i]
+            source = f"g({column!r})" if target.prefix and i >= target.prefix else f"p[{i}]"
+            exprs.append(self._value_expr(kind, source))
+        head = "p = item[1]\n    g = item[2].get" if target.prefix else "p = item[1]"
+        code = f"def build(item):\n    {head}\n    return ({', '.join(exprs)},)\n"
+        namespace = dict(self._expr_globals)
+        exec(compile(code, f"<trainprov row builder for {target.table}>", "exec"), namespace)
+        return namespace["build"]
+
+    def _encode_value(self, kind: str, value: Any) -> Any:
+        return self._compile(Target("value", ("value",), (kind,)), [0])((None, (value,)))[0]
+
+    def _statement(self, target: Target) -> tuple[str, Encoder]:
+        found = self._statements.get(target)
+        if found is None:
+            p = self.placeholder
+            if target.mode == "update":
+                sets = [c for c in target.columns if c not in target.key]
+                where = " AND ".join(f"{k} = {p}" for k in target.key)
+                sql = f"UPDATE {target.table} SET {', '.join(f'{c} = {p}' for c in sets)} WHERE {where}"
+                order = [target.columns.index(c) for c in (*sets, *target.key)]
+            else:
+                marks = ", ".join([p] * len(target.columns))
+                sql = f"INSERT INTO {target.table} ({', '.join(target.columns)}) VALUES ({marks})"
+                order = list(range(len(target.columns)))
+            found = self._statements[target] = (sql, self._compile(target, order))
+        return found
+
+    def write(self, groups: Sequence[tuple[Target, list[tuple]]]) -> None:
+        def work(cur: Any) -> None:
+            for target, rows in groups:
+                sql, build = self._statement(target)
+                if target.mode == "update" or len(rows) < 2 * self.rows_per_statement:
+                    cur.executemany(sql, map(build, rows))
+                    continue
+                # Many rows per statement: the database is entered once per chunk, not per
+                # row, which matters when the capture thread competes for the GIL.
+                n = self.rows_per_statement
+                head = sql[: sql.index(" VALUES ")]
+                marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
+                chunk_sql = f"{head} VALUES {', '.join([marks] * n)}"
+                whole = len(rows) - len(rows) % n
+                values = list(chain.from_iterable(map(build, rows[:whole])))
+                width = n * len(target.columns)
+                for lo in range(0, len(values), width):
+                    cur.execute(chunk_sql, values[lo : lo + width])
+                cur.executemany(sql, map(build, rows[whole:]))
+
+        self._transaction(work)
+
+    def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:
+        p = self.placeholder
+        rows = [(self._encode_value("datetime", _utc(end)), dur, why, rid) for rid, end, dur, why in runs]
+        if not rows:
+            return
+
+        def work(cur: Any) -> None:
+            cur.executemany(
+                f"UPDATE runs SET status = 'interrupted', ended_at = {p}, duration_s = {p}, "
+                f"error = {p} WHERE run_id = {p} AND status = 'running'",
+                rows,
+            )
+            cur.executemany(
+                f"UPDATE tasks SET status = 'interrupted', ended_at = {p} "
+                f"WHERE run_id = {p} AND status = 'running'",
+                [(r[0], r[3]) for r in rows],
+            )
+
+        self._transaction(work)

@@ -1,0 +1,211 @@
+"""The store's own tables, described once for every backend.
+
+Each column is (name, attribute type); a backend maps the types to its SQL types. The
+names say what the tables hold, so that users can join them in plain SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import CATALOG_TABLES, ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS, Dataset
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table: its columns with attribute types, and its primary key."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: hashed for every row the writer groups
+class Target:
+    """Where one kind of row goes: insert into, or update by key in, a table."""
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    key: tuple[str, ...] = ()
+    mode: str = "insert"  # "insert" or "update" (rows give the columns; key columns select)
+    #: when > 0, a row is (values of the first `prefix` columns, dict of the other columns)
+    prefix: int = 0
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "dataflows",
+            (
+                ("name", "str"),
+                ("version", "int"),
+                ("fingerprint", "str"),
+                ("description", "str"),
+                ("spec", "json"),
+                ("declared_at", "datetime"),
+            ),
+            ("name", "version"),
+        ),
+        Table(
+            "transformations",
+            (
+                ("dataflow", "str"),
+                ("dataflow_version", "int"),
+                ("name", "str"),
+                ("description", "str"),
+            ),
+            ("dataflow", "dataflow_version", "name"),
+        ),
+        Table(
+            "transformation_datasets",
+            (
+                ("dataflow", "str"),
+                ("dataflow_version", "int"),
+                ("transformation", "str"),
+                ("dataset", "str"),
+                ("role", "str"),
+            ),
+            ("dataflow", "dataflow_version", "transformation", "dataset"),
+        ),
+        Table(
+            "datasets",
+            (("name", "str"), ("description", "str"), ("declared_at", "datetime")),
+            ("name",),
+        ),
+        Table(
+            "attributes",
+            (
+                ("dataset", "str"),
+                ("name", "str"),
+                ("type", "str"),
+                ("position", "int"),
+                ("description", "str"),
+                ("added_at", "datetime"),
+            ),
+            ("dataset", "name"),
+        ),
+        Table(
+            "runs",
+            (
+                ("run_id", "str"),
+                ("dataflow", "str"),
+                ("dataflow_version", "int"),
+                ("name", "str"),
+                ("status", "str"),
+                ("started_at", "datetime"),
+                ("ended_at", "datetime"),
+                ("duration_s", "float"),
+                ("heartbeat_at", "datetime"),
+                ("host", "str"),
+                ("pid", "int"),
+                ("process_started", "str"),
+                ("user_name", "str"),
+                ("command", "str"),
+                ("working_dir", "str"),
+                ("error", "str"),
+            ),
+            ("run_id",),
+            (("status",), ("dataflow", "dataflow_version")),
+        ),
+        Table(
+            "tasks",
+            (
+                ("task_id", "str"),
+                ("run_id", "str"),
+                ("transformation", "str"),
+                ("iteration", "int"),
+                ("status", "str"),
+                ("started_at", "datetime"),
+                ("ended_at", "datetime"),
+                ("duration_s", "float"),
+                ("error", "str"),
+            ),
+            ("task_id",),
+            (("run_id",),),
+        ),
+        Table(
+            "task_dependencies",
+            (("task_id", "str"), ("depends_on", "str")),
+            ("task_id", "depends_on"),
+        ),
+        Table(
+            "usages",
+            (
+                ("run_id", "str"),
+                ("task_id", "str"),
+                ("dataset", "str"),
+                ("source_task_id", "str"),
+                ("source_element_seq", "int"),
+                ("used_at", "datetime"),
+            ),
+            ("task_id", "dataset", "source_task_id", "source_element_seq"),
+        ),
+        Table(
+            "files",
+            (
+                ("file_id", "str"),
+                ("run_id", "str"),
+                ("task_id", "str"),
+                ("path", "str"),
+                ("role", "str"),
+                ("size_bytes", "int"),
+                ("sha256", "str"),
+                ("modified_at", "datetime"),
+                ("recorded_at", "datetime"),
+                ("dataset", "str"),
+                ("element_seq", "int"),
+            ),
+            ("file_id",),
+            (("run_id",), ("sha256",)),
+        ),
+        Table(
+            "file_derivations",
+            (("file_id", "str"), ("derived_from", "str")),
+            ("file_id", "derived_from"),
+        ),
+        Table(
+            "agents",
+            (
+                ("run_id", "str"),
+                ("agent_id", "str"),
+                ("kind", "str"),
+                ("name", "str"),
+                ("details", "json"),
+                ("acted_on_behalf_of", "str"),
+            ),
+            ("run_id", "agent_id"),
+        ),
+    )
+}
+assert tuple(TABLES) == CATALOG_TABLES
+
+
+def dataset_table(dataset: Dataset) -> Table:
+    """The table of a dataset: the element columns, then one column per attribute."""
+    columns = tuple(zip(ELEMENT_COLUMNS, ELEMENT_COLUMN_TYPES)) + tuple(
+        (a.name, a.type) for a in dataset.attributes
+    )
+    return Table(dataset.name, columns, ("run_id", "task_id", "element_seq"))
+
+
+def target(table: str, columns: tuple[str, ...] | None = None, mode: str = "insert") -> Target:
+    """A Target for some columns of a catalog table (all of them by default)."""
+    spec = TABLES[table]
+    types = dict(spec.columns)
+    cols = columns or tuple(types)
+    return Target(table, cols, tuple(types[c] for c in cols), spec.key, mode)
+
+
+def element_target(dataset: Dataset) -> Target:
+    """The Target that inserts elements of a dataset."""
+    table = dataset_table(dataset)
+    return Target(
+        table.name,
+        tuple(c for c, _ in table.columns),
+        tuple(t for _, t in table.columns),
+        table.key,
+        prefix=len(ELEMENT_COLUMNS),
+    )

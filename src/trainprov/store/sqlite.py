@@ -1,0 +1,304 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+SQLite cannot store a float NaN (it binds it as NULL), so a NaN is kept as the text 'NaN'
+in the REAL column and read back as a float NaN. Timestamps are ISO 8601 UTC text in
+columns declared TIMESTAMPTZ, which SQLite's date functions understand and which read
+back as timezone-aware datetimes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Sequence
+from urllib.parse import quote
+
+from ..errors import QueryError, StoreError
+from .base import Result, SQLBackend
+from .catalog import Table
+
+# Read-side conversions by declared column type (only in connections that ask for them).
+sqlite3.register_converter("TIMESTAMPTZ", lambda b: _parse_timestamp(b))
+sqlite3.register_converter("BOOLEAN", lambda b: b not in (b"0", b"0.0"))
+
+_UTC = _dt.timezone.utc
+_SECOND_CACHE: list[Any] = [None, ""]
+
+
+def _parse_timestamp(raw: bytes) -> Any:
+    text = raw.decode()
+    try:
+        return _dt.datetime.fromisoformat(text)
+    except ValueError:  # a value not written by trainprov: show it as it is
+        return text
+
+
+def _iso(value: Any) -> str:
+    """Format an epoch float or a datetime as fixed-width ISO 8601 UTC text."""
+    if isinstance(value, float):
+        whole = math.floor(value)
+        if _SECOND_CACHE[0] != whole:
+            _SECOND_CACHE[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+            _SECOND_CACHE[0] = whole
+        return f"{_SECOND_CACHE[1]}.{int((value - whole) * 1e6):06d}+00:00"
+    return value.astimezone(_UTC).isoformat(sep=" ", timespec="microseconds")
+
+
+def _fix_nan(result: Result, float_names: Callable[[], set[str]]) -> None:
+    """Turn the text 'NaN' back into float NaN in columns that hold floats."""
+    cols = [
+        j
+        for j in range(len(result.columns))
+        if any(isinstance(r[j], str) and r[j] == "NaN" for r in result.rows)
+    ]
+    names = float_names() if cols else set()
+    for j in cols:
+        numeric = result.columns[j] in names or any(
+            isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in result.rows
+        )
+        if numeric:
+            result.rows = [
+                r[:j] + (math.nan,) + r[j + 1 :] if r[j] == "NaN" else r for r in result.rows
+            ]
+
+
+# What a refused statement tried to do, by authorizer action code.
+_WRITE_ACTIONS = {
+    getattr(sqlite3, name): words
+    for name, words in {
+        "SQLITE_INSERT": "insert into {0}",
+        "SQLITE_UPDATE": "update {0}",
+        "SQLITE_DELETE": "delete from {0}",
+        "SQLITE_DROP_TABLE": "drop table {0}",
+        "SQLITE_DROP_INDEX": "drop index {0}",
+        "SQLITE_DROP_VIEW": "drop view {0}",
+        "SQLITE_DROP_TRIGGER": "drop trigger {0}",
+        "SQLITE_CREATE_TABLE": "create table {0}",
+        "SQLITE_CREATE_INDEX": "create index {0}",
+        "SQLITE_CREATE_VIEW": "create view {0}",
+        "SQLITE_CREATE_TRIGGER": "create trigger {0}",
+        "SQLITE_CREATE_TEMP_TABLE": "create table {0}",
+        "SQLITE_CREATE_TEMP_VIEW": "create view {0}",
+        "SQLITE_ALTER_TABLE": "alter table {1}",
+        "SQLITE_ATTACH": "attach database {0}",
+        "SQLITE_DETACH": "detach database {0}",
+        "SQLITE_TRANSACTION": "{0} a transaction",
+        "SQLITE_SAVEPOINT": "{0} a savepoint",
+        "SQLITE_REINDEX": "reindex {0}",
+        "SQLITE_ANALYZE": "analyze {0}",
+        "SQLITE_CREATE_VTABLE": "create virtual table {0}",
+        "SQLITE_DROP_VTABLE": "drop virtual table {0}",
+    }.items()
+    if hasattr(sqlite3, name)
+}
+_READ_PRAGMAS = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "function_list",
+    "pragma_list",
+    "collation_list",
+    "compile_options",
+}
+
+
+class SQLiteBackend(SQLBackend):
+    """A trainprov store in one SQLite file."""
+
+    sql_types = {
+        "int": "INTEGER",
+        "float": "REAL",
+        "str": "TEXT",
+        "bool": "BOOLEAN",
+        "datetime": "TIMESTAMPTZ",
+        "json": "TEXT",
+        "file": "TEXT",
+    }
+
+    def __init__(self, path: str, *, wal_limit_bytes: int = 64 << 20) -> None:
+        self.path = os.path.abspath(path)
+        super().__init__(url=self.path)
+        self.wal_limit_bytes = wal_limit_bytes
+        self._readers = threading.local()
+
+    # ---- connections -----------------------------------------------------------------
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise StoreError(f"cannot create store {self.path}: folder {folder} does not exist")
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        if mode != "wal":
+            raise StoreError(f"store {self.path} could not switch to WAL mode (got {mode!r})")
+        # In WAL mode NORMAL loses no committed transaction when the process dies.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_limit_bytes}")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._readers, "conn", None)
+        if conn is not None:
+            return conn
+        if not os.path.exists(self.path):
+            raise StoreError(
+                f"no trainprov store at {self.path}: a run creates it, or name another store "
+                "with --store or TRAINPROV_STORE"
+            )
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"store {self.path} is not readable (permission denied)")
+        try:
+            conn = sqlite3.connect(
+                f"file:{quote(self.path)}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=60,
+                detect_types=sqlite3.PARSE_DECLTYPES,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a trainprov store: {exc}") from None
+        conn.set_authorizer(self._authorize)
+        self._readers.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        super().close()
+        self._readers = threading.local()
+
+    # ---- dialect hooks ---------------------------------------------------------------
+
+    def _begin(self, cur: Any) -> None:
+        cur.execute("BEGIN IMMEDIATE")
+
+    def _table_exists(self, cur: Any, name: str) -> bool:
+        cur.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (name,))
+        return cur.fetchone() is not None
+
+    def _create_table_sql(self, table: Table) -> list[str]:
+        # Rows of one run sit together on disk, ordered as they were written.
+        stmts = super()._create_table_sql(table)
+        stmts[0] += " WITHOUT ROWID"
+        return stmts
+
+    # NaN cannot be bound (SQLite would store NULL): keep it as the text 'NaN'.
+    _expr_globals = {"_iso": _iso, "_json": lambda v: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)}
+
+    def _value_expr(self, kind: str, source: str) -> str:
+        if kind == "float":
+            return f"(_x if (_x := {source}) == _x else 'NaN')"
+        if kind == "datetime":
+            return f"(None if (_x := {source}) is None else _iso(_x))"
+        if kind == "json":
+            return f"(None if (_x := {source}) is None else _json(_x))"
+        return source
+
+    # ---- upkeep ----------------------------------------------------------------------
+
+    def wal_size(self) -> int:
+        """Size of the write-ahead log file in bytes (0 when there is none)."""
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def maintain(self) -> None:
+        """Keep the WAL bounded: checkpoint and truncate it once it passes the limit.
+
+        A reader that holds a transaction pins the log; the checkpoint then waits briefly
+        and is tried again after the next batch, so the writer never stalls on a reader.
+        """
+        if self.wal_size() <= self.wal_limit_bytes:
+            return
+        conn = self._writer()
+        conn.execute("PRAGMA busy_timeout=200")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:  # busy: a reader still needs the log
+            pass
+        finally:
+            conn.execute("PRAGMA busy_timeout=60000")
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        try:
+            conn = self._reader()
+        except StoreError:
+            return False
+        row = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('runs', 'attributes')"
+        ).fetchone()
+        return row[0] == 2
+
+    def _authorize(self, action: int, arg1: Any, arg2: Any, db: Any, trigger: Any) -> int:
+        if action == sqlite3.SQLITE_PRAGMA:
+            if arg1 in _READ_PRAGMAS:
+                return sqlite3.SQLITE_OK
+            self._readers.refused = f"run PRAGMA {arg1}"
+            return sqlite3.SQLITE_DENY
+        words = _WRITE_ACTIONS.get(action)
+        if words is None:
+            return sqlite3.SQLITE_OK
+        self._readers.refused = words.format(
+            str(arg1 or "").lower() if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT) else arg1,
+            arg2,
+        )
+        return sqlite3.SQLITE_DENY
+
+    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
+        conn = self._reader()
+        self._readers.refused = None
+        try:
+            cur = conn.execute(sql, params)
+            rows = cur.fetchall()
+        except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as exc:
+            refused = getattr(self._readers, "refused", None)
+            if refused:
+                raise QueryError(
+                    f"queries are read-only: this statement would {refused}; it was refused "
+                    "(use SELECT or WITH ... SELECT)"
+                ) from None
+            raise QueryError(self._explain(exc)) from None
+        columns = [d[0] for d in cur.description or ()]
+        result = Result(columns, rows)
+        if rows:
+            _fix_nan(result, lambda: self._float_attribute_names(conn))
+        return result
+
+    @staticmethod
+    def _float_attribute_names(conn: sqlite3.Connection) -> set[str]:
+        try:
+            rows = conn.execute("SELECT DISTINCT name FROM attributes WHERE type = 'float'").fetchall()
+        except sqlite3.DatabaseError:
+            rows = []
+        return {r[0] for r in rows} | {"duration_s"}
+
+    def _explain(self, exc: Exception) -> str:
+        text = str(exc)
+        if "one statement at a time" in text:
+            return "invalid SQL: give one statement at a time"
+        message = f"invalid SQL: {text}"
+        if text.startswith("no such table"):
+            try:
+                names = [r[0] for r in self._reader().execute("SELECT name FROM datasets ORDER BY name")]
+            except sqlite3.DatabaseError:
+                names = []
+            message += f"; datasets in this store: {', '.join(names) or '(none)'} (see `trainprov schema`)"
+        return message
