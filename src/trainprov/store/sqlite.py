@@ -49,16 +49,26 @@ def _iso(value: Any) -> str:
     return value.astimezone(_UTC).isoformat(sep=" ", timespec="microseconds")
 
 
-def _fix_nan(result: Result, float_names: Callable[[], set[str]]) -> None:
-    """Turn the text 'NaN' back into float NaN in columns that hold floats."""
+def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callable[[], dict[tuple[str, str], str]]) -> None:
+    """Turn the text 'NaN' back into float NaN in result columns that hold floats.
+
+    A column holds floats if it is named like a float attribute, has numbers beside the
+    'NaN', or comes from a statement that read float attributes and no text attributes
+    (an aggregate such as max(loss) AS worst).
+    """
     cols = [
         j
         for j in range(len(result.columns))
         if any(isinstance(r[j], str) and r[j] == "NaN" for r in result.rows)
     ]
-    names = float_names() if cols else set()
+    if not cols:
+        return
+    types = attribute_types()
+    float_names = {name for (_, name), kind in types.items() if kind == "float"} | {"duration_s"}
+    read_types = {types.get(pair) for pair in read}
+    only_floats_read = "float" in read_types and not read_types & {"str", "json", "file"}
     for j in cols:
-        numeric = result.columns[j] in names or any(
+        numeric = only_floats_read or result.columns[j] in float_names or any(
             isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in result.rows
         )
         if numeric:
@@ -253,6 +263,13 @@ class SQLiteBackend(SQLBackend):
                 return sqlite3.SQLITE_OK
             self._readers.refused = f"run PRAGMA {arg1}"
             return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_READ:
+            self._readers.read.add((arg1, arg2))
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_UPDATE and arg1 in ("sqlite_master", "sqlite_temp_master"):
+            # SQLite's own bookkeeping when a table-valued pragma such as
+            # pragma_table_info() is first used; the connection is read-only anyway
+            return sqlite3.SQLITE_OK
         words = _WRITE_ACTIONS.get(action)
         if words is None:
             return sqlite3.SQLITE_OK
@@ -265,6 +282,7 @@ class SQLiteBackend(SQLBackend):
     def query(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
         conn = self._reader()
         self._readers.refused = None
+        self._readers.read = set()
         try:
             cur = conn.execute(sql, params)
             rows = cur.fetchall()
@@ -279,16 +297,16 @@ class SQLiteBackend(SQLBackend):
         columns = [d[0] for d in cur.description or ()]
         result = Result(columns, rows)
         if rows:
-            _fix_nan(result, lambda: self._float_attribute_names(conn))
+            _fix_nan(result, set(self._readers.read), lambda: self._attribute_types(conn))
         return result
 
     @staticmethod
-    def _float_attribute_names(conn: sqlite3.Connection) -> set[str]:
+    def _attribute_types(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
         try:
-            rows = conn.execute("SELECT DISTINCT name FROM attributes WHERE type = 'float'").fetchall()
+            rows = conn.execute("SELECT dataset, name, type FROM attributes").fetchall()
         except sqlite3.DatabaseError:
             rows = []
-        return {r[0] for r in rows} | {"duration_s"}
+        return {(d, n): t for d, n, t in rows}
 
     def _explain(self, exc: Exception) -> str:
         text = str(exc)

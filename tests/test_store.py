@@ -1,0 +1,166 @@
+"""The store: one typed table per dataset, catalog, versions, schema evolution, values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sqlite3
+
+import pytest
+
+import trainprov as tp
+from conftest import training_flow
+
+
+def record_epochs(flow, store, epochs, **fixed):
+    with tp.start_run(flow, store) as run:
+        with run.task("train") as train:
+            for epoch in range(1, epochs + 1):
+                train.generated("epoch_metrics", epoch=epoch, loss=1.0 / epoch, **fixed)
+    return run
+
+
+def test_each_dataset_is_a_typed_table_and_the_natural_query_works(store, flow):
+    run = record_epochs(flow, store, 3, val_loss=0.5)
+    reader = tp.connect(store)
+    columns = reader.rows("SELECT name, type FROM pragma_table_info('epoch_metrics') ORDER BY cid")
+    assert [(c["name"], c["type"]) for c in columns] == [
+        ("run_id", "TEXT"), ("task_id", "TEXT"), ("element_seq", "INTEGER"), ("recorded_at", "TIMESTAMPTZ"),
+        ("epoch", "INTEGER"), ("loss", "REAL"), ("val_loss", "REAL"),
+    ]
+    rows = reader.rows("SELECT epoch, loss, val_loss FROM epoch_metrics WHERE run_id = ?", [run.id])
+    assert rows == [{"epoch": e, "loss": 1.0 / e, "val_loss": 0.5} for e in (1, 2, 3)]
+    tables = {r["name"] for r in reader.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs", "tasks", "dataflows", "datasets", "attributes", "files", "agents", "usages",
+            "epoch_metrics", "hyperparameters", "checkpoints", "test_results"} <= tables
+    assert reader.rows("SELECT typeof(recorded_at) AS t, typeof(duration_s) AS d FROM runs JOIN epoch_metrics USING (run_id) LIMIT 1") == [
+        {"t": "text", "d": "real"}
+    ]
+
+
+def test_store_is_in_wal_mode(store, flow):
+    record_epochs(flow, store, 1)
+    assert sqlite3.connect(store).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_same_dataflow_keeps_its_version_a_changed_one_gets_a_new_version(store):
+    first = record_epochs(training_flow(), store, 1)
+    again = record_epochs(training_flow(), store, 1)
+    grown = record_epochs(training_flow(accuracy=float), store, 1)
+    assert (first.dataflow_version, again.dataflow_version, grown.dataflow_version) == (1, 1, 2)
+    versions = tp.query("SELECT name, version, spec FROM dataflows ORDER BY version", store=store)
+    assert [v["version"] for v in versions] == [1, 2]
+    assert '"accuracy"' in versions[1]["spec"] and '"accuracy"' not in versions[0]["spec"]
+    runs = tp.query("SELECT dataflow_version FROM runs ORDER BY started_at", store=store)
+    assert [r["dataflow_version"] for r in runs] == [1, 1, 2]
+
+
+def test_schema_evolution_adds_a_column_and_keeps_every_row(store):
+    old = record_epochs(training_flow(), store, 4, val_loss=0.3)
+    new = record_epochs(training_flow(accuracy=float), store, 2, val_loss=0.2, accuracy=0.9)
+    rows = tp.query("SELECT run_id, epoch, val_loss, accuracy FROM epoch_metrics ORDER BY run_id, epoch", store=store)
+    assert len(rows) == 6
+    assert [r["accuracy"] for r in rows if r["run_id"] == old.id] == [None] * 4
+    assert [r["val_loss"] for r in rows if r["run_id"] == old.id] == [0.3] * 4
+    assert [r["accuracy"] for r in rows if r["run_id"] == new.id] == [0.9, 0.9]
+    attrs = tp.query("SELECT name, type, position FROM attributes WHERE dataset = 'epoch_metrics' ORDER BY position", store=store)
+    assert [(a["name"], a["type"]) for a in attrs] == [("epoch", "int"), ("loss", "float"), ("val_loss", "float"), ("accuracy", "float")]
+    # the old declaration still works: its rows get NULL in the new column
+    record_epochs(training_flow(), store, 1, val_loss=0.1)
+    assert tp.query("SELECT count(*) AS n FROM epoch_metrics WHERE accuracy IS NULL", store=store) == [{"n": 5}]
+
+
+def test_incompatible_type_is_a_clear_error_and_nothing_is_lost(store):
+    record_epochs(training_flow(), store, 3)
+    with pytest.raises(tp.SpecError) as info:
+        record_epochs(training_flow(val_loss=str), store, 1)
+    message = str(info.value)
+    for part in ("'epoch_metrics'", "'val_loss'", "str", "float"):
+        assert part in message
+    assert tp.query("SELECT count(*) AS n FROM epoch_metrics", store=store) == [{"n": 3}]
+    assert tp.query("SELECT count(*) AS n FROM dataflows", store=store) == [{"n": 1}]
+
+
+def test_a_table_trainprov_did_not_create_is_not_taken_over(store, flow):
+    conn = sqlite3.connect(store)
+    conn.execute("CREATE TABLE epoch_metrics (x TEXT)")
+    conn.commit()
+    with pytest.raises(tp.SpecError, match="already has a table of that name"):
+        tp.start_run(flow, store)
+
+
+def test_nan_and_infinities_round_trip_distinct_from_null(store):
+    flow = tp.Dataflow("value_check", [tp.Transformation("t", generates=[tp.Dataset("vals", i=int, x=float)])])
+    inputs = [math.nan, math.inf, -math.inf, None, 0.1 + 0.2, 1 / 3, -0.0, 5e-324, 1.7976931348623157e308]
+    with tp.start_run(flow, store) as run, run.task("t") as task:
+        for i, x in enumerate(inputs):
+            task.generated("vals", i=i, x=x)
+    rows = tp.query("SELECT i, x FROM vals ORDER BY i", store=store)
+    got = [r["x"] for r in rows]
+    assert math.isnan(got[0]) and got[1] == math.inf and got[2] == -math.inf and got[3] is None
+    assert got[4:] == inputs[4:]  # exact: no rounding on the way
+    assert tp.query("SELECT count(*) AS n FROM vals WHERE x = 'NaN'", store=store) == [{"n": 1}]
+    assert tp.query("SELECT count(*) AS n FROM vals WHERE x IS NULL", store=store) == [{"n": 1}]
+    frame = tp.query_df("SELECT i, x FROM vals ORDER BY i", store=store)
+    assert frame["x"][3] is None and math.isnan(frame["x"][0])
+    dataset = tp.connect(store).dataset("vals", run.id)
+    assert math.isnan(dataset["x"][0]) and dataset["x"][3] is None
+    # an aggregate that meets a NaN keeps saying so
+    assert math.isnan(tp.query("SELECT max(x) AS worst FROM vals", store=store)[0]["worst"])
+    assert tp.query("SELECT s FROM (SELECT 'NaN' AS s)", store=store) == [{"s": "NaN"}]
+
+
+def test_other_types_round_trip(store):
+    flow = tp.Dataflow("types", [tp.Transformation("t", generates=[
+        tp.Dataset("typed", n=int, s=str, b=bool, at="datetime", config="json")])])
+    when = dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=dt.timezone.utc)
+    with tp.start_run(flow, store) as run, run.task("t") as task:
+        task.generated("typed", n=2**62, s="héllo 'quoted'; DROP TABLE runs", b=True, at=when, config={"layers": [64, 32]})
+        task.generated("typed", b=False)
+    rows = tp.query("SELECT n, s, b, at, config FROM typed ORDER BY element_seq", store=store)
+    assert rows[0] == {"n": 2**62, "s": "héllo 'quoted'; DROP TABLE runs", "b": True, "at": when, "config": '{"layers": [64, 32]}'}
+    assert rows[1] == {"n": None, "s": None, "b": False, "at": None, "config": None}
+    assert tp.query("SELECT json_extract(config, '$.layers[0]') AS first FROM typed WHERE n IS NOT NULL", store=store) == [{"first": 64}]
+    # timestamps are real timestamps: SQLite's date functions read them
+    assert tp.query("SELECT strftime('%Y', at) AS y FROM typed WHERE at IS NOT NULL", store=store) == [{"y": "2026"}]
+    assert "runs" in {r["name"] for r in tp.query("SELECT name FROM sqlite_master", store=store)}
+
+
+def test_durations_are_numbers_of_seconds(store, flow):
+    run = record_epochs(flow, store, 2)
+    row = tp.query("SELECT duration_s, typeof(duration_s) AS t, started_at, ended_at FROM runs WHERE run_id = ?", [run.id], store=store)[0]
+    assert row["t"] == "real"
+    assert row["duration_s"] == pytest.approx((row["ended_at"] - row["started_at"]).total_seconds(), abs=1e-3)
+    assert tp.query("SELECT sum(duration_s) > 0 AS ok FROM tasks", store=store) == [{"ok": 1}]
+
+
+def test_store_from_environment_variable(tmp_path, monkeypatch, flow):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRAINPROV_STORE", str(tmp_path / "env.db"))
+    record_epochs(flow, None, 1)
+    assert (tmp_path / "env.db").exists() and not (tmp_path / "trainprov.db").exists()
+    monkeypatch.delenv("TRAINPROV_STORE")
+    record_epochs(flow, None, 1)
+    assert (tmp_path / "trainprov.db").exists()
+    url_store = tmp_path / "url.db"
+    record_epochs(flow, f"sqlite://{url_store}", 1)
+    assert url_store.exists()
+
+
+def test_missing_unreadable_and_foreign_stores_are_clear_errors(tmp_path, flow):
+    with pytest.raises(tp.StoreError, match="no trainprov store at"):
+        tp.connect(tmp_path / "missing.db")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(tp.StoreError, match="not a trainprov store"):
+        tp.connect(junk)
+    plain = tmp_path / "plain.db"
+    sqlite3.connect(plain).execute("CREATE TABLE t (x)")
+    with pytest.raises(tp.StoreError, match="no trainprov catalog"):
+        tp.connect(plain)
+    with pytest.raises(tp.StoreError, match="folder .* does not exist"):
+        tp.start_run(flow, tmp_path / "no" / "such" / "folder.db")
+    with pytest.raises(tp.StoreError, match="not supported yet"):
+        tp.start_run(flow, "postgresql://user:secret@localhost/db")
+    with pytest.raises(tp.StoreError, match="unknown store URL scheme"):
+        tp.start_run(flow, "mysql://localhost/db")
