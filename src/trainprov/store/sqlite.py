@@ -261,19 +261,22 @@ class SQLiteBackend(SQLBackend):
         if action == sqlite3.SQLITE_PRAGMA:
             if arg1 in _READ_PRAGMAS:
                 return sqlite3.SQLITE_OK
-            self._readers.refused = f"run PRAGMA {arg1}"
+            self._readers.refused = self._readers.refused or f"run PRAGMA {arg1}"
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_READ:
             self._readers.read.add((arg1, arg2))
             return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_UPDATE and arg1 in ("sqlite_master", "sqlite_temp_master"):
-            # SQLite's own bookkeeping when a table-valued pragma such as
-            # pragma_table_info() is first used; the connection is read-only anyway
+        if arg1 in ("sqlite_master", "sqlite_temp_master") and action in _WRITE_ACTIONS:
+            # SQLite asks about its own schema table first (for pragma_table_info(), and
+            # before the DROP or CREATE it belongs to); the statement's own action is
+            # refused next, and the connection is read-only and query_only besides
             return sqlite3.SQLITE_OK
         words = _WRITE_ACTIONS.get(action)
         if words is None:
             return sqlite3.SQLITE_OK
-        self._readers.refused = words.format(
+        if action == sqlite3.SQLITE_ATTACH and not arg1:
+            words = "vacuum or attach a database"  # VACUUM attaches a nameless temporary database
+        self._readers.refused = self._readers.refused or words.format(
             str(arg1 or "").lower() if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT) else arg1,
             arg2,
         )
