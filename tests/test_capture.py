@@ -294,3 +294,36 @@ def test_captures_from_several_threads_all_arrive(store, flow):
             t.join()
     rows = tp.query("SELECT task_id, count(*) AS n, max(element_seq) AS last FROM epoch_metrics GROUP BY task_id", store=store)
     assert sorted((r["n"], r["last"]) for r in rows) == [(2000, 2000)] * 4
+
+
+def test_a_forked_child_cannot_capture_into_its_parents_run_silently(store, flow):
+    with tp.start_run(flow, store) as run, run.task("train") as train:
+        train.generated("epoch_metrics", epoch=1, loss=0.5)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what a capture call does, then leave at once
+            try:
+                train.generated("epoch_metrics", epoch=2, loss=0.4)
+                message = b"accepted"
+            except tp.CaptureError as exc:
+                message = str(exc).encode()
+            os.write(write, message)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        message = os.read(read, 1000).decode()
+        train.generated("epoch_metrics", epoch=3, loss=0.3)
+    assert "forked child" in message
+    assert [r["epoch"] for r in tp.query("SELECT epoch FROM epoch_metrics ORDER BY epoch", store=store)] == [1, 3]
+
+
+def test_liveness_tells_a_dead_or_reused_pid_from_a_live_process():
+    from trainprov.capture import liveness
+
+    me = os.getpid()
+    assert liveness.is_alive(me, liveness.process_started(me))
+    assert not liveness.is_alive(me, "1")  # same pid, another start time: a reused pid
+    child = subprocess.Popen(["sleep", "0"])
+    time.sleep(0.3)  # exited, not yet collected: a zombie
+    assert not liveness.is_alive(child.pid, None)
+    child.wait()
+    assert not liveness.is_alive(child.pid, None)

@@ -13,15 +13,19 @@ from ..store import Backend
 STALE_SECONDS = 120.0
 
 
-def process_started(pid: int) -> str | None:
-    """The kernel's start time of a process (tells a reused pid apart), where it is known."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    # after the name: state is field 3, starttime field 22
-    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def process_started(pid: int) -> str | None:
+    """The kernel's start time of a process (tells a reused pid apart), where it is known."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def is_alive(pid: int, started: str | None) -> bool:
@@ -31,11 +35,13 @@ def is_alive(pid: int, started: str | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    now_started = process_started(pid)
-    if started is None or now_started is None:
-        return os.path.exists(f"/proc/{pid}") or not os.path.isdir("/proc")
-    return now_started == started
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return not os.path.isdir("/proc")  # no procfs: the signal test is all we have
+    if fields[0] == "Z":  # killed, waiting for its parent to collect it
+        return False
+    return started is None or len(fields) <= 19 or fields[19] == started
 
 
 def reap(backend: Backend) -> list[str]:

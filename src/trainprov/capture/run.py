@@ -128,6 +128,24 @@ class Task:
         entry = self._generates.get(dataset)
         if entry is None or self.status != "running":
             raise self._refuse(dataset, "generates")
+        return self._record(dataset, entry, values)
+
+    def used(self, what: "str | Element", /, **values: Any) -> Element:
+        """Record that this task used an element: a new one (dataset name and values) or a recorded one."""
+        if isinstance(what, Element):
+            if values:
+                raise CaptureError("used(element) takes no values: the element is already recorded")
+            if self.status != "running":
+                raise self._refuse(what.dataset, "uses")
+            self._put((_USAGE, (self._run_id, self.id, what.dataset, what.task_id, what.seq, time.time())))
+            return what
+        entry = self._uses.get(what)
+        if entry is None or self.status != "running":
+            raise self._refuse(what, "uses")
+        return self._record(what, entry, values)
+
+    def _record(self, dataset: str, entry: tuple[Any, Any, bool], values: dict[str, Any]) -> Element:
+        # The hot path of capture: check, number, queue. The writer thread does the rest.
         tgt, check, has_files = entry
         if values:
             check(values)
@@ -142,27 +160,12 @@ class Task:
             self._record_files(dataset, seq, values)
         return _new_tuple(Element, (dataset, self.id, seq))
 
-    def used(self, what: "str | Element", /, **values: Any) -> Element:
-        """Record that this task used an element: a new one (dataset name and values) or a recorded one."""
-        if isinstance(what, Element):
-            if values:
-                raise CaptureError("used(element) takes no values: the element is already recorded")
-            if self.status != "running":
-                raise self._refuse(what.dataset, "uses")
-            self._put((_USAGE, (self._run_id, self.id, what.dataset, what.task_id, what.seq, time.time())))
-            return what
-        entry = self._uses.get(what)
-        if entry is None or self.status != "running":
-            raise self._refuse(what, "uses")
-        tgt, check, has_files = entry
-        check(values)
-        seq = next(self._seq)
-        self._put((tgt, (self._run_id, self.id, seq, time.time()), values))
-        if has_files:
-            self._record_files(what, seq, values)
-        return Element(what, self.id, seq)
-
     def _refuse(self, dataset: object, role: str) -> Exception:
+        if self.status == "forked":
+            return CaptureError(
+                f"task {self.id} belongs to process {self.run.pid}, not to this forked child "
+                f"({os.getpid()}); start a run in the child to capture there"
+            )
         if self.status != "running":
             return CaptureError(f"task {self.id} ({self.transformation}) has ended ({self.status}); start a new task")
         verb, other_verb, other_call = (
@@ -268,7 +271,7 @@ class Run:
         self._file_numbers = itertools.count(1)
         self._iterations: dict[str, int] = {}
         self._tasks: set[Task] = set()
-        pid = os.getpid()
+        self.pid = pid = os.getpid()
         self._writer.put(
             (
                 _RUN,
@@ -304,6 +307,8 @@ class Run:
 
     def task(self, transformation: str, *, depends_on: Iterable[Task | str] = ()) -> Task:
         """Start a task of a transformation; use it as a context manager or call end()."""
+        if self.status == "forked":
+            raise CaptureError(f"run {self.id} belongs to process {self.pid}, not to this forked child")
         if self.status != "running":
             raise CaptureError(f"run {self.id} has ended ({self.status}); start a new run")
         iteration = self._iterations.get(transformation, 0) + 1
@@ -400,4 +405,16 @@ def _end_open_runs() -> None:
         run.end("interrupted", "the process exited without ending the run")
 
 
+def _disown_after_fork() -> None:
+    # A forked child inherits the parent's runs but not its writer thread: refuse captures
+    # on them loudly instead of queueing rows that no thread would ever write.
+    for run in list(_open_runs):
+        for task in list(run._tasks):
+            task.status = "forked"
+        run.status = "forked"
+    _open_runs.clear()
+    _signals.users, _signals.installed = 0, False
+
+
 before_close(_end_open_runs)
+os.register_at_fork(after_in_child=_disown_after_fork)

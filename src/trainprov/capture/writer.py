@@ -59,8 +59,6 @@ class Writer:
         self._last_heartbeat = 0.0
         self.last_error: BaseException | None = None
         self.rows_written = 0
-        #: time spent in the store's write calls (encoding and SQL), for ingest rates
-        self.write_seconds = 0.0
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="trainprov-writer", daemon=True)
         self._thread.start()
@@ -141,9 +139,7 @@ class Writer:
             if self._active_runs and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
                 groups.append((_HEARTBEAT, [(_HEARTBEAT, (r, now)) for r in sorted(self._active_runs)]))
             if groups:
-                started = time.perf_counter()
                 self.backend.write(groups)
-                self.write_seconds += time.perf_counter() - started
                 self._last_heartbeat = now if groups[-1][0] is _HEARTBEAT else self._last_heartbeat
                 self.backend.maintain()
             self.rows_written += len(rows)
@@ -157,18 +153,9 @@ class Writer:
                 return
 
     def _take(self) -> list:
-        queue, taken = self._queue, []
-        limit = max(self.batch_rows * 4, 20_000)
-        popleft = queue.popleft
-        try:
-            while len(taken) < limit:
-                item = popleft()
-                taken.append(item)
-                if isinstance(item, _Flush):
-                    break
-        except IndexError:
-            pass
-        return taken
+        # Only the writer pops, so the queue holds at least this many items.
+        popleft = self._queue.popleft
+        return [popleft() for _ in range(min(len(self._queue), max(self.batch_rows * 4, 20_000)))]
 
     # ---- shutdown ---------------------------------------------------------------------
 

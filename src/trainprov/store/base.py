@@ -11,7 +11,6 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import SpecError
@@ -82,15 +81,16 @@ class SQLBackend(Backend):
 
     #: attribute type -> SQL column type
     sql_types: dict[str, str] = {}
-    #: rows per multi-row INSERT when a batch is large
-    rows_per_statement = 100
+    #: rows per multi-row INSERT when a batch is large, and the most parameters a statement takes
+    rows_per_statement = 500
+    max_parameters = 30_000
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
-        self._statements: dict[Target, tuple[str, Encoder]] = {}
+        self._statements: dict[Target, tuple[str, Encoder, Callable[[list, list], None]]] = {}
 
     # ---- dialect hooks ---------------------------------------------------------------
 
@@ -162,8 +162,6 @@ class SQLBackend(Backend):
     # ---- schema ----------------------------------------------------------------------
 
     def _ensure_catalog(self, cur: Any) -> None:
-        if self._table_exists(cur, "attributes"):
-            return
         for table in TABLES.values():
             for stmt in self._create_table_sql(table):
                 cur.execute(stmt)
@@ -246,29 +244,35 @@ class SQLBackend(Backend):
 
     # ---- writes ----------------------------------------------------------------------
 
-    def _compile(self, target: Target, order: Sequence[int]) -> Encoder:
-        """Build, once per target, a function from a queued item to the values stored.
+    def _compile(self, target: Target, order: Sequence[int]) -> tuple[Encoder, Callable[[list, list], None]]:
+        """Build, once per target, functions from queued items to the values stored.
 
         An item is (target, row) or, for elements, (target, element columns, values dict).
-
-        Generated code because this runs for every row the writer writes: one tuple
-        expression is several times faster than a loop over the columns.
+        `build(item)` returns one row; `extend(items, out)` appends the values of many rows
+        to one flat list, for multi-row statements. Generated code because this runs for
+        every row the writer writes: one tuple expression is several times faster than a
+        loop over the columns.
         """
         exprs = []
         for i in order:
             column, kind = target.columns[i], target.types[i]
             source = f"g({column!r})" if target.prefix and i >= target.prefix else f"p[{i}]"
             exprs.append(self._value_expr(kind, source))
-        head = "p = item[1]\n    g = item[2].get" if target.prefix else "p = item[1]"
-        code = f"def build(item):\n    {head}\n    return ({', '.join(exprs)},)\n"
+        head = "p = item[1]\n        g = item[2].get" if target.prefix else "p = item[1]"
+        row = f"({', '.join(exprs)},)"
+        code = (
+            f"def build(item):\n    {head.replace(chr(10) + '    ', chr(10))}\n    return {row}\n"
+            f"def extend(items, out):\n    for item in items:\n        {head}\n        out += {row}\n"
+        )
         namespace = dict(self._expr_globals)
         exec(compile(code, f"<trainprov row builder for {target.table}>", "exec"), namespace)
-        return namespace["build"]
+        return namespace["build"], namespace["extend"]
 
     def _encode_value(self, kind: str, value: Any) -> Any:
-        return self._compile(Target("value", ("value",), (kind,)), [0])((None, (value,)))[0]
+        build, _ = self._compile(Target("value", ("value",), (kind,)), [0])
+        return build((None, (value,)))[0]
 
-    def _statement(self, target: Target) -> tuple[str, Encoder]:
+    def _statement(self, target: Target) -> tuple[str, Encoder, Callable[[list, list], None]]:
         found = self._statements.get(target)
         if found is None:
             p = self.placeholder
@@ -281,24 +285,31 @@ class SQLBackend(Backend):
                 marks = ", ".join([p] * len(target.columns))
                 sql = f"INSERT INTO {target.table} ({', '.join(target.columns)}) VALUES ({marks})"
                 order = list(range(len(target.columns)))
-            found = self._statements[target] = (sql, self._compile(target, order))
+            found = self._statements[target] = (sql, *self._compile(target, order))
         return found
 
     def write(self, groups: Sequence[tuple[Target, list[tuple]]]) -> None:
+        """Write the queued items of all groups in one transaction, in order.
+
+        Each group is (target, items); an item is (target, row) or, for element targets,
+        (target, values of the element columns, dict of attribute values).
+        """
+
         def work(cur: Any) -> None:
             for target, rows in groups:
-                sql, build = self._statement(target)
-                if target.mode == "update" or len(rows) < 2 * self.rows_per_statement:
+                sql, build, extend = self._statement(target)
+                n = max(1, min(self.rows_per_statement, self.max_parameters // len(target.columns)))
+                if target.mode == "update" or len(rows) < 2 * n:
                     cur.executemany(sql, map(build, rows))
                     continue
                 # Many rows per statement: the database is entered once per chunk, not per
                 # row, which matters when the capture thread competes for the GIL.
-                n = self.rows_per_statement
                 head = sql[: sql.index(" VALUES ")]
                 marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
                 chunk_sql = f"{head} VALUES {', '.join([marks] * n)}"
                 whole = len(rows) - len(rows) % n
-                values = list(chain.from_iterable(map(build, rows[:whole])))
+                values: list = []
+                extend(rows[:whole], values)
                 width = n * len(target.columns)
                 for lo in range(0, len(values), width):
                     cur.execute(chunk_sql, values[lo : lo + width])

@@ -40,12 +40,14 @@ def _parse_timestamp(raw: bytes) -> Any:
 
 def _iso(value: Any) -> str:
     """Format an epoch float or a datetime as fixed-width ISO 8601 UTC text."""
-    if isinstance(value, float):
-        whole = math.floor(value)
-        if _SECOND_CACHE[0] != whole:
-            _SECOND_CACHE[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+    if value.__class__ is float:  # the capture time of every element: the hot case
+        whole = int(value)
+        if whole != _SECOND_CACHE[0]:
+            _SECOND_CACHE[1] = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(whole))
             _SECOND_CACHE[0] = whole
-        return f"{_SECOND_CACHE[1]}.{int((value - whole) * 1e6):06d}+00:00"
+        return _SECOND_CACHE[1] + "%06d+00:00" % ((value - whole) * 1e6)
+    if isinstance(value, (int, float)):
+        value = _dt.datetime.fromtimestamp(value, _UTC)
     return value.astimezone(_UTC).isoformat(sep=" ", timespec="microseconds")
 
 
