@@ -6,9 +6,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml requirements-test.txt
+export KERAS_BACKEND ?= torch
+
+$(STAMP): pyproject.toml requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e . -r requirements-test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[rdf,keras]' -r requirements-dev.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
