@@ -327,3 +327,55 @@ def test_liveness_tells_a_dead_or_reused_pid_from_a_live_process():
     assert not liveness.is_alive(child.pid, None)
     child.wait()
     assert not liveness.is_alive(child.pid, None)
+
+
+def test_an_uncaught_exception_ends_an_open_run_failed(store):
+    code = """
+    import sys, trainprov as tp
+    sys.path.insert(0, sys.argv[2])
+    from conftest import training_flow
+    run = tp.start_run(training_flow(), sys.argv[1])
+    train = run.task("train")
+    train.generated("epoch_metrics", epoch=1, loss=0.5)
+    print(run.id, flush=True)
+    raise RuntimeError("diverged at epoch 2")
+    """
+    done = run_python(code, store, os.path.join(ROOT, "tests"), check=False)
+    assert done.returncode == 1 and "RuntimeError: diverged at epoch 2" in done.stderr
+    run_id = done.stdout.strip()
+    assert status_of(store, run_id) == {"status": "failed", "error": "RuntimeError: diverged at epoch 2"}
+    assert tp.query("SELECT status FROM tasks", store=store) == [{"status": "failed"}]
+    assert tp.query("SELECT count(*) AS n FROM epoch_metrics", store=store) == [{"n": 1}]
+
+
+def test_a_running_run_can_grow_its_dataflow(store, flow):
+    with tp.start_run(flow, store) as run, run.task("train") as train:
+        train.generated("epoch_metrics", epoch=1, loss=0.5)
+        with pytest.raises(tp.SpecError, match="no attribute 'accuracy'"):
+            train.generated("epoch_metrics", epoch=2, loss=0.4, accuracy=0.8)
+        version = run.evolve(flow.with_attributes("epoch_metrics", accuracy=float))
+        train.generated("epoch_metrics", epoch=2, loss=0.4, accuracy=0.8)
+        with pytest.raises(tp.SpecError, match="may only grow"):
+            run.evolve(tp.Dataflow("training", [tp.Transformation("train", generates=[tp.Dataset("epoch_metrics", epoch=int)])]))
+    assert version == 2
+    assert tp.query("SELECT dataflow_version FROM runs", store=store) == [{"dataflow_version": 2}]
+    assert tp.query("SELECT epoch, accuracy FROM epoch_metrics ORDER BY epoch", store=store) == [
+        {"epoch": 1, "accuracy": None}, {"epoch": 2, "accuracy": 0.8}
+    ]
+
+
+def test_file_attributes_give_file_refs_and_derivations_chain_checkpoints(store, flow, tmp_path):
+    paths = [tmp_path / f"ckpt{i}.bin" for i in (1, 2)]
+    with tp.start_run(flow, store) as run, run.task("train") as train:
+        previous = None
+        for epoch, path in enumerate(paths, 1):
+            path.write_bytes(bytes([epoch]) * 100)
+            element = train.generated("checkpoints", epoch=epoch, path=path)
+            assert element.files[0].sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+            if previous:
+                train.derive(element.files[0], [previous])
+            previous = element.files[0]
+    rows = tp.query(
+        "SELECT f.path, s.path AS source FROM file_derivations d JOIN files f ON f.file_id = d.file_id "
+        "JOIN files s ON s.file_id = d.derived_from", store=store)
+    assert rows == [{"path": str(paths[1]), "source": str(paths[0])}]

@@ -22,6 +22,7 @@ from .writer import Writer, before_close, writer_for
 
 _RUN = target("runs")
 _RUN_END = target("runs", ("run_id", "status", "ended_at", "duration_s", "error"), mode="update")
+_RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 _TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at"))
 _TASK_END = target("tasks", ("task_id", "status", "ended_at", "duration_s", "error"), mode="update")
 _DEPENDENCY = target("task_dependencies")
@@ -41,6 +42,8 @@ class Element(NamedTuple):
     dataset: str
     task_id: str
     seq: int
+    #: the files recorded for the element's `file` attributes
+    files: tuple["FileRef", ...] = ()
 
 
 class FileRef(NamedTuple):
@@ -96,7 +99,7 @@ class Task:
     """One execution of a transformation inside a run; records the elements it uses and generates."""
 
     def __init__(self, run: "Run", transformation: str, iteration: int, depends_on: Iterable["Task | str"]) -> None:
-        spec = run.dataflow.transformation(transformation)
+        run.dataflow.transformation(transformation)  # an unknown name fails here, before anything is queued
         self.run = run
         self.transformation = transformation
         self.iteration = iteration
@@ -109,17 +112,22 @@ class Task:
         self._soft_limit = run._writer.batch_rows
         self._seq = itertools.count(1)
         self._files = run._file_numbers
-
-        def entries(names: tuple[str, ...]) -> dict[str, tuple[Any, Any, bool]]:
-            datasets = run.dataflow.datasets
-            return {n: (run._targets[n], datasets[n].check, bool(datasets[n].file_attributes)) for n in names}
-
-        self._uses = entries(spec.used_names)
-        self._generates = entries(spec.generated_names)
+        self._bind(run.dataflow)
         self._put((_TASK, (self.id, run.id, transformation, iteration, "running", self.started)))
         for dep in depends_on:
             dep_id = dep.id if isinstance(dep, Task) else str(dep)
             self._put((_DEPENDENCY, (self.id, dep_id)))
+
+    def _bind(self, dataflow: Dataflow) -> None:
+        # what this task may record, resolved once (and again when the run's dataflow grows)
+        spec = dataflow.transformation(self.transformation)
+        datasets, targets = dataflow.datasets, self.run._targets
+
+        def entries(names: tuple[str, ...]) -> dict[str, tuple[Any, Any, bool]]:
+            return {n: (targets[n], datasets[n].check, bool(datasets[n].file_attributes)) for n in names}
+
+        self._uses = entries(spec.used_names)
+        self._generates = entries(spec.generated_names)
 
     # ---- elements ---------------------------------------------------------------------
 
@@ -157,8 +165,8 @@ class Task:
         else:
             self._put(item)
         if has_files:
-            self._record_files(dataset, seq, values)
-        return _new_tuple(Element, (dataset, self.id, seq))
+            return _new_tuple(Element, (dataset, self.id, seq, self._record_files(dataset, seq, values)))
+        return _new_tuple(Element, (dataset, self.id, seq, ()))
 
     def _refuse(self, dataset: object, role: str) -> Exception:
         if self.status == "forked":
@@ -208,16 +216,24 @@ class Task:
                 (file_id, self._run_id, self.id, path, role, stat.st_size, digest, stat.st_mtime, now, dataset, element_seq),
             )
         )
-        for source in derived_from:
-            self._put((_DERIVATION, (file_id, source.file_id if isinstance(source, FileRef) else str(source))))
-        return FileRef(file_id, path, stat.st_size, digest)
+        ref = FileRef(file_id, path, stat.st_size, digest)
+        self.derive(ref, derived_from)
+        return ref
 
-    def _record_files(self, dataset: str, seq: int, values: dict[str, Any]) -> None:
+    def _record_files(self, dataset: str, seq: int, values: dict[str, Any]) -> tuple[FileRef, ...]:
         names = self.run.dataflow.datasets[dataset].file_attributes
+        refs = []
         for name in names:
             if values.get(name) is not None:
                 role = dataset if len(names) == 1 else f"{dataset}.{name}"
-                self.file(values[name], role=role, dataset=dataset, element_seq=seq)
+                refs.append(self.file(values[name], role=role, dataset=dataset, element_seq=seq))
+        return tuple(refs)
+
+    def derive(self, file: FileRef | str, sources: Iterable[FileRef | str]) -> None:
+        """Record that a file was derived from other files (a checkpoint from the previous one)."""
+        file_id = file.file_id if isinstance(file, FileRef) else str(file)
+        for source in sources:
+            self._put((_DERIVATION, (file_id, source.file_id if isinstance(source, FileRef) else str(source))))
 
     # ---- end --------------------------------------------------------------------------
 
@@ -271,6 +287,9 @@ class Run:
         self._file_numbers = itertools.count(1)
         self._iterations: dict[str, int] = {}
         self._tasks: set[Task] = set()
+        #: how the run ends if the interpreter exits while it is open (an integration may
+        #: know better, e.g. that its training finished)
+        self.exit_status: tuple[str, str | None] = ("interrupted", "the process exited without ending the run")
         self.pid = pid = os.getpid()
         self._writer.put(
             (
@@ -316,6 +335,26 @@ class Run:
         self._iterations[transformation] = iteration
         self._tasks.add(task)
         return task
+
+    def evolve(self, dataflow: Dataflow) -> int:
+        """Continue the run under a grown dataflow (more attributes or transformations); returns its version."""
+        if dataflow.name != self.dataflow.name:
+            raise SpecError(f"run {self.id} runs dataflow {self.dataflow.name!r}, not {dataflow.name!r}")
+        for name, t in self.dataflow.transformations.items():
+            grown = dataflow.transformations.get(name)
+            if grown is None or not set(t.used_names) <= set(grown.used_names) or not set(t.generated_names) <= set(grown.generated_names):
+                raise SpecError(f"a running run's dataflow may only grow: transformation {name!r} lost datasets or is gone")
+        for name, ds in self.dataflow.datasets.items():
+            missing = set(ds.types.items()) - set(dataflow.datasets[name].types.items())
+            if missing:
+                raise SpecError(f"a running run's dataflow may only grow: dataset {name!r} lost or changed {sorted(missing)}")
+        self.dataflow_version = self._writer.backend.declare(dataflow)
+        self.dataflow = dataflow
+        self._targets = {n: element_target(ds) for n, ds in dataflow.datasets.items()}
+        for task in list(self._tasks):
+            task._bind(dataflow)
+        self._writer.put((_RUN_VERSION, (self.id, self.dataflow_version)))
+        return self.dataflow_version
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Return once every row captured so far is committed and visible to readers."""
@@ -402,7 +441,21 @@ _signals = _SignalHandling()
 
 def _end_open_runs() -> None:
     for run in list(_open_runs):
-        run.end("interrupted", "the process exited without ending the run")
+        run.end(*run.exit_status)
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    # An uncaught exception ends the process: open runs end failed (or interrupted) with it.
+    for run in list(_open_runs):
+        try:
+            run.end(*_status_for(exc))
+        except Exception as failure:  # the original exception is what the user must see
+            print(f"trainprov: could not end run {run.id}: {failure!r}", file=sys.stderr)
+    _previous_excepthook(exc_type, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
+sys.excepthook = _excepthook
 
 
 def _disown_after_fork() -> None:
