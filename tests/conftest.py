@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before any test imports keras
+
 import subprocess
 import sys
 import textwrap

@@ -251,6 +251,7 @@ class Dataset:
         self,
         name: str,
         attributes: Mapping[str, object] | Iterable[Attribute] | None = None,
+        /,
         *,
         description: str = "",
         **attrs: object,

@@ -158,15 +158,14 @@ class Task:
         if values:
             check(values)
         seq = next(self._seq)
+        files = self._record_files(dataset, seq, values) if has_files else ()
         item = (tgt, (self._run_id, self.id, seq, time.time()), values)
         queue = self._queue
         if len(queue) < self._soft_limit:
             queue.append(item)
         else:
             self._put(item)
-        if has_files:
-            return _new_tuple(Element, (dataset, self.id, seq, self._record_files(dataset, seq, values)))
-        return _new_tuple(Element, (dataset, self.id, seq, ()))
+        return _new_tuple(Element, (dataset, self.id, seq, files))
 
     def _refuse(self, dataset: object, role: str) -> Exception:
         if self.status == "forked":
@@ -227,6 +226,7 @@ class Task:
             if values.get(name) is not None:
                 role = dataset if len(names) == 1 else f"{dataset}.{name}"
                 refs.append(self.file(values[name], role=role, dataset=dataset, element_seq=seq))
+                values[name] = refs[-1].path  # the column holds the absolute path, as `files` does
         return tuple(refs)
 
     def derive(self, file: FileRef | str, sources: Iterable[FileRef | str]) -> None:

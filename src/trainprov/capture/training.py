@@ -1,0 +1,361 @@
+"""The provenance of a training, framework-neutral: what every integration records.
+
+Integrations (Keras, PyTorch, Lightning, Transformers) translate their framework's events
+into calls on a `TrainingRecorder`; the recorder owns the default dataflow, the names and
+types of columns that appear as training goes (a new metric becomes a new column), and the
+rules that keep the record honest (an adaptation only when a value really changed, a
+checkpoint derived from the previous one). Runs of every framework land in the same
+datasets, so one query compares them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import threading
+from typing import Any, Iterable, Mapping
+
+from ..errors import CaptureError
+from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
+from .run import Element, FileRef, Run, Task, start_run
+
+TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
+BUILT_IN = (TRAIN, ADAPT, EVALUATE)
+# datasets whose new columns take the type of their first value (elsewhere: metrics, floats)
+_TYPED_BY_VALUE = ("hyperparameters", "layers")
+
+
+def training_dataflow(name: str, extra: Iterable[Transformation] = ()) -> Dataflow:
+    """The default dataflow of a training: train, adapt and evaluate, plus your own transformations."""
+    hyperparameters = Dataset(
+        "hyperparameters",
+        framework=str,
+        optimizer=str,
+        learning_rate=float,
+        optimizer_config="json",
+        lr_schedule="json",
+        loss=str,
+        metrics="json",
+        batch_size=int,
+        epochs=int,
+        steps_per_epoch=int,
+        n_layers=int,
+        trainable_params=int,
+        non_trainable_params=int,
+        description="what the training was configured with",
+    )
+    layers = Dataset(
+        "layers",
+        layer_index=int,
+        name=str,
+        class_name=str,
+        output_shape=str,
+        params=int,
+        trainable_params=int,
+        activation=str,
+        units=int,
+        filters=int,
+        kernel_size=str,
+        strides=str,
+        dropout_rate=float,
+        description="the architecture, one row per layer",
+    )
+    epoch_metrics = Dataset(
+        "epoch_metrics", epoch=int, loss=float, learning_rate=float, epoch_time_s=float,
+        description="one row per epoch: every value the framework reports, epochs counted from 1",
+    )
+    step_metrics = Dataset(
+        "step_metrics", epoch=int, step=int, global_step=int, loss=float,
+        description="one row per recorded training step (steps counted from 1 within each epoch)",
+    )
+    checkpoints = Dataset(
+        "checkpoints", epoch=int, path="file", monitor=str, monitor_value=float,
+        description="model files written during training",
+    )
+    adaptations = Dataset(
+        "adaptations",
+        epoch=int,
+        step=int,
+        kind=str,
+        parameter=str,
+        old_value=float,
+        new_value=float,
+        cause=str,
+        monitor=str,
+        monitor_value=float,
+        best_epoch=int,
+        best_value=float,
+        description="changes made during training: learning-rate changes, early stopping",
+    )
+    test_results = Dataset(
+        "test_results", loss=float, evaluation_time_s=float, extra="json",
+        description="evaluation results, aggregated over the whole evaluation data",
+    )
+    return Dataflow(
+        name,
+        [
+            Transformation(TRAIN, uses=[hyperparameters, layers], generates=[epoch_metrics, step_metrics, checkpoints]),
+            Transformation(ADAPT, uses=["epoch_metrics"], generates=[adaptations]),
+            Transformation(EVALUATE, uses=["checkpoints"], generates=[test_results]),
+            *extra,
+        ],
+        description="training provenance recorded by a trainprov integration",
+    )
+
+
+def _number(value: Any) -> float | None:
+    """A metric value as a float, or None if it is not a number."""
+    item = getattr(value, "item", None)
+    if item is not None and getattr(value, "size", 1) == 1:
+        try:
+            value = item()
+        except Exception:  # not a scalar: reported as not a number
+            return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _value_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return "json"
+
+
+class TrainingRecorder:
+    """Records one run of a training: fits, epochs, steps, adaptations, checkpoints, evaluations."""
+
+    def __init__(
+        self,
+        framework: str,
+        store: str | os.PathLike | None = None,
+        *,
+        dataflow: Dataflow | None = None,
+        run: Run | None = None,
+        name: str | None = None,
+        record_agents: bool = True,
+    ) -> None:
+        self.framework = framework
+        self.store = store
+        self.flow = dataflow or training_dataflow(f"{sanitize_name(framework)}_training")
+        self.run: Run | None = run
+        self.name = name
+        self.record_agents = record_agents
+        self.train_task: Task | None = None
+        self._last_train: Task | None = None
+        self._pending_uses: list[Element] = []
+        self._columns: dict[tuple[str, str], str] = {}  # (dataset, framework key) -> column
+        self._last_checkpoint: FileRef | None = None
+        self._last_checkpoint_element: Element | None = None
+        self._lock = threading.RLock()
+        if run is not None:
+            self.flow = run.dataflow
+
+    # ---- the run --------------------------------------------------------------------------
+
+    def start(self) -> Run:
+        """The run, started now if it is not yet."""
+        if self.run is None or self.run.status != "running":
+            self.run = start_run(self.flow, self.store, name=self.name, record_agents=self.record_agents)
+            self.flow = self.run.dataflow
+        return self.run
+
+    def use(self, *elements: Element) -> None:
+        """Elements (data, say) that the next training task uses."""
+        self._pending_uses.extend(elements)
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run; a training task still open means its fit never ended: failed."""
+        if self.train_task is not None:
+            if status == "finished":
+                status, error = "failed", "the training did not reach its end"
+            self.end_training(status, error)
+        if self.run is not None:
+            self.run.end(status, error)
+
+    # ---- columns that appear as training goes ------------------------------------------
+
+    def _column(self, dataset: str, key: str) -> str:
+        """The column of a framework's key (a metric name, say): a safe name, unique in its dataset."""
+        column = self._columns.get((dataset, key))
+        if column is None:
+            column = sanitize_name(key)
+            taken = {c for (d, _), c in self._columns.items() if d == dataset} | set(ELEMENT_COLUMNS)
+            while column in taken:
+                column += "_"
+            self._columns[(dataset, key)] = column
+        return column
+
+    def _columns_for(self, dataset: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Map framework keys to columns of a dataset, growing the dataflow for new ones.
+
+        In metric datasets a new key becomes a float column; a value that is not a number
+        goes, with its key, into the JSON column `extra`: kept, never dropped.
+        """
+        with self._lock:  # frameworks may report steps from several threads at once
+            return self._map_columns(dataset, values)
+
+    def _map_columns(self, dataset: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        declared = self.flow.datasets[dataset].types
+        out: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        grow: dict[str, str] = {}
+        for key, value in values.items():
+            column = self._column(dataset, key)
+            kind = declared.get(column) or grow.get(column)
+            if kind is None:
+                if value is None:
+                    continue  # nothing to store, and no type to give a new column
+                if dataset in _TYPED_BY_VALUE:
+                    kind = _value_type(value)
+                elif _number(value) is not None:
+                    kind = "float"
+                else:
+                    extra[key] = value
+                    continue
+                grow[column] = kind
+            if kind == "float" and value is not None:
+                number = _number(value)
+                if number is None:
+                    extra[key] = value
+                    continue
+                value = number
+            out[column] = value
+        if extra and "extra" not in declared:
+            grow["extra"] = "json"
+        if grow:
+            self._grow(dataset, grow)
+        if extra:
+            out["extra"] = extra
+        return out
+
+    def _grow(self, dataset: str, attributes: dict[str, str]) -> None:
+        self.flow = self.flow.with_attributes(dataset, attributes)
+        if self.run is not None and self.run.status == "running":
+            self.run.evolve(self.flow)
+
+    # ---- a fit ------------------------------------------------------------------------------
+
+    def begin_training(self, hyperparameters: Mapping[str, Any], layers: Iterable[Mapping[str, Any]] = ()) -> Task:
+        """Start a training task; record its hyperparameters and architecture."""
+        run = self.start()
+        if self.train_task is not None:  # the previous fit never reached its end
+            self.end_training("failed", "the training did not reach its end")
+        depends = [t for t in run._tasks if t.transformation not in BUILT_IN]
+        depends += [self._last_train] if self._last_train is not None else []
+        values = self._columns_for("hyperparameters", {"framework": self.framework, **hyperparameters})
+        layer_rows = [self._columns_for("layers", dict(layer)) for layer in layers]
+        task = run.task(TRAIN, depends_on=depends)
+        self.train_task = task
+        for element in self._pending_uses:
+            task.used(element)
+        self._pending_uses.clear()
+        task.used("hyperparameters", **values)
+        for row in layer_rows:
+            task.used("layers", **row)
+        run.exit_status = ("failed", "the training did not reach its end")
+        run.flush()
+        return task
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any], *, learning_rate: float | None = None, seconds: float | None = None) -> Element:
+        """Record one epoch (counted from 1) with every value the framework reported, then flush."""
+        task = self._training()
+        values = self._columns_for("epoch_metrics", dict(metrics))
+        values["epoch"] = epoch
+        if learning_rate is not None:
+            values["learning_rate"] = learning_rate
+        if seconds is not None:
+            values["epoch_time_s"] = seconds
+        with self._lock:
+            element = task.generated("epoch_metrics", **values)
+        self.run.flush()
+        return element
+
+    def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
+        """Record one training step (counted from 1 within its epoch); not flushed."""
+        values = self._columns_for("step_metrics", dict(metrics))
+        values["epoch"], values["step"] = epoch, step
+        if global_step is not None:
+            values["global_step"] = global_step
+        with self._lock:  # not while another thread grows the dataflow
+            self._training().generated("step_metrics", **values)
+
+    def adaptation(self, epoch: int, kind: str, cause: str, **facts: Any) -> Element | None:
+        """Record an adaptation (a learning-rate change, early stopping) as a task of its own."""
+        run = self.start()
+        if kind == "learning_rate" and facts.get("old_value") == facts.get("new_value"):
+            return None  # nothing changed: no adaptation
+        depends = [self.train_task or self._last_train] if (self.train_task or self._last_train) else []
+        with run.task(ADAPT, depends_on=depends) as task:
+            values = {k: v for k, v in facts.items() if v is not None}
+            return task.generated("adaptations", epoch=epoch, kind=kind, cause=cause, **values)
+
+    def checkpoint(self, path: str | os.PathLike, *, epoch: int | None = None, monitor: str | None = None,
+                   monitor_value: float | None = None) -> FileRef:
+        """Record a checkpoint file, derived from the previous one."""
+        task = self.train_task or self._last_train
+        if task is None or task.status != "running":
+            raise CaptureError("a checkpoint is recorded during training (between begin_training and end_training)")
+        element = task.generated("checkpoints", epoch=epoch, path=path, monitor=monitor, monitor_value=_number(monitor_value))
+        ref = element.files[0]
+        if self._last_checkpoint is not None:
+            task.derive(ref, [self._last_checkpoint])
+        self._last_checkpoint, self._last_checkpoint_element = ref, element
+        return ref
+
+    def end_training(self, status: str = "finished", error: str | None = None) -> None:
+        """End the training task."""
+        if self.train_task is None:
+            return
+        self.train_task.end(status, error)
+        self._last_train, self.train_task = self.train_task, None
+        if self.run is not None:
+            self.run.exit_status = ("finished", None) if status == "finished" else (status, error)
+            self.run.flush()
+
+    def evaluation(self, metrics: Mapping[str, Any], *, seconds: float | None = None) -> Element:
+        """Record an evaluation (aggregated results) as a task after the last training."""
+        run = self.start()
+        depends = [self._last_train] if self._last_train is not None else []
+        with run.task(EVALUATE, depends_on=depends) as task:
+            if self._last_checkpoint_element is not None:
+                task.used(self._last_checkpoint_element)
+            values = self._columns_for("test_results", dict(metrics))
+            if seconds is not None:
+                values["evaluation_time_s"] = seconds
+            element = task.generated("test_results", **values)
+        run.flush()
+        return element
+
+    def _training(self) -> Task:
+        if self.train_task is None:
+            raise CaptureError("no training task is open: call begin_training first")
+        return self.train_task
+
+
+def learning_rate_changes(value_at: Any, first: int, last: int) -> list[tuple[int, float, float]]:
+    """Steps in [first, last] where a step function changes value: (step, old, new), by bisection."""
+    changes: list[tuple[int, float, float]] = []
+
+    def search(lo: int, lo_value: float, hi: int, hi_value: float) -> None:
+        if lo_value == hi_value or (math.isnan(lo_value) and math.isnan(hi_value)):
+            return
+        if hi - lo == 1:
+            changes.append((hi, lo_value, hi_value))
+            return
+        mid = (lo + hi) // 2
+        mid_value = value_at(mid)
+        search(lo, lo_value, mid, mid_value)
+        search(mid, mid_value, hi, hi_value)
+
+    if last > first:
+        search(first, value_at(first), last, value_at(last))
+    return changes
+

@@ -1,0 +1,1 @@
+"""Thin adapters that translate a framework's training events into trainprov capture calls."""

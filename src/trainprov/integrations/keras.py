@@ -1,0 +1,414 @@
+"""Keras 3: one callback records the provenance of `model.fit` and `model.evaluate`.
+
+It translates Keras's events into calls on a `TrainingRecorder` and owns nothing else.
+Backend-agnostic (tested with KERAS_BACKEND=torch).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from typing import Any, Iterable, Mapping
+
+import keras
+
+from ..capture.run import Element, FileRef, Run, _status_for
+from ..capture.training import TrainingRecorder, learning_rate_changes
+from ..spec import Dataflow
+
+_LR_CALLBACK_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+
+
+def _float(value: Any) -> float:
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def _name_of(thing: Any) -> str | None:
+    if thing is None or isinstance(thing, str):
+        return thing
+    return getattr(thing, "name", None) or getattr(thing, "__name__", None) or type(thing).__name__
+
+
+def _callbacks_of_this_fit() -> list[keras.callbacks.Callback]:
+    """The callbacks Keras runs alongside ours: found on the CallbackList that called us."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        code = frame.f_code
+        first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if isinstance(first, keras.callbacks.CallbackList):
+            return list(first.callbacks)
+        frame = frame.f_back
+    return []
+
+
+def _changer() -> tuple[keras.callbacks.Callback | None, str | None, dict]:
+    """The callback (and its hook and locals) on the stack that is changing the learning rate."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        code = frame.f_code
+        first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if isinstance(first, keras.callbacks.Callback) and not isinstance(
+            first, (keras.callbacks.CallbackList, ProvenanceCallback)
+        ):
+            hook = frame
+            while hook is not None and hook.f_code.co_name not in _LR_CALLBACK_HOOKS:
+                hook = hook.f_back
+            name = hook.f_code.co_name if hook is not None else None
+            return first, name, dict(hook.f_locals) if hook is not None else {}
+        frame = frame.f_back
+    return None, None, {}
+
+
+def layer_facts(model: keras.Model) -> list[dict[str, Any]]:
+    """One dict per layer: name, class, output shape, parameters and the settings that define it."""
+    rows = []
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    for index, layer in enumerate(layers, 1):
+        try:
+            shape = str(tuple(layer.output.shape))
+        except Exception:  # subclassed models have no symbolic outputs
+            shape = None
+        activation = getattr(layer, "activation", None)
+        if activation is not None:
+            try:
+                activation = keras.activations.serialize(activation)
+            except Exception:  # a custom callable
+                activation = _name_of(activation)
+            activation = activation if isinstance(activation, str) else _name_of(activation)
+        rate = getattr(layer, "rate", None) if isinstance(layer, keras.layers.Dropout) else getattr(layer, "dropout", None)
+        rows.append(
+            {
+                "layer_index": index,
+                "name": layer.name,
+                "class_name": type(layer).__name__,
+                "output_shape": shape,
+                "params": layer.count_params() if layer.built else None,
+                "trainable_params": sum(math.prod(w.shape) for w in layer.trainable_weights),
+                "activation": activation,
+                "units": getattr(layer, "units", None),
+                "filters": getattr(layer, "filters", None),
+                "kernel_size": str(layer.kernel_size) if hasattr(layer, "kernel_size") else None,
+                "strides": str(layer.strides) if hasattr(layer, "strides") else None,
+                "dropout_rate": float(rate) if isinstance(rate, (int, float)) else None,
+            }
+        )
+    return rows
+
+
+def _batch_size(data: Any) -> int | None:
+    try:
+        return int(keras.tree.flatten(data)[0].shape[0])
+    except Exception:  # an input without a leading batch dimension
+        return None
+
+
+class ProvenanceCallback(keras.callbacks.Callback):
+    """Records hyperparameters, architecture, epochs (and steps), adaptations, checkpoints and evaluations.
+
+    Pass it to `fit` (and to `evaluate` for test results). One run spans every `fit` and
+    `evaluate` this callback sees until `end()` (or the `with` block ends, or the process
+    exits); `new_run_per_fit=True` starts a run per `fit` instead.
+    """
+
+    # Its batch hook only queues rows, which is thread-safe: Keras may keep dispatching
+    # batch hooks asynchronously.
+    async_safe = True
+
+    def __init__(
+        self,
+        store: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+        run: Run | None = None,
+        dataflow: Dataflow | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        hyperparameters_from: tuple[Any, Iterable[str]] | None = None,
+        include: Iterable[str] | None = None,
+        steps: bool | int = False,
+        architecture: bool = True,
+        new_run_per_fit: bool = False,
+        record_agents: bool = True,
+    ) -> None:
+        super().__init__()
+        self.recorder = TrainingRecorder(
+            "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents
+        )
+        self.user_hyperparameters = dict(hyperparameters or {})
+        self.hyperparameters_from = hyperparameters_from
+        self.include = set(include) if include is not None else None
+        self.step_every = int(steps) if steps else 0
+        self.architecture = architecture
+        self.new_run_per_fit = new_run_per_fit
+        self._in_fit = False
+        self._others: list[keras.callbacks.Callback] = []
+        self._lr_variable: Any = None
+        self._lr_assign: Any = None
+        self._lr_changes: list[tuple[int, str | None, float, float]] = []
+        self._epochs_done = 0
+        self._steps_done = 0
+        self._pending_checkpoints: list[tuple[int, str, str | None, Any, float]] = []
+        self._last_logs: dict[str, Any] = {}
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    @property
+    def run(self) -> Run:
+        """The run (started now if it has not started yet)."""
+        return self.recorder.start()
+
+    def start(self) -> Run:
+        """Start the run before training, to record your own tasks (data preparation, say) first."""
+        return self.recorder.start()
+
+    def use(self, *elements: Element) -> None:
+        """Elements (your data, say) that the next `fit` uses."""
+        self.recorder.use(*elements)
+
+    def checkpoint(self, path: str | os.PathLike, epoch: int | None = None) -> FileRef:
+        """Record a model file you saved yourself during training."""
+        return self.recorder.checkpoint(path, epoch=epoch if epoch is not None else self._epochs_done)
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run."""
+        self._unhook()
+        self.recorder.end(status, error)
+
+    def __enter__(self) -> "ProvenanceCallback":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(*_status_for(exc))
+
+    # ---- what the training was configured with --------------------------------------------
+
+    def _optimizer(self) -> Any:
+        opt = self.model.optimizer
+        return getattr(opt, "inner_optimizer", opt)  # the LossScaleOptimizer wraps the real one
+
+    def _schedule(self) -> Any:
+        lr = getattr(self._optimizer(), "_learning_rate", None)
+        return lr if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) else None
+
+    def _hyperparameters(self, batch_size: int | None) -> dict[str, Any]:
+        model, opt = self.model, self._optimizer()
+        schedule = self._schedule()
+        compiled = model.get_compile_config() if hasattr(model, "get_compile_config") else {}
+        trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+        values: dict[str, Any] = {
+            "optimizer": type(opt).__name__,
+            "learning_rate": _float(schedule(0)) if schedule is not None else _float(opt.learning_rate),
+            "optimizer_config": opt.get_config(),
+            "lr_schedule": {"class": type(schedule).__name__, **schedule.get_config()} if schedule is not None else None,
+            "loss": _name_of(model.loss),
+            "metrics": (compiled or {}).get("metrics"),
+            "batch_size": batch_size,
+            "epochs": self.params.get("epochs"),
+            "steps_per_epoch": self.params.get("steps"),
+            "n_layers": len([layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]),
+            "trainable_params": trainable,
+            "non_trainable_params": model.count_params() - trainable,
+        }
+        if self.include is not None:
+            values = {k: v for k, v in values.items() if k in self.include}
+        if self.hyperparameters_from is not None:
+            source, names = self.hyperparameters_from
+            for attr in names:
+                values[attr] = source[attr] if isinstance(source, Mapping) else getattr(source, attr)
+        values.update(self.user_hyperparameters)
+        return values
+
+    # ---- fit --------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self.new_run_per_fit and self.recorder.run is not None:
+            self.recorder.end()
+            self.recorder.run = None
+        self.recorder.start()
+        self._in_fit = True
+        self._others = _callbacks_of_this_fit()
+        self._hook_learning_rate()
+        self._began = False
+        self._wrap_first_step()
+
+    def _wrap_first_step(self) -> None:
+        # Keras does not tell the batch size; the first batch does. Unwrapped after one call.
+        model = self.model
+        original = model.train_step
+
+        def first_step(data: Any) -> Any:
+            self._unwrap_first_step()
+            self._begin(_batch_size(data))
+            return original(data)
+
+        model.train_step = first_step
+        self._first_step = first_step
+
+    def _unwrap_first_step(self) -> None:
+        if self.model is not None and self.model.__dict__.get("train_step") is getattr(self, "_first_step", None):
+            del self.model.train_step
+
+    def _begin(self, batch_size: int | None) -> None:
+        if self._began:
+            return
+        self._began = True
+        layers = layer_facts(self.model) if self.architecture else []
+        self.recorder.begin_training(self._hyperparameters(batch_size), layers)
+        self._iterations_at_start = int(_float(self._optimizer().iterations))
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._epoch_started = time.perf_counter()
+        self._epoch_started_wall = time.time()
+        self._hook_learning_rate()
+        self._check_checkpoints()
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self.step_every and (batch + 1) % self.step_every == 0 and self._began:
+            self.recorder.step(self._epoch + 1, batch + 1, logs or {}, global_step=self._steps_done + batch + 1)
+        self._last_batch = batch
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        logs = dict(logs or {})
+        self._begin(None)  # a compiled train step never called our wrapper
+        seconds = time.perf_counter() - self._epoch_started
+        steps = getattr(self, "_last_batch", -1) + 1
+        self._record_schedule_changes(epoch, self._steps_done, self._steps_done + steps)
+        self._steps_done += steps
+        self._last_batch = -1
+        self._epochs_done = epoch + 1
+        self._last_logs = logs
+        self.recorder.epoch(epoch + 1, logs, learning_rate=self._epoch_learning_rate(epoch), seconds=seconds)
+        for callback in self._others:
+            if isinstance(callback, keras.callbacks.ModelCheckpoint):
+                try:
+                    path = callback._get_file_path(epoch, None, logs)
+                except Exception:  # a Keras without this helper: such files are recorded by cb.checkpoint()
+                    continue
+                monitor = getattr(callback, "monitor", None)
+                self._pending_checkpoints.append((epoch + 1, path, monitor, logs.get(monitor), self._epoch_started_wall))
+        self._check_checkpoints()
+
+    def _check_checkpoints(self) -> None:
+        # ModelCheckpoint may run after us in the list: its file appears later, so look again.
+        waiting = []
+        for epoch, path, monitor, value, started in self._pending_checkpoints:
+            if os.path.exists(path) and os.path.getmtime(path) >= started - 1:
+                self.recorder.checkpoint(path, epoch=epoch, monitor=monitor, monitor_value=value)
+            elif epoch == self._epochs_done:
+                waiting.append((epoch, path, monitor, value, started))
+        self._pending_checkpoints = waiting
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._unwrap_first_step()
+        self._epoch = self._epochs_done
+        self._check_checkpoints()
+        self._pending_checkpoints = []
+        for callback in self._others:
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
+                self.recorder.adaptation(
+                    callback.stopped_epoch + 1,
+                    "early_stopping",
+                    f"EarlyStopping(monitor={callback.monitor}, patience={callback.patience})",
+                    parameter="epochs",
+                    old_value=self.params.get("epochs"),
+                    new_value=callback.stopped_epoch + 1,
+                    monitor=callback.monitor,
+                    monitor_value=self._last_logs.get(callback.monitor),
+                    best_epoch=callback.best_epoch + 1,
+                    best_value=None if callback.best is None else float(callback.best),
+                )
+        self._in_fit = False
+        self.recorder.end_training("finished")
+        if self.new_run_per_fit:
+            self._unhook()
+            self.recorder.end()
+        # otherwise the learning rate stays watched: a change by hand before the next fit counts
+
+    # ---- evaluate ---------------------------------------------------------------------------
+
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._test_started = time.perf_counter()
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._in_fit:
+            return  # fit's own validation: its values are in the epoch's val_ metrics
+        seconds = time.perf_counter() - getattr(self, "_test_started", time.perf_counter())
+        self.recorder.evaluation(dict(logs or {}), seconds=seconds)
+
+    # ---- learning rate ----------------------------------------------------------------------
+
+    def _hook_learning_rate(self) -> None:
+        """Watch the optimizer's learning-rate variable: every assignment that changes it is an adaptation."""
+        variable = getattr(self._optimizer(), "_learning_rate", None)
+        if variable is self._lr_variable or not hasattr(variable, "assign"):
+            return
+        self._unhook()
+        original = variable.assign
+
+        def assign(value: Any, *args: Any, **kwargs: Any) -> Any:
+            old = _float(variable.value)
+            result = original(value, *args, **kwargs)
+            new = _float(variable.value)
+            if new != old:
+                self._learning_rate_changed(old, new)
+            return result
+
+        variable.assign = assign
+        self._lr_variable, self._lr_assign = variable, original
+
+    def _unhook(self) -> None:
+        if self._lr_variable is not None:
+            try:
+                del self._lr_variable.assign  # back to the class's own method
+            except AttributeError:
+                pass
+            self._lr_variable = self._lr_assign = None
+
+    def _learning_rate_changed(self, old: float, new: float) -> None:
+        callback, hook, local = _changer()
+        cause = type(callback).__name__ if callback is not None else "manual"
+        epoch = local.get("epoch") if isinstance(local.get("epoch"), int) else None
+        if hook == "on_epoch_begin" and epoch is not None:
+            first_epoch = epoch + 1  # takes effect in this epoch
+        elif hook == "on_epoch_end" and epoch is not None:
+            first_epoch = epoch + 2  # takes effect from the next epoch
+        else:
+            first_epoch = (self._epoch + 1) if self._in_fit else self._epochs_done + 1
+        monitor = getattr(callback, "monitor", None)
+        logs = local.get("logs") if isinstance(local.get("logs"), Mapping) else {}
+        self._lr_changes.append((first_epoch, hook, old, new))
+        self.recorder.adaptation(
+            first_epoch, "learning_rate", cause, parameter="learning_rate", old_value=old, new_value=new,
+            monitor=monitor, monitor_value=logs.get(monitor) if monitor else None,
+        )
+
+    def _epoch_learning_rate(self, epoch: int) -> float:
+        """The learning rate the epoch's last step used."""
+        schedule = self._schedule()
+        if schedule is not None:
+            return _float(schedule(max(0, int(_float(self._optimizer().iterations)) - 1)))
+        # a callback before us may already have lowered it for the next epoch
+        for first_epoch, hook, old, _new in self._lr_changes:
+            if first_epoch == epoch + 2 and hook == "on_epoch_end":
+                return old
+        return _float(self._optimizer().learning_rate)
+
+    def _record_schedule_changes(self, epoch: int, first_step: int, last_step: int) -> None:
+        """Discrete schedules (piecewise constant, staircase) change the rate at steps: find them."""
+        schedule = self._schedule()
+        if schedule is None or last_step <= first_step:
+            return
+        config = schedule.get_config()
+        if not (isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay) or config.get("staircase")):
+            return  # a continuous decay: its config is a hyperparameter, its rates are in epoch_metrics
+        offset = self._iterations_at_start
+        changes = learning_rate_changes(
+            lambda k: _float(schedule(offset + k)), max(0, first_step - 1), last_step - 1
+        )
+        for step, old, new in changes:
+            self.recorder.adaptation(
+                epoch + 1, "learning_rate", f"{type(schedule).__name__} schedule", parameter="learning_rate",
+                old_value=old, new_value=new, step=step - first_step + 1,
+            )
