@@ -1,108 +1,117 @@
-"""`make demo`: train with capture in one process, analyse with SQL from another while it runs.
+"""`make demo`: train a Darcy-flow surrogate with Keras in one process, analyse it with SQL from another.
 
-The training (examples/numpy_regression.py) writes to the embedded default store,
+The training (examples/surrogate_darcy.py) writes to the embedded default store,
 ./trainprov.db (or $TRAINPROV_STORE). This process polls the same store with plain SQL
-and prints each epoch as it arrives, then the run's summary and a few analysis queries.
+while it trains, printing every epoch and every adaptation as it arrives, then the run's
+summary and the analysis queries of docs/queries/.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import trainprov as tp
 from trainprov.store import resolve_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+QUERIES = os.path.join(os.path.dirname(HERE), "docs", "queries")
 
-LIVE = """
-SELECT m.epoch, m.loss, m.val_loss, m.lr,
-       (SELECT min(val_loss) FROM epoch_metrics b WHERE b.run_id = m.run_id AND b.epoch <= m.epoch) AS best_val_loss
+NEW_EPOCHS = """
+SELECT m.epoch, m.loss, m.val_loss, m.learning_rate,
+       (SELECT min(b.val_loss) FROM epoch_metrics b WHERE b.run_id = m.run_id AND b.epoch <= m.epoch) AS best
 FROM epoch_metrics m
-WHERE m.run_id = ? AND m.epoch > ?
-ORDER BY m.epoch
+WHERE m.run_id = ? AND m.recorded_at > ?
+ORDER BY m.recorded_at
+"""
+NEW_ADAPTATIONS = """
+SELECT epoch, kind, old_value, new_value, cause, monitor_value, best_epoch, recorded_at
+FROM adaptations WHERE run_id = ? AND recorded_at > ? ORDER BY recorded_at
 """
 
-ANALYSES = {
-    "best validation loss per run, with its hyperparameters": """
-        SELECT r.run_id, r.status, h.lr, h.batch_size, min(m.val_loss) AS best_val_loss,
-               count(*) AS epochs
-        FROM runs r
-        JOIN hyperparameters h ON h.run_id = r.run_id
-        JOIN epoch_metrics m ON m.run_id = r.run_id
-        WHERE r.dataflow = 'numpy_regression'
-        GROUP BY r.run_id, r.status, h.lr, h.batch_size
-        ORDER BY best_val_loss
-        LIMIT 5""",
-    "effect of each learning-rate change (mean val_loss 3 epochs before and after)": """
-        SELECT a.run_id, a.epoch, a.old_value, a.new_value,
-               (SELECT avg(val_loss) FROM epoch_metrics m
-                 WHERE m.run_id = a.run_id AND m.epoch BETWEEN a.epoch - 3 AND a.epoch - 1) AS before,
-               (SELECT avg(val_loss) FROM epoch_metrics m
-                 WHERE m.run_id = a.run_id AND m.epoch BETWEEN a.epoch AND a.epoch + 2) AS after
-        FROM adaptations a WHERE a.run_id = ? ORDER BY a.epoch""",
-    "checkpoints (path and SHA-256 recorded at capture time)": """
-        SELECT c.epoch, f.size_bytes, substr(f.sha256, 1, 16) AS sha256_prefix
-        FROM checkpoints c JOIN files f ON f.task_id = c.task_id AND f.element_seq = c.element_seq
-        WHERE c.run_id = ? ORDER BY c.epoch DESC LIMIT 3""",
-}
 
-
-def latest_run(store: str, since: float) -> str | None:
-    """The id of the numpy_regression run started after `since`, once it is visible."""
+def newest_run(store: str, since: float) -> str | None:
+    """The id of the surrogate run started after `since`, once it is visible."""
     if not os.path.exists(store):
         return None
     try:
         rows = tp.query(
-            "SELECT run_id, started_at FROM runs WHERE dataflow = 'numpy_regression' ORDER BY started_at DESC LIMIT 1",
+            "SELECT run_id, started_at FROM runs WHERE dataflow = 'darcy_surrogate' ORDER BY started_at DESC LIMIT 1",
             store=store,
         )
-    except tp.TrainprovError:
+    except tp.TrainprovError:  # the store is being created
         return None
     if rows and rows[0]["started_at"].timestamp() >= since - 1:
         return rows[0]["run_id"]
     return None
 
 
+def relay(stream, prefix: str) -> None:
+    """Print the training's own output, marked as such."""
+    for line in stream:
+        print(f"{prefix}{line.rstrip()}", flush=True)
+
+
 def main() -> None:
     store = resolve_url()
     started = time.time()
-    print(f"== training examples/numpy_regression.py in a background process, store {os.path.abspath(store)}")
+    print(f"== training examples/surrogate_darcy.py in a background process; store {os.path.abspath(store)}", flush=True)
     training = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "numpy_regression.py"), "--epochs", "30", "--seconds-per-epoch", "0.25"]
+        [sys.executable, "-u", os.path.join(HERE, "surrogate_darcy.py"), "--quiet", *sys.argv[1:]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    threading.Thread(target=relay, args=(training.stdout, "   [training] "), daemon=True).start()
     run_id = None
     while run_id is None and training.poll() is None:
-        time.sleep(0.2)
-        run_id = latest_run(store, started)
-    run_id = run_id or latest_run(store, started)
-    print(f"== this process queries run {run_id} with SQL while it trains\n")
-    print(f"{'epoch':>5}  {'loss':>10}  {'val_loss':>10}  {'lr':>8}  {'best so far':>11}")
-    seen = 0
+        time.sleep(0.5)
+        run_id = newest_run(store, started)
+    run_id = run_id or newest_run(store, started)
+    if run_id is None:
+        sys.exit(f"the training ended (exit status {training.wait()}) before it recorded a run")
+    print(f"== this process reads run {run_id} with SQL while it trains\n", flush=True)
+    print(f"{'epoch':>5}  {'loss':>9}  {'val_loss':>9}  {'learning_rate':>13}  {'best val_loss':>13}", flush=True)
+    seen_epoch = seen_adaptation = "0"
     with tp.connect(store) as reader:
         while True:
             finished = training.poll() is not None
-            for row in reader.rows(LIVE, (run_id, seen)):
-                print(f"{row['epoch']:>5}  {row['loss']:>10.5f}  {row['val_loss']:>10.5f}  {row['lr']:>8.4f}  {row['best_val_loss']:>11.5f}")
-                seen = row["epoch"]
+            try:
+                epochs = reader.rows(NEW_EPOCHS, (run_id, seen_epoch))
+            except tp.QueryError:  # val_loss becomes a column when Keras first reports it
+                epochs = []
+            for row in epochs:
+                print(f"{row['epoch']:>5}  {row['loss']:>9.5f}  {row['val_loss']:>9.5f}  {row['learning_rate']:>13.6g}  {row['best']:>13.5f}", flush=True)
+            seen_epoch = reader.rows("SELECT coalesce(max(recorded_at), '0') AS t FROM epoch_metrics WHERE run_id = ?", (run_id,))[0]["t"]
+            for a in reader.rows(NEW_ADAPTATIONS, (run_id, seen_adaptation)):
+                if a["kind"] == "early_stopping":
+                    print(f"   -> early stopping after epoch {a['epoch']}: val_loss {a['monitor_value']:.5f}, best epoch {a['best_epoch']}", flush=True)
+                else:
+                    print(f"   -> learning rate {a['old_value']:.6g} -> {a['new_value']:.6g} from epoch {a['epoch']} ({a['cause']})", flush=True)
+            seen_adaptation = reader.rows("SELECT coalesce(max(recorded_at), '0') AS t FROM adaptations WHERE run_id = ?", (run_id,))[0]["t"]
             if finished:
                 break
-            time.sleep(0.5)
+            time.sleep(1.0)
         if training.returncode != 0:
             sys.exit(f"the training failed (exit status {training.returncode})")
-        print()
+        time.sleep(0.2)
+        print(f"\n== trainprov show {run_id}\n", flush=True)
         subprocess.run([sys.executable, "-m", "trainprov.cli", "--store", store, "show", run_id], check=True)
-        for title, sql in ANALYSES.items():
-            print(f"\n== {title}")
-            frame = reader.df(sql, (run_id,) if "?" in sql else ())
-            print(frame.to_string(index=False))
+        for path in sorted(glob.glob(os.path.join(QUERIES, "*.sql"))):
+            sql = open(path, encoding="utf-8").read()
+            title = sql.splitlines()[0].lstrip("- ")
+            print(f"\n== {title}   (docs/queries/{os.path.basename(path)})", flush=True)
+            frame = reader.df(sql)
+            print(frame.to_string(index=False, max_colwidth=40) if len(frame) else "(no rows)", flush=True)
     print(
-        f"\nThe provenance is in {os.path.abspath(store)}. Query it with SQL, for example:\n"
+        f"\nThe provenance is in {os.path.abspath(store)}. Ask it more, from any process:\n"
         f"  .venv/bin/trainprov runs\n"
         f"  .venv/bin/trainprov schema\n"
-        f"  .venv/bin/trainprov query \"SELECT epoch, loss, val_loss FROM epoch_metrics WHERE run_id = '{run_id}'\""
+        f"  .venv/bin/trainprov query \"SELECT epoch, loss, val_loss, learning_rate FROM epoch_metrics WHERE run_id = '{run_id}'\"\n"
+        f"  .venv/bin/trainprov query --file docs/queries/convergence.sql",
+        flush=True,
     )
 
 

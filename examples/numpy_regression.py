@@ -5,7 +5,7 @@ step learning-rate schedule (recorded as adaptations), a checkpoint per epoch an
 evaluation. It shows the capture API without any framework:
 
     python examples/numpy_regression.py --epochs 30
-    trainprov query "SELECT epoch, loss, val_loss, lr FROM epoch_metrics WHERE run_id = (SELECT max(run_id) FROM runs)"
+    trainprov query "SELECT epoch, loss, val_loss, learning_rate FROM epoch_metrics WHERE run_id = (SELECT max(run_id) FROM runs)"
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ FLOW = tp.Dataflow(
                 "data_files",
                 tp.Dataset(
                     "hyperparameters",
-                    optimizer=str, lr=float, batch_size=int, epochs=int, decay_every=int, decay_factor=float,
+                    optimizer=str, learning_rate=float, batch_size=int, epochs=int, decay_every=int, decay_factor=float,
                 ),
             ],
             generates=[
-                tp.Dataset("epoch_metrics", epoch=int, loss=float, val_loss=float, lr=float, epoch_time_s=float),
-                tp.Dataset("adaptations", epoch=int, parameter=str, old_value=float, new_value=float, cause=str),
+                tp.Dataset("epoch_metrics", epoch=int, loss=float, val_loss=float, learning_rate=float, epoch_time_s=float),
+                tp.Dataset("adaptations", epoch=int, kind=str, parameter=str, old_value=float, new_value=float, cause=str),
                 tp.Dataset("checkpoints", epoch=int, path="file"),
             ],
         ),
@@ -84,19 +84,19 @@ def main() -> None:
                 files[split] = gen.generated("data_files", split=split, n_rows=len(y[rows]), path=path)
 
         # 2. training, one element of epoch_metrics per epoch
-        hp = dict(optimizer="sgd", lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, decay_every=10, decay_factor=0.5)
+        hp = dict(optimizer="sgd", learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs, decay_every=10, decay_factor=0.5)
         with run.task("train", depends_on=[gen]) as train:
             train.used(files["train"])
             train.used(files["val"])
             train.used("hyperparameters", **hp)
             xt, yt, xv, yv = x[splits["train"]], y[splits["train"]], x[splits["val"]], y[splits["val"]]
             w = np.zeros(params["n_features"])
-            lr = hp["lr"]
+            lr = hp["learning_rate"]
             for epoch in range(1, hp["epochs"] + 1):
                 start = time.perf_counter()
                 if epoch > 1 and (epoch - 1) % hp["decay_every"] == 0:
-                    train.generated("adaptations", epoch=epoch, parameter="lr", old_value=lr,
-                                    new_value=lr * hp["decay_factor"], cause="step schedule")
+                    train.generated("adaptations", epoch=epoch, kind="learning_rate", parameter="learning_rate",
+                                    old_value=lr, new_value=lr * hp["decay_factor"], cause="step schedule")
                     lr *= hp["decay_factor"]
                 order = rng.permutation(len(yt))
                 for lo in range(0, len(yt), hp["batch_size"]):
@@ -108,7 +108,7 @@ def main() -> None:
                 np.save(path, w)
                 checkpoint = train.generated("checkpoints", epoch=epoch, path=path)
                 train.generated("epoch_metrics", epoch=epoch, loss=mse(w, xt, yt), val_loss=mse(w, xv, yv),
-                                lr=lr, epoch_time_s=time.perf_counter() - start)
+                                learning_rate=lr, epoch_time_s=time.perf_counter() - start)
                 run.flush()  # the epoch is visible to readers now
 
         # 3. evaluation on held-out data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import subprocess
@@ -42,14 +43,77 @@ def test_the_numpy_example_records_data_training_adaptations_and_evaluation(tmp_
     assert reader.rows("SELECT count(*) AS n FROM usages") == [{"n": 3}]  # train used 2 data files, evaluate a checkpoint
 
 
-def test_the_demo_shows_epochs_live_and_the_analysis(tmp_path):
+def test_the_surrogate_example_records_data_training_and_evaluation(tmp_path):
+    store = str(tmp_path / "darcy.db")
     done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "demo.py")],
-        cwd=tmp_path, env=clean_env(TRAINPROV_STORE=str(tmp_path / "demo.db")), capture_output=True, text=True, timeout=300,
+        [sys.executable, os.path.join(ROOT, "examples", "surrogate_darcy.py"), "--samples", "160", "--epochs", "3", "--store", store],
+        capture_output=True, text=True, timeout=600, env=clean_env(KERAS_BACKEND="torch"),
     )
     assert done.returncode == 0, done.stderr
+    reader = tp.connect(store)
+    assert reader.rows("SELECT status, dataflow FROM runs") == [{"status": "finished", "dataflow": "darcy_surrogate"}]
+    assert reader.rows("SELECT n_samples, grid FROM darcy_params") == [{"n_samples": 160, "grid": 32}]
+    assert [r["split"] for r in reader.rows("SELECT split FROM data_files ORDER BY element_seq")] == ["train", "val", "test"]
+    # the training used the train and validation files the data generation wrote
+    assert reader.rows("SELECT count(*) AS n FROM usages u JOIN tasks t ON t.task_id = u.task_id WHERE t.transformation = 'train' AND u.dataset = 'data_files'") == [{"n": 2}]
+    assert reader.rows("SELECT count(*) AS n FROM epoch_metrics WHERE val_loss IS NOT NULL AND mae IS NOT NULL") == [{"n": 3}]
+    assert reader.rows("SELECT count(*) AS n FROM layers WHERE class_name = 'Conv2D'")[0]["n"] > 5
+    results = reader.rows("SELECT loss, relative_l2_error FROM test_results ORDER BY recorded_at")
+    assert results[0]["loss"] > 0 and 0 < results[1]["relative_l2_error"] < 10
+    assert reader.rows("SELECT count(*) AS n FROM checkpoints")[0]["n"] >= 1
+
+
+def test_the_demo_shows_epochs_live_and_the_analysis(tmp_path):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "demo.py"), "--samples", "160", "--epochs", "4"],
+        cwd=tmp_path, env=clean_env(TRAINPROV_STORE=str(tmp_path / "demo.db"), KERAS_BACKEND="torch"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "queries run" in out and "best validation loss per run" in out and "effect of each learning-rate change" in out
-    epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d\.\d+", line)]
-    assert len(epoch_lines) >= 30
+    assert "reads run" in out and "with SQL while it trains" in out
+    epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d+\.\d+\s+\d+\.\d+", line)]
+    assert len(epoch_lines) >= 4
+    for query in ("best_runs.sql", "progress.sql", "adaptation_effect.sql", "convergence.sql", "epoch_time.sql", "architecture_vs_test.sql"):
+        assert f"docs/queries/{query}" in out
     assert str(tmp_path / "demo.db") in out
+
+
+def test_the_analysis_queries_are_documented_and_answer_on_real_runs(tmp_path):
+    store = str(tmp_path / "mixed.db")
+    for args in (["--epochs", "25", "--lr", "0.05"], ["--epochs", "12", "--lr", "0.02"]):
+        subprocess.run([sys.executable, os.path.join(ROOT, "examples", "numpy_regression.py"), "--store", store, *args],
+                       check=True, capture_output=True, timeout=120)
+    # and a Keras run, which brings the architecture and evaluation
+    import keras
+    import numpy as np
+    from trainprov.keras import ProvenanceCallback
+
+    x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    with ProvenanceCallback(store) as cb:
+        model.fit(x, x[:, :1], validation_split=0.25, epochs=3, verbose=0, callbacks=[cb])
+        model.evaluate(x, x[:, :1], verbose=0, callbacks=[cb])
+    guide = open(os.path.join(ROOT, "docs", "analysis.md"), encoding="utf-8").read()
+    answers = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "queries", "*.sql"))):
+        sql = open(path, encoding="utf-8").read().strip()
+        assert sql in guide, f"{os.path.basename(path)} is not in docs/analysis.md as it is"
+        answers[os.path.basename(path)] = tp.query(sql, store=store)
+    assert len(answers["best_runs.sql"]) == 3
+    assert [r["n_layers"] for r in answers["architecture_vs_test.sql"]] == [2]
+    assert answers["best_runs.sql"][0]["best_val_loss"] <= answers["best_runs.sql"][1]["best_val_loss"]
+    assert [a["epoch"] for a in answers["adaptation_effect.sql"]] == [11, 21, 11]
+    assert all(a["val_loss_before"] is not None and a["val_loss_after"] is not None for a in answers["adaptation_effect.sql"])
+    assert {r["epochs_run"] for r in answers["convergence.sql"]} == {25, 12, 3}
+    assert len(answers["progress.sql"]) == 3  # the Keras run came last
+    assert sorted(r["epochs"] for r in answers["epoch_time.sql"]) == [3, 12, 25]
+    # cross-check one answer against the rows themselves
+    best = min(r["val_loss"] for r in tp.query("SELECT val_loss FROM epoch_metrics", store=store))
+    assert answers["best_runs.sql"][0]["best_val_loss"] == best
+    # and each query runs from the command line as documented
+    done = subprocess.run([sys.executable, "-m", "trainprov.cli", "--store", store, "query", "--file",
+                           os.path.join(ROOT, "docs", "queries", "convergence.sql"), "--format", "csv"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("run_id,best_val_loss,converged_at_epoch")

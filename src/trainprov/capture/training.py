@@ -26,8 +26,14 @@ BUILT_IN = (TRAIN, ADAPT, EVALUATE)
 _TYPED_BY_VALUE = ("hyperparameters", "layers")
 
 
-def training_dataflow(name: str, extra: Iterable[Transformation] = ()) -> Dataflow:
-    """The default dataflow of a training: train, adapt and evaluate, plus your own transformations."""
+def training_dataflow(
+    name: str, extra: Iterable[Transformation] = (), train_uses: Iterable[Dataset | str] = ()
+) -> Dataflow:
+    """The default dataflow of a training: train, adapt and evaluate, plus your own transformations.
+
+    `extra` adds transformations (data preparation, say); `train_uses` adds datasets the
+    training uses (the data files such a transformation generates).
+    """
     hyperparameters = Dataset(
         "hyperparameters",
         framework=str,
@@ -95,7 +101,7 @@ def training_dataflow(name: str, extra: Iterable[Transformation] = ()) -> Datafl
     return Dataflow(
         name,
         [
-            Transformation(TRAIN, uses=[hyperparameters, layers], generates=[epoch_metrics, step_metrics, checkpoints]),
+            Transformation(TRAIN, uses=[hyperparameters, layers, *train_uses], generates=[epoch_metrics, step_metrics, checkpoints]),
             Transformation(ADAPT, uses=["epoch_metrics"], generates=[adaptations]),
             Transformation(EVALUATE, uses=["checkpoints"], generates=[test_results]),
             *extra,

@@ -149,6 +149,7 @@ class ProvenanceCallback(keras.callbacks.Callback):
         self._epochs_done = 0
         self._steps_done = 0
         self._pending_checkpoints: list[tuple[int, str, str | None, Any, float]] = []
+        self._recorded_files: dict[str, int] = {}  # path -> modification time when recorded
         self._last_logs: dict[str, Any] = {}
 
     # ---- the run ----------------------------------------------------------------------------
@@ -169,6 +170,10 @@ class ProvenanceCallback(keras.callbacks.Callback):
     def checkpoint(self, path: str | os.PathLike, epoch: int | None = None) -> FileRef:
         """Record a model file you saved yourself during training."""
         return self.recorder.checkpoint(path, epoch=epoch if epoch is not None else self._epochs_done)
+
+    def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
+        """Record evaluation results you computed yourself (an error in physical units, say)."""
+        return self.recorder.evaluation(metrics)
 
     def end(self, status: str = "finished", error: str | None = None) -> None:
         """End the run."""
@@ -294,8 +299,15 @@ class ProvenanceCallback(keras.callbacks.Callback):
         # ModelCheckpoint may run after us in the list: its file appears later, so look again.
         waiting = []
         for epoch, path, monitor, value, started in self._pending_checkpoints:
-            if os.path.exists(path) and os.path.getmtime(path) >= started - 1:
+            try:
+                modified = os.stat(path).st_mtime_ns
+            except OSError:
+                modified = None
+            # written during that epoch (file times come from a coarse clock: a little slack),
+            # and not the file we already recorded (save_best_only leaves it untouched)
+            if modified is not None and modified >= (started - 0.05) * 1e9 and self._recorded_files.get(path) != modified:
                 self.recorder.checkpoint(path, epoch=epoch, monitor=monitor, monitor_value=value)
+                self._recorded_files[path] = modified
             elif epoch == self._epochs_done:
                 waiting.append((epoch, path, monitor, value, started))
         self._pending_checkpoints = waiting
