@@ -199,7 +199,10 @@ class ProvenanceCallback(keras.callbacks.Callback):
     def _hyperparameters(self, batch_size: int | None) -> dict[str, Any]:
         model, opt = self.model, self._optimizer()
         schedule = self._schedule()
-        compiled = model.get_compile_config() if hasattr(model, "get_compile_config") else {}
+        try:
+            compiled = model.get_compile_config() or {}
+        except Exception:  # a model whose compile arguments do not serialize
+            compiled = {}
         trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
         values: dict[str, Any] = {
             "optimizer": type(opt).__name__,
@@ -207,7 +210,7 @@ class ProvenanceCallback(keras.callbacks.Callback):
             "optimizer_config": opt.get_config(),
             "lr_schedule": {"class": type(schedule).__name__, **schedule.get_config()} if schedule is not None else None,
             "loss": _name_of(model.loss),
-            "metrics": (compiled or {}).get("metrics"),
+            "metrics": compiled.get("metrics"),
             "batch_size": batch_size,
             "epochs": self.params.get("epochs"),
             "steps_per_epoch": self.params.get("steps"),
@@ -239,6 +242,7 @@ class ProvenanceCallback(keras.callbacks.Callback):
 
     def _wrap_first_step(self) -> None:
         # Keras does not tell the batch size; the first batch does. Unwrapped after one call.
+        self._unwrap_first_step()  # left over if an earlier fit failed before its first step
         model = self.model
         original = model.train_step
 
@@ -251,8 +255,10 @@ class ProvenanceCallback(keras.callbacks.Callback):
         self._first_step = first_step
 
     def _unwrap_first_step(self) -> None:
-        if self.model is not None and self.model.__dict__.get("train_step") is getattr(self, "_first_step", None):
+        wrapper = getattr(self, "_first_step", None)
+        if wrapper is not None and self.model is not None and self.model.__dict__.get("train_step") is wrapper:
             del self.model.train_step
+        self._first_step = None
 
     def _begin(self, batch_size: int | None) -> None:
         if self._began:
@@ -260,28 +266,30 @@ class ProvenanceCallback(keras.callbacks.Callback):
         self._began = True
         layers = layer_facts(self.model) if self.architecture else []
         self.recorder.begin_training(self._hyperparameters(batch_size), layers)
-        self._iterations_at_start = int(_float(self._optimizer().iterations))
+
+    def _iterations(self) -> int:
+        return int(_float(self._optimizer().iterations))
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
+        self._iterations_at_epoch = self._iterations()
         self._epoch_started = time.perf_counter()
         self._epoch_started_wall = time.time()
         self._hook_learning_rate()
         self._check_checkpoints()
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # may run on Keras's callback thread (async_safe): it only reads and queues
         if self.step_every and (batch + 1) % self.step_every == 0 and self._began:
             self.recorder.step(self._epoch + 1, batch + 1, logs or {}, global_step=self._steps_done + batch + 1)
-        self._last_batch = batch
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         self._begin(None)  # a compiled train step never called our wrapper
         seconds = time.perf_counter() - self._epoch_started
-        steps = getattr(self, "_last_batch", -1) + 1
-        self._record_schedule_changes(epoch, self._steps_done, self._steps_done + steps)
-        self._steps_done += steps
-        self._last_batch = -1
+        iterations = self._iterations()
+        self._record_schedule_changes(epoch, self._iterations_at_epoch, iterations)
+        self._steps_done += iterations - self._iterations_at_epoch
         self._epochs_done = epoch + 1
         self._last_logs = logs
         self.recorder.epoch(epoch + 1, logs, learning_rate=self._epoch_learning_rate(epoch), seconds=seconds)
@@ -407,20 +415,19 @@ class ProvenanceCallback(keras.callbacks.Callback):
                 return old
         return _float(self._optimizer().learning_rate)
 
-    def _record_schedule_changes(self, epoch: int, first_step: int, last_step: int) -> None:
-        """Discrete schedules (piecewise constant, staircase) change the rate at steps: find them."""
+    def _record_schedule_changes(self, epoch: int, first: int, end: int) -> None:
+        """Discrete schedules (piecewise constant, staircase) change the rate at steps: find them.
+
+        The step with iteration count i trains with schedule(i); the epoch ran i = first .. end - 1.
+        """
         schedule = self._schedule()
-        if schedule is None or last_step <= first_step:
+        if schedule is None or end <= first:
             return
         config = schedule.get_config()
         if not (isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay) or config.get("staircase")):
             return  # a continuous decay: its config is a hyperparameter, its rates are in epoch_metrics
-        offset = self._iterations_at_start
-        changes = learning_rate_changes(
-            lambda k: _float(schedule(offset + k)), max(0, first_step - 1), last_step - 1
-        )
-        for step, old, new in changes:
+        for i, old, new in learning_rate_changes(lambda k: _float(schedule(k)), max(0, first - 1), end - 1):
             self.recorder.adaptation(
                 epoch + 1, "learning_rate", f"{type(schedule).__name__} schedule", parameter="learning_rate",
-                old_value=old, new_value=new, step=step - first_step + 1,
+                old_value=old, new_value=new, step=i - first + 1,
             )
