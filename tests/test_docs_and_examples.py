@@ -104,7 +104,7 @@ def test_the_analysis_queries_are_documented_and_answer_on_real_runs(tmp_path):
     assert len(answers["best_runs.sql"]) == 3
     assert [r["n_layers"] for r in answers["architecture_vs_test.sql"]] == [2]
     assert answers["best_runs.sql"][0]["best_val_loss"] <= answers["best_runs.sql"][1]["best_val_loss"]
-    assert [a["epoch"] for a in answers["adaptation_effect.sql"]] == [11, 21, 11]
+    assert sorted(a["epoch"] for a in answers["adaptation_effect.sql"]) == [11, 11, 21]
     assert all(a["val_loss_before"] is not None and a["val_loss_after"] is not None for a in answers["adaptation_effect.sql"])
     assert {r["epochs_run"] for r in answers["convergence.sql"]} == {25, 12, 3}
     assert len(answers["progress.sql"]) == 3  # the Keras run came last

@@ -142,10 +142,11 @@ def _details(text: Any) -> str:
     return "\n".join(parts)
 
 
-def _values(last: dict[str, Any] | None) -> str:
+def _values(last: dict[str, Any] | None, width: int = 48) -> str:
     if not last:
         return ""
-    return "  ".join(f"{k}={_cell(v)}" for k, v in last.items() if v is not None)
+    shorten = lambda text: text if len(text) <= width else text[: width - 3] + "..."  # noqa: E731
+    return "  ".join(f"{k}={shorten(_cell(v))}" for k, v in last.items() if v is not None)
 
 
 @main.command()
@@ -189,12 +190,17 @@ def show(ctx: click.Context, run: str, fmt: str) -> None:
 
 
 @main.command()
-@click.argument("sql")
+@click.argument("sql", required=False)
+@click.option("-f", "--file", "sql_file", type=click.File("r", encoding="utf-8"), help="Read the statement from a file.")
 @click.option("-p", "--param", "params", multiple=True, help="A value for the next ? placeholder (repeatable).")
 @FORMAT
 @click.pass_context
-def query(ctx: click.Context, sql: str, params: tuple[str, ...], fmt: str) -> None:
+def query(ctx: click.Context, sql: str | None, sql_file: Any, params: tuple[str, ...], fmt: str) -> None:
     """Run one read-only SQL statement (SELECT or WITH ... SELECT) on the store."""
+    if (sql is None) == (sql_file is None):
+        raise click.UsageError("give the statement as an argument or with --file, not both")
+    if sql_file is not None:
+        sql = sql_file.read()
     result = _reader(ctx).result(sql, list(params))
     _emit(result.columns, result.rows, fmt)
     if fmt == "table":
@@ -230,6 +236,68 @@ def schema(ctx: click.Context, dataset: str | None, catalog: bool, fmt: str) -> 
                 [[e["column"], e["type"], e["sql_type"], e["description"]] for e in tables[name]],
                 tablefmt="plain"))
         click.echo()
+
+
+@main.command("export")
+@click.argument("runs", nargs=-1)
+@click.option("--dataflow", help="Export every run of this dataflow, with its plan (also with no runs).")
+@click.option("--dataflow-version", type=int, help="With --dataflow: only this version of it.")
+@click.option(
+    "--format", "fmt", default=None,
+    help="json (PROV-JSON), provn, xml (PROV-XML), turtle, trig, rdfxml (PROV-O), jsonld (PROV-JSONLD), "
+         "dot, svg, png, pdf. Default: from the -o file's extension, else json.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to this file (default: standard output).")
+@click.option("--members", is_flag=True, help="Also export every element of summarised (per-step) datasets.")
+@click.option("--threshold", type=int, default=1000, show_default=True,
+              help="Summarise a task's elements of a dataset when it has more than this many.")
+@click.pass_context
+def export_command(ctx: click.Context, runs: tuple[str, ...], dataflow: str | None, dataflow_version: int | None,
+                   fmt: str | None, output: str | None, members: bool, threshold: int) -> None:
+    """Export runs (ids, unique prefixes or 'latest') or a dataflow as a W3C PROV document."""
+    from .export import build_document, format_for_path, get_format, serialize
+
+    chosen = get_format(fmt or (format_for_path(output) if output else "json"))
+    document = build_document(list(runs), store=_reader(ctx), dataflow=dataflow, version=dataflow_version,
+                              members=members, bulky_threshold=threshold)
+    data = serialize(document, chosen.name)
+    if output:
+        with open(output, "wb") as f:
+            f.write(data)
+        records = document.get_records()
+        counts = {kind: sum(1 for r in records if r.is_element() and r.get_type().localpart == kind)
+                  for kind in ("Entity", "Activity", "Agent")}
+        relations = sum(1 for r in records if r.is_relation())
+        click.echo(
+            f"wrote {len(data):,} bytes of {chosen.description.split(' (')[0]} to {output}: {counts['Entity']} entities, "
+            f"{counts['Activity']} activities, {counts['Agent']} agents, {relations} relations",
+            err=True,
+        )
+    else:
+        click.echo(data, nl=False)
+
+
+@main.command("lineage")
+@click.argument("entity")
+@click.option("--run", help="With a dataset name: take its last element in this run (id, prefix or 'latest').")
+@click.option("--where", help="With a dataset name: an SQL condition the element must meet, e.g. \"epoch = 7\".")
+@click.option("--all", "show_all", is_flag=True, help="List every ancestor (long chains are shortened otherwise).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def lineage_command(ctx: click.Context, entity: str, run: str | None, where: str | None, show_all: bool, fmt: str) -> None:
+    """What ENTITY was derived from, back to the data and hyperparameters, from the store.
+
+    ENTITY is a file (path: found by content, else by recorded path), a file id (RUN.fN),
+    a SHA-256 (or a prefix of it), an export identifier (el.DATASET.TASK.SEQ, file.ID),
+    or a dataset name (its last element; see --run and --where).
+    """
+    from .lineage import format_lineage, lineage
+
+    result = lineage(entity, store=_reader(ctx), run=run, where=where)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, default=_json_value))
+    else:
+        click.echo(format_lineage(result, show_all=show_all))
 
 
 if __name__ == "__main__":  # pragma: no cover
