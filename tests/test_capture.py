@@ -8,6 +8,8 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -190,6 +192,16 @@ def test_agents_person_machine_and_software_with_git(tmp_path, store):
     code_facts = json.loads(program["details"])
     assert code_facts["git_commit"] == commit and code_facts["git_dirty"] is True
     assert code_facts["working_dir"] == str(repo)
+    # a script is attributed to its own repository's commit, wherever it is started from
+    (repo / "train.py").write_text(textwrap.dedent(code))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, str(repo / "train.py"), store, os.path.join(ROOT, "tests")], cwd=elsewhere,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    last = tp.query("SELECT details FROM agents WHERE agent_id = 'software:program:train.py'", store=store)
+    facts = json.loads(last[-1]["details"])
+    assert facts["git_commit"] == commit and facts["script"] == str(repo / "train.py") and facts["working_dir"] == str(elsewhere)
 
 
 def test_rows_are_visible_to_another_process_at_once_after_flush_and_soon_without(store, flow):

@@ -130,8 +130,11 @@ def collect(run_id: str) -> list[tuple]:
         "executable": sys.executable,
         "packages": _packages(),
     }
-    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-    program_details = {"command": " ".join(sys.argv), "argv": list(sys.argv), "working_dir": cwd, **_git(cwd)}
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else None
+    program = os.path.basename(script) if script else "python"
+    # the code's commit is the one of the script's repository, wherever it is started from
+    code_dir = os.path.dirname(script) if script else cwd
+    program_details = {"command": " ".join(sys.argv), "argv": list(sys.argv), "working_dir": cwd, "script": script, **_git(code_dir)}
     return [
         (run_id, person, "person", user, person_details, None),
         (run_id, machine, "machine", host, machine_details, person),

@@ -16,7 +16,7 @@ import os
 import threading
 from typing import Any, Iterable, Mapping
 
-from ..errors import CaptureError
+from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
 from .run import Element, FileRef, Run, Task, start_run
 
@@ -161,6 +161,7 @@ class TrainingRecorder:
         self._last_checkpoint: FileRef | None = None
         self._last_checkpoint_element: Element | None = None
         self._lock = threading.RLock()
+        self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         if run is not None:
             self.flow = run.dataflow
 
@@ -286,12 +287,24 @@ class TrainingRecorder:
 
     def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
         """Record one training step (counted from 1 within its epoch); not flushed."""
-        values = self._columns_for("step_metrics", dict(metrics))
-        values["epoch"], values["step"] = epoch, step
-        if global_step is not None:
-            values["global_step"] = global_step
+        # Steps come by the thousand with the same keys: once their columns are known,
+        # map them directly; any value the dataset check refuses takes the general path.
+        plan = self._step_columns.get(tuple(metrics))
         with self._lock:  # not while another thread grows the dataflow
-            self._training().generated("step_metrics", **values)
+            task = self._training()
+            if plan is not None:
+                values = {column: metrics[key] for key, column in plan}
+                values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
+                try:
+                    task.generated("step_metrics", **values)
+                    return
+                except (ValueTypeError, SpecError):
+                    pass
+            values = self._map_columns("step_metrics", metrics)
+            if "extra" not in values:
+                self._step_columns[tuple(metrics)] = tuple((key, self._columns[("step_metrics", key)]) for key in metrics)
+            values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
+            task.generated("step_metrics", **values)
 
     def adaptation(self, epoch: int, kind: str, cause: str, **facts: Any) -> Element | None:
         """Record an adaptation (a learning-rate change, early stopping) as a task of its own."""

@@ -61,6 +61,27 @@ def _changer() -> tuple[keras.callbacks.Callback | None, str | None, dict]:
     return None, None, {}
 
 
+def _accelerated() -> bool:
+    """True if the Keras backend computes on a GPU or another accelerator."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+        if backend == "jax":
+            import jax
+
+            return jax.default_backend() != "cpu"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+    except Exception:  # a backend that cannot say: assume the accelerator, the safe side for speed
+        return True
+    return False
+
+
 def layer_facts(model: keras.Model) -> list[dict[str, Any]]:
     """One dict per layer: name, class, output shape, parameters and the settings that define it."""
     rows = []
@@ -112,9 +133,15 @@ class ProvenanceCallback(keras.callbacks.Callback):
     exits); `new_run_per_fit=True` starts a run per `fit` instead.
     """
 
-    # Its batch hook only queues rows, which is thread-safe: Keras may keep dispatching
-    # batch hooks asynchronously.
-    async_safe = True
+    @property
+    def async_safe(self) -> bool:  # type: ignore[override]
+        """Let Keras run batch hooks on its callback thread only where that pays: on an accelerator.
+
+        The hook only queues rows (thread-safe). On a GPU, turning each step's logs into
+        numbers on the training thread would wait for the device every step; on a CPU,
+        handing every step to a thread pool costs more than the conversion it saves.
+        """
+        return _accelerated()
 
     def __init__(
         self,
