@@ -63,6 +63,21 @@ def test_the_surrogate_example_records_data_training_and_evaluation(tmp_path):
     assert reader.rows("SELECT count(*) AS n FROM checkpoints")[0]["n"] >= 1
 
 
+def test_the_digits_example_trains_a_classifier_with_capture(tmp_path):
+    store = str(tmp_path / "digits.db")
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "digits_keras.py"), "--epochs", "12", "--store", store],
+        capture_output=True, text=True, timeout=600, env=clean_env(KERAS_BACKEND="torch"),
+    )
+    assert done.returncode == 0, done.stderr
+    accuracy = float(re.search(r"test accuracy (\d\.\d+)", done.stdout).group(1))
+    reader = tp.connect(store)
+    assert reader.rows("SELECT name, status FROM runs") == [{"name": "digits", "status": "finished"}]
+    assert reader.rows("SELECT round(accuracy, 3) AS a FROM test_results") == [{"a": round(accuracy, 3)}] and accuracy > 0.8
+    assert reader.rows("SELECT epoch, cause FROM adaptations WHERE kind = 'learning_rate'") == [{"epoch": 11, "cause": "LearningRateScheduler"}]
+    assert reader.rows("SELECT class_name FROM layers ORDER BY layer_index")[0] == {"class_name": "Conv2D"}
+
+
 def test_the_demo_shows_epochs_live_and_the_analysis(tmp_path):
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "demo.py"), "--samples", "160", "--epochs", "4"],

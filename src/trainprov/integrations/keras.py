@@ -183,8 +183,8 @@ class ProvenanceCallback(keras.callbacks.Callback):
 
     @property
     def run(self) -> Run:
-        """The run (started now if it has not started yet)."""
-        return self.recorder.start()
+        """The run: the current or last one (started now if none has started yet)."""
+        return self.recorder.run or self.recorder.start()
 
     def start(self) -> Run:
         """Start the run before training, to record your own tasks (data preparation, say) first."""

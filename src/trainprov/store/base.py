@@ -175,15 +175,17 @@ class SQLBackend(Backend):
         now = self._encode_value("datetime", _dt.datetime.now(_dt.timezone.utc))
         for ds in flow.datasets.values():
             self._declare_dataset(cur, ds, now)
-        cur.execute(
-            f"SELECT version, fingerprint FROM dataflows WHERE name = {p} ORDER BY version DESC",
-            (flow.name,),
-        )
-        latest = cur.fetchone()
         fingerprint = flow.fingerprint()
-        if latest is not None and latest[1] == fingerprint:
-            return int(latest[0])
-        version = 1 if latest is None else int(latest[0]) + 1
+        # the same specification keeps its version, even when newer ones exist
+        cur.execute(
+            f"SELECT version FROM dataflows WHERE name = {p} AND fingerprint = {p}", (flow.name, fingerprint)
+        )
+        same = cur.fetchone()
+        if same is not None:
+            return int(same[0])
+        cur.execute(f"SELECT max(version) FROM dataflows WHERE name = {p}", (flow.name,))
+        latest = cur.fetchone()[0]
+        version = 1 if latest is None else int(latest) + 1
         cur.execute(
             f"INSERT INTO dataflows (name, version, fingerprint, description, spec, declared_at) "
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
