@@ -235,8 +235,22 @@ class SlowBackend:
     def maintain(self):
         self.inner.maintain()
 
+    def is_permanent(self, exc):
+        return self.inner.is_permanent(exc)
+
     def close(self):
         self.inner.close()
+
+
+class PickyBackend(SlowBackend):
+    """Refuses for good every batch that holds the element of epoch 13 (as a constraint would)."""
+
+    def write(self, groups):
+        for _, items in groups:
+            if any(len(item) == 3 and item[2].get("epoch") == 13 for item in items):
+                raise sqlite3.IntegrityError("CHECK constraint failed: epoch (simulated)")
+        self.inner.write(groups)
+
 
 
 def element_items(store, flow, n):
@@ -391,3 +405,55 @@ def test_file_attributes_give_file_refs_and_derivations_chain_checkpoints(store,
         "SELECT f.path, s.path AS source FROM file_derivations d JOIN files f ON f.file_id = d.file_id "
         "JOIN files s ON s.file_id = d.derived_from", store=store)
     assert rows == [{"path": str(paths[1]), "source": str(paths[0])}]
+
+
+def test_a_row_the_store_refuses_is_set_aside_and_the_others_are_written(store, flow):
+    backend = open_backend(store)
+    backend.declare(flow)
+    writer = Writer(PickyBackend(backend), interval=0.05)
+    with pytest.warns(RuntimeWarning, match=r"1 captured row\(s\) were refused .*CHECK constraint failed.*saved in"):
+        for item in element_items(store, flow, 40):
+            writer.put(item)
+        writer.flush(timeout=30)
+    # the writer goes on: later rows are written too
+    for item in element_items(store, flow, 45)[40:]:
+        writer.put(item)
+    writer.flush(timeout=30)
+    writer.close()
+    epochs = [r["epoch"] for r in tp.query("SELECT epoch FROM epoch_metrics ORDER BY epoch", store=store)]
+    assert epochs == [e for e in range(1, 46) if e != 13]
+    saved = [json.loads(line) for line in open(f"{backend.url}.unwritten-{os.getpid()}.jsonl")]
+    assert [row["row"][4] for row in saved] == [13]
+
+
+def test_recording_a_link_twice_is_harmless(store, flow):
+    with tp.start_run(flow, store) as run:
+        with run.task("train") as train:
+            element = train.generated("epoch_metrics", epoch=1, loss=0.5)
+        with run.task("evaluate", depends_on=[train, train]) as evaluate:
+            evaluate.used(element)
+            evaluate.used(element)
+            evaluate.generated("test_results", loss=0.4)
+    assert tp.query("SELECT count(*) AS n FROM usages", store=store) == [{"n": 1}]
+    assert tp.query("SELECT count(*) AS n FROM task_dependencies", store=store) == [{"n": 1}]
+    assert tp.query("SELECT count(*) AS n FROM test_results", store=store) == [{"n": 1}]
+
+
+def test_an_integer_too_large_for_sql_is_refused_at_the_call(store, flow):
+    with tp.start_run(flow, store) as run, run.task("train") as train:
+        with pytest.raises(tp.ValueTypeError, match="'epoch' is int .64-bit., got 1180591620717411303424"):
+            train.generated("epoch_metrics", epoch=2**70, loss=0.5)
+        train.generated("epoch_metrics", epoch=2**63 - 1, loss=0.5)
+    assert tp.query("SELECT epoch FROM epoch_metrics", store=store) == [{"epoch": 2**63 - 1}]
+
+
+def test_ending_a_run_keeps_a_sigterm_handler_the_program_installed(store, flow):
+    def mine(signum, frame):
+        pass
+
+    with tp.start_run(flow, store):
+        signal.signal(signal.SIGTERM, mine)
+    try:
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -138,12 +138,18 @@ def _unwrap_scalar(value: object) -> object:
     return value
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what SQL's BIGINT holds
+
+
 def _to_int(dataset: str, attr: str, value: object) -> int:
     value = _unwrap_scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _bad(dataset, attr, "int", value)
+            value = int(value)
+        else:
+            raise _bad(dataset, attr, "int", value)
+    if not _INT_MIN <= int(value) <= _INT_MAX:
+        raise ValueTypeError(f"dataset {dataset!r} attribute {attr!r} is int (64-bit), got {value}, which does not fit")
     return int(value)
 
 
@@ -291,11 +297,16 @@ class Dataset:
         """Validate (and where needed convert) one element's values; raise naming the problem."""
         exact = self._exact
         for key, value in values.items():
-            if type(value) is not exact.get(key):
+            kind = exact.get(key)
+            if type(value) is not kind:
                 if key not in exact:
                     raise self._unknown(key)
                 if value is not None:
                     values[key] = self._convert[key](self.name, key, value)
+            elif kind is int and not _INT_MIN <= value <= _INT_MAX:
+                raise ValueTypeError(
+                    f"dataset {self.name!r} attribute {key!r} is int (64-bit), got {value}, which does not fit"
+                )
         return values
 
     def _unknown(self, key: str) -> SpecError:

@@ -25,10 +25,10 @@ _RUN_END = target("runs", ("run_id", "status", "ended_at", "duration_s", "error"
 _RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 _TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at"))
 _TASK_END = target("tasks", ("task_id", "status", "ended_at", "duration_s", "error"), mode="update")
-_DEPENDENCY = target("task_dependencies")
-_USAGE = target("usages")
+_DEPENDENCY = target("task_dependencies", mode="link")
+_USAGE = target("usages", mode="link")
 _FILE = target("files")
-_DERIVATION = target("file_derivations")
+_DERIVATION = target("file_derivations", mode="link")
 _AGENT = target("agents")
 
 _new_tuple = tuple.__new__  # builds an Element without NamedTuple's Python-level __new__
@@ -428,7 +428,8 @@ class _SignalHandling:
     def release(self) -> None:
         self.users = max(0, self.users - 1)
         if self.users == 0 and self.installed and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if signal.getsignal(signal.SIGTERM) is self._raise:  # unless the program put its own since
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
             self.installed = False
 
     @staticmethod

@@ -136,21 +136,61 @@ class Writer:
             rows = [r for r in self._pending if not isinstance(r, _Flush)]
             groups = _group(rows)
             now = time.time()
-            if self._active_runs and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            beat = bool(self._active_runs) and now - self._last_heartbeat >= HEARTBEAT_SECONDS
+            if beat:
                 groups.append((_HEARTBEAT, [(_HEARTBEAT, (r, now)) for r in sorted(self._active_runs)]))
             if groups:
-                self.backend.write(groups)
-                self._last_heartbeat = now if groups[-1][0] is _HEARTBEAT else self._last_heartbeat
-                self.backend.maintain()
-            self.rows_written += len(rows)
+                try:
+                    self.backend.write(groups)
+                except Exception as exc:
+                    if not self.backend.is_permanent(exc):
+                        raise  # the store is unreachable or busy: keep everything, retry
+                    self._write_isolating(groups)  # some rows the store will never take
+            # committed: nothing below may send these rows again
             self._pending = []
+            self.rows_written += len(rows)
             self.last_error = None
+            if beat:
+                self._last_heartbeat = now
             for marker in markers:
                 marker.done.set()
             with self._room:
                 self._room.notify_all()
+            try:
+                self.backend.maintain()
+            except Exception as exc:  # upkeep only (a WAL checkpoint): the rows are safe
+                warnings.warn(f"trainprov: store upkeep failed on {self.backend.url}: {exc}", RuntimeWarning, stacklevel=1)
             if not self._queue:
                 return
+
+    def _write_isolating(self, groups: list[tuple[Target, list[tuple]]]) -> None:
+        """Write what the store accepts; set aside, with a warning, each row it refuses for good."""
+        refused: list[tuple[tuple, BaseException]] = []
+
+        def attempt(target: Target, items: list[tuple]) -> None:
+            try:
+                self.backend.write([(target, items)])
+            except Exception as exc:
+                if not self.backend.is_permanent(exc):
+                    raise
+                if len(items) == 1:
+                    refused.append((items[0], exc))
+                    return
+                half = len(items) // 2
+                attempt(target, items[:half])
+                attempt(target, items[half:])
+
+        for target, items in groups:
+            attempt(target, items)
+        if refused:
+            path = self._save([item for item, _ in refused])
+            first = refused[0][1]
+            warnings.warn(
+                f"trainprov: {len(refused)} captured row(s) were refused by {self.backend.url} "
+                f"({type(first).__name__}: {first}, table {refused[0][0][0].table}); they are saved in {path}",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     def _take(self) -> list:
         # Only the writer pops, so the queue holds at least this many items.
@@ -168,15 +208,20 @@ class Writer:
             self._save_unwritten()
         self.backend.close()
 
-    def _save_unwritten(self) -> None:
-        rows = [r for r in [*self._pending, *self._queue] if not isinstance(r, _Flush)]
-        if not rows:
-            return
+    def _save(self, rows: list[tuple]) -> str:
+        """Append rows to the file of unwritten rows next to the store; return its path."""
         path = f"{self.backend.url}.unwritten-{os.getpid()}.jsonl"
         with open(path, "a", encoding="utf-8") as out:
             for target_, row in _expand(rows):
                 out.write(json.dumps({"table": target_.table, "columns": target_.columns, "row": row}, default=str))
                 out.write("\n")
+        return path
+
+    def _save_unwritten(self) -> None:
+        rows = [r for r in [*self._pending, *self._queue] if not isinstance(r, _Flush)]
+        if not rows:
+            return
+        path = self._save(rows)
         print(
             f"trainprov: {len(rows)} captured rows could not be written to {self.backend.url} "
             f"(last error: {self.last_error!r}); they are saved in {path}",

@@ -63,6 +63,10 @@ class Backend(ABC):
     def exists(self) -> bool:
         """True if the store holds a trainprov catalog."""
 
+    def is_permanent(self, exc: BaseException) -> bool:
+        """True if a failed write will fail again with the same rows (a refused row, not an outage)."""
+        return isinstance(exc, (OverflowError, TypeError, ValueError))
+
     def maintain(self) -> None:
         """Periodic upkeep done by the writer between batches (nothing by default)."""
 
@@ -246,6 +250,9 @@ class SQLBackend(Backend):
 
     # ---- writes ----------------------------------------------------------------------
 
+    def _max_parameters(self) -> int:
+        return self.max_parameters
+
     def _compile(self, target: Target, order: Sequence[int]) -> tuple[Encoder, Callable[[list, list], None]]:
         """Build, once per target, functions from queued items to the values stored.
 
@@ -286,6 +293,8 @@ class SQLBackend(Backend):
             else:
                 marks = ", ".join([p] * len(target.columns))
                 sql = f"INSERT INTO {target.table} ({', '.join(target.columns)}) VALUES ({marks})"
+                if target.mode == "link":  # recording a link twice is not an error
+                    sql += " ON CONFLICT DO NOTHING"
                 order = list(range(len(target.columns)))
             found = self._statements[target] = (sql, *self._compile(target, order))
         return found
@@ -300,15 +309,15 @@ class SQLBackend(Backend):
         def work(cur: Any) -> None:
             for target, rows in groups:
                 sql, build, extend = self._statement(target)
-                n = max(1, min(self.rows_per_statement, self.max_parameters // len(target.columns)))
+                n = max(1, min(self.rows_per_statement, self._max_parameters() // len(target.columns)))
                 if target.mode == "update" or len(rows) < 2 * n:
                     cur.executemany(sql, map(build, rows))
                     continue
                 # Many rows per statement: the database is entered once per chunk, not per
                 # row, which matters when the capture thread competes for the GIL.
-                head = sql[: sql.index(" VALUES ")]
+                head, tail = sql[: sql.index(" VALUES ")], " ON CONFLICT DO NOTHING" if target.mode == "link" else ""
                 marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
-                chunk_sql = f"{head} VALUES {', '.join([marks] * n)}"
+                chunk_sql = f"{head} VALUES {', '.join([marks] * n)}{tail}"
                 whole = len(rows) - len(rows) % n
                 values: list = []
                 extend(rows[:whole], values)

@@ -29,7 +29,7 @@ class Target:
     columns: tuple[str, ...]
     types: tuple[str, ...]
     key: tuple[str, ...] = ()
-    mode: str = "insert"  # "insert" or "update" (rows give the columns; key columns select)
+    mode: str = "insert"  # "insert", "link" (an insert that ignores a row already there) or "update"
     #: when > 0, a row is (values of the first `prefix` columns, dict of the other columns)
     prefix: int = 0
 

@@ -96,6 +96,12 @@ _WRITE_ACTIONS = {
         "SQLITE_CREATE_TRIGGER": "create trigger {0}",
         "SQLITE_CREATE_TEMP_TABLE": "create table {0}",
         "SQLITE_CREATE_TEMP_VIEW": "create view {0}",
+        "SQLITE_DROP_TEMP_VIEW": "drop view {0}",
+        "SQLITE_DROP_TEMP_TRIGGER": "drop trigger {0}",
+        "SQLITE_DROP_TEMP_INDEX": "drop index {0}",
+        "SQLITE_DROP_TEMP_TABLE": "drop table {0}",
+        "SQLITE_CREATE_TEMP_INDEX": "create index {0}",
+        "SQLITE_CREATE_TEMP_TRIGGER": "create trigger {0}",
         "SQLITE_ALTER_TABLE": "alter table {1}",
         "SQLITE_ATTACH": "attach database {0}",
         "SQLITE_DETACH": "detach database {0}",
@@ -198,6 +204,15 @@ class SQLiteBackend(SQLBackend):
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
+
+    def is_permanent(self, exc: BaseException) -> bool:
+        if isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)):
+            return True
+        return super().is_permanent(exc)
+
+    def _max_parameters(self) -> int:
+        # SQLite before 3.32 takes 999 parameters per statement, later ones 32,766
+        return min(self.max_parameters, self._writer().getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
 
     def _table_exists(self, cur: Any, name: str) -> bool:
         cur.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (name,))
