@@ -59,8 +59,12 @@ def test_query_formats_keep_nan_and_null_apart(store, recorded):
     assert "nan" in table and "NULL" in table and "0.9" in table
     rows = list(csv.DictReader(io.StringIO(cli(store, "query", sql, "--format", "csv").output)))
     assert [r["val_loss"] for r in rows] == ["0.9", "nan", ""]
-    data = json.loads(cli(store, "query", sql, "--format", "json").output.replace("NaN", '"NaN"'))
+    data = json.loads(cli(store, "query", sql, "--format", "json").output)  # strict JSON
     assert [r["val_loss"] for r in data] == [0.9, "NaN", None]
+    # a number given with -p is bound as a number, so it compares as one
+    below = cli(store, "query", "SELECT count(*) AS n FROM epoch_metrics GROUP BY run_id HAVING min(loss) < ?",
+                "-p", "0.5", "--format", "csv")
+    assert below.output == "n\n3\n"
     params = cli(store, "query", "SELECT count(*) AS n FROM epoch_metrics WHERE run_id = ? AND epoch > ?",
                  "-p", recorded.id, "-p", "1", "--format", "csv")
     assert params.output == "n\n2\n"

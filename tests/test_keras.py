@@ -351,3 +351,37 @@ def test_a_metric_that_is_not_a_number_is_kept_in_extra(store):
     rows = tp.query("SELECT loss, extra FROM epoch_metrics ORDER BY epoch", store=store)
     assert [r["extra"] for r in rows] == ['{"phase": "warmup"}', '{"phase": "main"}']
     assert [r["loss"] for r in rows] == history.history["loss"]
+
+
+def test_a_learning_rate_set_when_training_begins_is_recorded(store):
+    class Warmup(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.optimizer.learning_rate = 0.05
+
+    cb, _, _ = fit(store, callbacks=[Warmup()], epochs=2)
+    cb.end()
+    f32 = lambda v: float(np.float32(v))  # noqa: E731
+    assert [(c["epoch"], c["old_value"], c["new_value"], c["cause"]) for c in lr_changes(store)] == [(1, f32(0.01), f32(0.05), "Warmup")]
+
+
+def test_evaluate_after_a_failed_fit_is_recorded_and_the_fit_is_failed(store):
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("stop")
+
+    cb, model = ProvenanceCallback(store), small_model()
+    with pytest.raises(RuntimeError):
+        model.fit(X, Y, epochs=3, verbose=0, validation_split=0.2, callbacks=[cb, Boom()])
+    returned = model.evaluate(X, Y, verbose=0, callbacks=[cb], return_dict=True)
+    cb.end()
+    assert tp.query("SELECT loss FROM test_results", store=store) == [{"loss": returned["loss"]}]
+    assert tp.query("SELECT status FROM tasks WHERE transformation = 'train'", store=store) == [{"status": "failed"}]
+
+
+def test_a_hyperparameter_keeps_the_type_the_store_gave_it(store):
+    for value in (0, 0.01):  # an int first, a float later: the later value is kept in `extra`
+        cb = ProvenanceCallback(store, hyperparameters={"weight_decay": value, "dropout": value})
+        fit(store, cb=cb, epochs=1)
+        cb.end()
+    rows = tp.query("SELECT weight_decay, extra FROM hyperparameters ORDER BY recorded_at", store=store)
+    assert rows == [{"weight_decay": 0, "extra": None}, {"weight_decay": None, "extra": '{"dropout": 0.01, "weight_decay": 0.01}'}]

@@ -30,6 +30,8 @@ def _cell(value: Any) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")  # strict JSON has no NaN
     if isinstance(value, _dt.datetime):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -57,7 +59,7 @@ def _when(value: Any) -> str:
 def _emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
     if fmt == "json":
         records = [{c: _json_value(v) for c, v in zip(columns, row)} for row in rows]
-        click.echo(json.dumps(records, indent=2, default=str))
+        click.echo(json.dumps(records, indent=2, default=str, allow_nan=False))
     elif fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -69,6 +71,16 @@ def _emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> No
         click.echo(
             tabulate([[_cell(v) for v in row] for row in rows], headers=list(columns), disable_numparse=True)
         )
+
+
+def _param(text: str) -> Any:
+    """A -p value: bound as an integer or a float when it reads as one, else as text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 FORMAT = click.option(
@@ -192,16 +204,17 @@ def show(ctx: click.Context, run: str, fmt: str) -> None:
 @main.command()
 @click.argument("sql", required=False)
 @click.option("-f", "--file", "sql_file", type=click.File("r", encoding="utf-8"), help="Read the statement from a file.")
-@click.option("-p", "--param", "params", multiple=True, help="A value for the next ? placeholder (repeatable).")
+@click.option("-p", "--param", "params", multiple=True,
+              help="A value for the next ? placeholder (repeatable); numbers are bound as numbers.")
 @FORMAT
 @click.pass_context
 def query(ctx: click.Context, sql: str | None, sql_file: Any, params: tuple[str, ...], fmt: str) -> None:
     """Run one read-only SQL statement (SELECT or WITH ... SELECT) on the store."""
     if (sql is None) == (sql_file is None):
-        raise click.UsageError("give the statement as an argument or with --file, not both")
+        raise click.UsageError("give one statement: as an argument or with --file (one of the two)")
     if sql_file is not None:
         sql = sql_file.read()
-    result = _reader(ctx).result(sql, list(params))
+    result = _reader(ctx).result(sql, [_param(p) for p in params])
     _emit(result.columns, result.rows, fmt)
     if fmt == "table":
         click.echo(f"({len(result.rows)} row{'s' * (len(result.rows) != 1)})", err=True)

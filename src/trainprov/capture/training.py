@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import threading
+import warnings
 from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
@@ -162,6 +163,7 @@ class TrainingRecorder:
         self._last_checkpoint_element: Element | None = None
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+        self._store_types: dict[str, dict[str, str]] = {}
         if run is not None:
             self.flow = run.dataflow
 
@@ -227,6 +229,14 @@ class TrainingRecorder:
                 else:
                     extra[key] = value
                     continue
+                # another run may have made this column already: its type stands, and an
+                # int goes into a float column; any other mismatch goes to `extra`
+                stored = self._stored_types(dataset).get(column)
+                if stored is not None and stored != kind:
+                    if not (stored == "float" and kind == "int"):
+                        extra[key] = value
+                        continue
+                    kind = stored
                 grow[column] = kind
             if kind == "float" and value is not None:
                 number = _number(value)
@@ -242,6 +252,23 @@ class TrainingRecorder:
         if extra:
             out["extra"] = extra
         return out
+
+    def _stored_types(self, dataset: str) -> dict[str, str]:
+        """The attribute types the store already has for a dataset (read once per dataset)."""
+        if dataset not in self._store_types:
+            run = self.start()
+            rows = run._writer.backend.query(
+                f"SELECT name, type FROM attributes WHERE dataset = {run._writer.backend.placeholder}", (dataset,)
+            ).rows
+            self._store_types[dataset] = dict(rows)
+        return self._store_types[dataset]
+
+    def _flush(self) -> None:
+        # A store that cannot take rows right now must not stop the training: they wait.
+        try:
+            self.run.flush()
+        except CaptureError as exc:
+            warnings.warn(f"trainprov: {exc}; training goes on", RuntimeWarning, stacklevel=3)
 
     def _grow(self, dataset: str, attributes: dict[str, str]) -> None:
         self.flow = self.flow.with_attributes(dataset, attributes)
@@ -268,7 +295,7 @@ class TrainingRecorder:
         for row in layer_rows:
             task.used("layers", **row)
         run.exit_status = ("failed", "the training did not reach its end")
-        run.flush()
+        self._flush()
         return task
 
     def epoch(self, epoch: int, metrics: Mapping[str, Any], *, learning_rate: float | None = None, seconds: float | None = None) -> Element:
@@ -282,7 +309,7 @@ class TrainingRecorder:
             values["epoch_time_s"] = seconds
         with self._lock:
             element = task.generated("epoch_metrics", **values)
-        self.run.flush()
+        self._flush()
         return element
 
     def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
@@ -337,7 +364,7 @@ class TrainingRecorder:
         self._last_train, self.train_task = self.train_task, None
         if self.run is not None:
             self.run.exit_status = ("finished", None) if status == "finished" else (status, error)
-            self.run.flush()
+            self._flush()
 
     def evaluation(self, metrics: Mapping[str, Any], *, seconds: float | None = None) -> Element:
         """Record an evaluation (aggregated results) as a task after the last training."""
@@ -350,7 +377,7 @@ class TrainingRecorder:
             if seconds is not None:
                 values["evaluation_time_s"] = seconds
             element = task.generated("test_results", **values)
-        run.flush()
+        self._flush()
         return element
 
     def _training(self) -> Task:

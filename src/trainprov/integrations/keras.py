@@ -13,6 +13,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 import keras
+import numpy as np
 
 from ..capture.run import Element, FileRef, Run, _status_for
 from ..capture.training import TrainingRecorder, learning_rate_changes
@@ -31,16 +32,16 @@ def _name_of(thing: Any) -> str | None:
     return getattr(thing, "name", None) or getattr(thing, "__name__", None) or type(thing).__name__
 
 
-def _callbacks_of_this_fit() -> list[keras.callbacks.Callback]:
-    """The callbacks Keras runs alongside ours: found on the CallbackList that called us."""
+def _calling_list() -> keras.callbacks.CallbackList | None:
+    """The CallbackList that is calling us: it knows the callbacks Keras runs alongside ours."""
     frame = inspect.currentframe()
     while frame is not None:
         code = frame.f_code
         first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
         if isinstance(first, keras.callbacks.CallbackList):
-            return list(first.callbacks)
+            return first
         frame = frame.f_back
-    return []
+    return None
 
 
 def _changer() -> tuple[keras.callbacks.Callback | None, str | None, dict]:
@@ -169,6 +170,8 @@ class ProvenanceCallback(keras.callbacks.Callback):
         self.architecture = architecture
         self.new_run_per_fit = new_run_per_fit
         self._in_fit = False
+        self._epoch = 0
+        self._fit_list: keras.callbacks.CallbackList | None = None
         self._others: list[keras.callbacks.Callback] = []
         self._lr_variable: Any = None
         self._lr_assign: Any = None
@@ -262,7 +265,9 @@ class ProvenanceCallback(keras.callbacks.Callback):
             self.recorder.run = None
         self.recorder.start()
         self._in_fit = True
-        self._others = _callbacks_of_this_fit()
+        self._epoch = 0
+        self._fit_list = _calling_list()
+        self._others = list(self._fit_list.callbacks) if self._fit_list is not None else []
         self._hook_learning_rate()
         self._began = False
         self._wrap_first_step()
@@ -307,7 +312,9 @@ class ProvenanceCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         # may run on Keras's callback thread (async_safe): it only reads and queues
-        if self.step_every and (batch + 1) % self.step_every == 0 and self._began:
+        if not self._began:  # a train function built before our wrapper (JAX, TensorFlow)
+            self._begin(None)
+        if self.step_every and (batch + 1) % self.step_every == 0:
             self.recorder.step(self._epoch + 1, batch + 1, logs or {}, global_step=self._steps_done + batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -379,8 +386,11 @@ class ProvenanceCallback(keras.callbacks.Callback):
         self._test_started = time.perf_counter()
 
     def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
-        if self._in_fit:
+        if self._in_fit and _calling_list() is self._fit_list:
             return  # fit's own validation: its values are in the epoch's val_ metrics
+        if self._in_fit:  # the fit raised before its end; this is a standalone evaluate
+            self._in_fit = False
+            self.recorder.end_training("failed", "the training did not reach its end")
         seconds = time.perf_counter() - getattr(self, "_test_started", time.perf_counter())
         self.recorder.evaluation(dict(logs or {}), seconds=seconds)
 
@@ -451,9 +461,16 @@ class ProvenanceCallback(keras.callbacks.Callback):
         if schedule is None or end <= first:
             return
         config = schedule.get_config()
-        if not (isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay) or config.get("staircase")):
+        if isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay):
+            # the first step above each boundary b (iteration b + 1) takes the next value
+            bounds, values = config["boundaries"], config["values"]
+            changes = [(int(b) + 1, float(np.float32(values[k])), float(np.float32(values[k + 1])))
+                       for k, b in enumerate(bounds) if first <= int(b) + 1 <= end - 1]
+        elif config.get("staircase"):  # a monotone step function: bisection finds each step
+            changes = learning_rate_changes(lambda k: _float(schedule(k)), max(0, first - 1), end - 1)
+        else:
             return  # a continuous decay: its config is a hyperparameter, its rates are in epoch_metrics
-        for i, old, new in learning_rate_changes(lambda k: _float(schedule(k)), max(0, first - 1), end - 1):
+        for i, old, new in changes:
             self.recorder.adaptation(
                 epoch + 1, "learning_rate", f"{type(schedule).__name__} schedule", parameter="learning_rate",
                 old_value=old, new_value=new, step=i - first + 1,

@@ -43,7 +43,13 @@ def open_backend(store: str | os.PathLike | None = None) -> Backend:
         raise StoreError(f"store URL {url!r} names no file")
     kwargs = {}
     if "wal_limit_mb" in options:
-        kwargs["wal_limit_bytes"] = int(float(options["wal_limit_mb"]) * (1 << 20))
+        try:
+            kwargs["wal_limit_bytes"] = int(float(options["wal_limit_mb"]) * (1 << 20))
+        except ValueError:
+            raise StoreError(f"store URL option wal_limit_mb must be a number of megabytes, got {options['wal_limit_mb']!r}") from None
+    unknown = set(options) - {"wal_limit_mb"}
+    if unknown:
+        raise StoreError(f"unknown store URL option(s) {', '.join(sorted(unknown))} in {url!r}; known: wal_limit_mb")
     return SQLiteBackend(os.path.expanduser(path), **kwargs)
 
 
