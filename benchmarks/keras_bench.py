@@ -114,7 +114,7 @@ def main() -> None:
     per_epoch = Timed.spent["epoch"] / (3 * args.epochs)
     per_fit = Timed.spent["fit"] / 3
     step_s = base / steps
-    print(f"time inside trainprov's hooks on the training thread (every-step capture, 3 fits):")
+    print("time inside trainprov's hooks on the training thread (every-step capture, 3 fits):")
     print(f"  per step  {per_step * 1e6:7.1f} us = {100 * per_step / step_s:.2f} % of a step")
     print(f"  per epoch {per_epoch * 1e3:7.2f} ms = {100 * per_epoch / (step_s * args.steps):.2f} % of an epoch (writes the epoch and flushes)")
     print(f"  per fit   {per_fit * 1e3:7.1f} ms (run start, agents, hyperparameters, architecture, end)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 
 import keras
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 import trainprov as tp
-from conftest import ROOT, run_python
+from conftest import run_python
 from trainprov.keras import ProvenanceCallback
 
 keras.utils.set_random_seed(0)

@@ -167,9 +167,9 @@ class Writer:
         """Write what the store accepts; set aside, with a warning, each row it refuses for good."""
         refused: list[tuple[tuple, BaseException]] = []
 
-        def attempt(target: Target, items: list[tuple]) -> None:
+        def attempt(tgt: Target, items: list[tuple]) -> None:
             try:
-                self.backend.write([(target, items)])
+                self.backend.write([(tgt, items)])
             except Exception as exc:
                 if not self.backend.is_permanent(exc):
                     raise
@@ -177,11 +177,11 @@ class Writer:
                     refused.append((items[0], exc))
                     return
                 half = len(items) // 2
-                attempt(target, items[:half])
-                attempt(target, items[half:])
+                attempt(tgt, items[:half])
+                attempt(tgt, items[half:])
 
-        for target, items in groups:
-            attempt(target, items)
+        for tgt, items in groups:
+            attempt(tgt, items)
         if refused:
             path = self._save([item for item, _ in refused])
             first = refused[0][1]
