@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import numbers
 import os
 import re
@@ -471,8 +470,3 @@ class Dataflow:
 
     def __repr__(self) -> str:
         return f"Dataflow({self.name!r}, transformations={list(self.transformations)})"
-
-
-def is_nan(value: object) -> bool:
-    """True for a float NaN."""
-    return isinstance(value, float) and math.isnan(value)
