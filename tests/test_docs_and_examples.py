@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import subprocess
@@ -76,6 +77,30 @@ def test_the_digits_example_trains_a_classifier_with_capture(tmp_path):
     assert reader.rows("SELECT round(accuracy, 3) AS a FROM test_results") == [{"a": round(accuracy, 3)}] and accuracy > 0.8
     assert reader.rows("SELECT epoch, cause FROM adaptations WHERE kind = 'learning_rate'") == [{"epoch": 11, "cause": "LearningRateScheduler"}]
     assert reader.rows("SELECT class_name FROM layers ORDER BY layer_index")[0] == {"class_name": "Conv2D"}
+
+
+def test_the_pytorch_example_records_its_loop(tmp_path):
+    store = str(tmp_path / "torch.db")
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "regression_torch.py"), "--epochs", "40", "--steps", "--store", store,
+         "--checkpoints", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    test_loss = float(re.search(r"test_loss (\d\.\d+)", done.stdout).group(1))
+    reader = tp.connect(store)
+    assert reader.rows("SELECT name, status FROM runs") == [{"name": "regression-torch", "status": "finished"}]
+    assert reader.rows("SELECT round(test_loss, 4) AS t FROM test_results") == [{"t": test_loss}] and test_loss < 0.2
+    epochs = reader.rows("SELECT count(*) AS n, min(val_loss) AS best FROM epoch_metrics")[0]
+    assert epochs["n"] >= 20
+    assert reader.rows("SELECT count(*) AS n FROM step_metrics")[0]["n"] == epochs["n"] * 32  # 2,000 rows / batch 64
+    best = reader.rows("SELECT c.monitor_value, f.sha256 FROM checkpoints c JOIN files f "
+                       "ON f.task_id = c.task_id AND f.element_seq = c.element_seq ORDER BY c.epoch DESC LIMIT 1")[0]
+    assert best["monitor_value"] == epochs["best"]
+    assert best["sha256"] == hashlib.sha256((tmp_path / "best.pt").read_bytes()).hexdigest()  # the last best is on disk
+    changes = reader.rows("SELECT cause, monitor FROM adaptations WHERE kind = 'learning_rate'")
+    assert changes and all(c == {"cause": "ReduceLROnPlateau", "monitor": "val_loss"} for c in changes)
+    assert "ReduceLROnPlateau" in done.stdout
 
 
 def test_the_demo_shows_epochs_live_and_the_analysis(tmp_path):

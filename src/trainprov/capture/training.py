@@ -114,7 +114,7 @@ def training_dataflow(
 def _number(value: Any) -> float | None:
     """A metric value as a float, or None if it is not a number."""
     item = getattr(value, "item", None)
-    if item is not None and getattr(value, "size", 1) == 1:
+    if item is not None and not isinstance(value, numbers.Number):  # a NumPy or torch scalar
         try:
             value = item()
         except Exception:  # not a scalar: reported as not a number

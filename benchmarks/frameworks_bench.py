@@ -1,0 +1,140 @@
+"""Overhead of per-step capture in the PyTorch, Lightning and Transformers integrations.
+
+Run:  .venv/bin/python benchmarks/frameworks_bench.py [--framework pytorch|lightning|transformers|all]
+
+Each framework trains the same MLP (128-512-512-10, batch 96, on generated data) again and
+again, without trainprov and with trainprov recording every step. Each round runs both in
+a shuffled order; the overhead is the median over rounds of a training's wall time against
+the one without trainprov of the same round (quartiles beside it). Separately, the time
+spent inside trainprov's code on the training thread is added up, per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+
+BATCH, FEATURES, CLASSES = 96, 128, 10
+SPENT = {"step": 0.0, "start": 0.0}
+
+
+def timed(function: Callable, kind: str = "step") -> Callable:
+    """The function, with its time added to SPENT[kind] (it runs on the training thread)."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            SPENT[kind] += time.perf_counter() - start
+    return wrapper
+
+
+def data(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(steps * BATCH, FEATURES, generator=g), torch.randint(0, CLASSES, (steps * BATCH,), generator=g)
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(FEATURES, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, CLASSES))
+
+
+# ---- plain PyTorch ------------------------------------------------------------------------
+
+def pytorch_fit(store: str | None, epochs: int, steps: int) -> float:
+    """A hand-written loop; with a store, a Tracker records every step."""
+    from trainprov.torch import Tracker
+
+    x, y = data(steps)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tracker = Tracker(model, opt, store, record_agents=False, steps=True) if store else None
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for i in range(steps):
+            xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+            opt.zero_grad()
+            logits = model(xb)
+            loss = torch.nn.functional.cross_entropy(logits, yb)
+            loss.backward()
+            opt.step()
+            if tracker is not None:
+                tracker.step(loss=loss)
+        if tracker is not None:
+            tracker.epoch(loss=loss)
+    if tracker is not None:
+        tracker.end()
+    return time.perf_counter() - start
+
+
+def pytorch_instrument() -> None:
+    from trainprov.integrations import torch as integration
+
+    integration.Tracker.step = timed(integration.Tracker.step)
+    integration.Tracker.begin = timed(integration.Tracker.begin, "start")  # once, inside the first step
+    integration.LearningRateWatcher._before_step = timed(integration.LearningRateWatcher._before_step)
+
+
+FRAMEWORKS: dict[str, tuple[Callable[[str | None, int, int], float], Callable[[], None]]] = {
+    "pytorch": (pytorch_fit, pytorch_instrument),
+}
+
+
+def bench(name: str, rounds: int, epochs: int, steps: int) -> None:
+    fit, instrument = FRAMEWORKS[name]
+    folder = tempfile.mkdtemp(prefix=f"{name}-bench-")
+    store = os.path.join(folder, "bench.db")
+    fit(None, 1, steps)  # warm-up: allocation, lazy imports
+    fit(store, 1, steps)
+    order = random.Random(0)
+    seconds: dict[str, list[float]] = {"without": [], "with": []}
+    ratios = []
+    for _ in range(rounds):
+        took = {}
+        for kind in order.sample(["without", "with"], 2):
+            took[kind] = fit(store if kind == "with" else None, epochs, steps)
+            seconds[kind].append(took[kind])
+        ratios.append(took["with"] / took["without"])
+    total_steps = epochs * steps
+    step_s = statistics.median(seconds["without"]) / total_steps
+    instrument()
+    SPENT.update(step=0.0, start=0.0)
+    fit(store, epochs, steps)
+    inside = (SPENT["step"] - SPENT["start"]) / total_steps
+    r = sorted(ratios)
+    q1, q3 = r[len(r) // 4], r[(3 * len(r)) // 4]
+    print(f"{name}: MLP {FEATURES}-512-512-{CLASSES}, batch {BATCH}, {epochs} epochs x {steps} steps, {rounds} rounds")
+    print(f"  one training step without trainprov: {step_s * 1000:.2f} ms (median)")
+    print(f"  inside trainprov on the training thread, every-step capture: {inside * 1e6:.1f} us per step "
+          f"= {100 * inside / step_s:.2f} % of a step (plus {SPENT['start'] * 1e3:.0f} ms once, at the start)")
+    print(f"  wall time with every-step capture: {statistics.median(seconds['with']):.3f} s against "
+          f"{statistics.median(seconds['without']):.3f} s; overhead {100 * (statistics.median(r) - 1):+.2f} % "
+          f"(median of paired rounds; quartiles {100 * (q1 - 1):+.2f} .. {100 * (q3 - 1):+.2f} %)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--framework", choices=[*FRAMEWORKS, "all"], default="all")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200, help="steps per epoch")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")  # frameworks' advice on workers and devices, not ours
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in FRAMEWORKS if args.framework == "all" else [args.framework]:
+        bench(name, args.rounds, args.epochs, args.steps)
+
+
+if __name__ == "__main__":
+    main()

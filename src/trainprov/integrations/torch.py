@@ -1,0 +1,453 @@
+"""Plain PyTorch: a few added lines in a hand-written loop record its provenance.
+
+`Tracker` records hyperparameters (the optimizer's groups and defaults), the architecture
+(one row per leaf module), the values the loop reports per epoch and per step, checkpoints
+saved through it (path, size, SHA-256) and evaluations. `LearningRateWatcher` detects every
+change of a learning rate, by any `torch.optim.lr_scheduler` or by hand; the Lightning and
+Transformers integrations use it and the other helpers here too.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import numbers
+import os
+import time
+import weakref
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch.optim import lr_scheduler as schedulers
+
+from ..capture.run import Element, FileRef, Run, _status_for
+from ..capture.training import TrainingRecorder, _number
+from ..spec import Dataflow
+
+# Schedules that move the rate a little at (nearly) every step or epoch: their settings are
+# the hyperparameter `lr_schedule` and their rates are in the metrics, as with Keras's
+# continuous schedules. Any other change (a step schedule, a plateau, by hand) is an adaptation.
+CONTINUOUS_SCHEDULES = (
+    schedulers.LambdaLR,
+    schedulers.MultiplicativeLR,
+    schedulers.ExponentialLR,
+    schedulers.CosineAnnealingLR,
+    schedulers.CosineAnnealingWarmRestarts,
+    schedulers.CyclicLR,
+    schedulers.OneCycleLR,
+    schedulers.LinearLR,
+    schedulers.PolynomialLR,
+)
+_SCHEDULER_STATE = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "verbose",
+                    "_is_initial", "_initial_lr", "optimizer", "best", "num_bad_epochs", "cooldown_counter")
+
+
+def _jsonable(value: Any) -> Any:
+    """A value as JSON can hold it: tensors as numbers, tuples as lists, the rest as text."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a wrapper (Lightning's LightningOptimizer, accelerate's AcceleratedOptimizer)."""
+    seen = 0
+    while not isinstance(optimizer, torch.optim.Optimizer) and seen < 5:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if inner is None:
+            break
+        optimizer, seen = inner, seen + 1
+    return optimizer
+
+
+def optimizer_hyperparameters(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's class, its first group's learning rate, and every group's settings as JSON."""
+    optimizer = unwrap_optimizer(optimizer)
+    groups = [
+        {**{k: _jsonable(v) for k, v in group.items() if k != "params"}, "params": sum(p.numel() for p in group["params"])}
+        for group in optimizer.param_groups
+    ]
+    first = optimizer.param_groups[0] if optimizer.param_groups else {}
+    # a scheduler may already have moved lr; `initial_lr` is what the optimizer was given
+    lr = _number(first.get("initial_lr", first.get("lr")))
+    return {
+        "optimizer": type(optimizer).__name__,
+        "learning_rate": lr,
+        "optimizer_config": {"defaults": _jsonable(optimizer.defaults), "param_groups": groups},
+    }
+
+
+def scheduler_config(scheduler: Any) -> dict[str, Any] | None:
+    """A learning-rate scheduler's settings (its class and the state that defines it)."""
+    if scheduler is None:
+        return None
+    try:
+        state = scheduler.state_dict()
+    except Exception:  # a scheduler without state: its class is what we know
+        state = {}
+    settings = {k: _jsonable(v) for k, v in state.items() if k not in _SCHEDULER_STATE and not k.startswith("_")}
+    if isinstance(scheduler, schedulers.LambdaLR):  # the functions themselves do not serialize
+        settings["lr_lambdas"] = [getattr(f, "__qualname__", repr(f)) for f in scheduler.lr_lambdas]
+    return {"class": type(scheduler).__name__, **settings}
+
+
+def _leaf_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Modules with no children, and containers that hold parameters of their own."""
+    out = []
+    for name, module in model.named_modules():
+        has_children = next(module.children(), None) is not None
+        if not has_children or next(module.parameters(recurse=False), None) is not None:
+            out.append((name or type(module).__name__, module))
+    return out
+
+
+def model_layers(model: torch.nn.Module) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(n_layers and parameter counts for the hyperparameters, one `layers` row per leaf module)."""
+    rows = []
+    for index, (name, module) in enumerate(_leaf_modules(model), 1):
+        params = list(module.parameters(recurse=False))
+        kernel = getattr(module, "kernel_size", None)
+        stride = getattr(module, "stride", None)
+        rate = getattr(module, "p", None) if isinstance(module, torch.nn.modules.dropout._DropoutNd) else getattr(module, "dropout", None)
+        is_activation = type(module).__module__ == "torch.nn.modules.activation"
+        rows.append(
+            {
+                "layer_index": index,
+                "name": name,
+                "class_name": type(module).__name__,
+                "params": sum(p.numel() for p in params),
+                "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+                "activation": type(module).__name__.lower() if is_activation else None,
+                "units": getattr(module, "out_features", None) or getattr(module, "hidden_size", None),
+                "filters": getattr(module, "out_channels", None),
+                "kernel_size": None if kernel is None else str(kernel),
+                "strides": None if stride is None else str(stride),
+                "dropout_rate": float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None,
+            }
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"n_layers": len(rows), "trainable_params": trainable, "non_trainable_params": total - trainable}, rows
+
+
+class _WatchedGroup(dict):
+    """A parameter group that tells its watcher when its learning rate is set."""
+
+    __slots__ = ("watcher", "index")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "lr":
+            old = dict.get(self, "lr")
+            dict.__setitem__(self, key, value)
+            watcher = self.watcher()
+            if watcher is not None:
+                watcher._set(self.index, old, value)
+        else:
+            dict.__setitem__(self, key, value)
+
+    def __reduce__(self) -> tuple:
+        return dict, (dict(self),)  # a pickled optimizer holds plain groups, not our watcher
+
+
+def _setter() -> tuple[Any, float | None]:
+    """The scheduler on the stack that is setting a learning rate, and the metric it was given."""
+    frame = inspect.currentframe()
+    found, metric = None, None
+    while frame is not None:
+        code = frame.f_code
+        first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if isinstance(first, schedulers.LRScheduler) and (found is None or first is found):
+            found = first
+            if metric is None and "metrics" in frame.f_locals:  # ReduceLROnPlateau.step(metrics)
+                metric = _number(frame.f_locals["metrics"])
+        elif found is not None:
+            break  # the outermost frame of the innermost scheduler: SequentialLR's children win
+        frame = frame.f_back
+    return found, metric
+
+
+class LearningRateWatcher:
+    """Detects every learning-rate change of an optimizer and records the discrete ones as adaptations.
+
+    A change is recorded at the first optimizer step that uses it: epoch = epochs ended + 1,
+    step = that step within the epoch. Its cause is the scheduler that set it (its class
+    name) or "manual".
+    """
+
+    def __init__(self, optimizer: Any, recorder: TrainingRecorder, *, monitor: str | None = None,
+                 before_step: Callable[[], None] | None = None) -> None:
+        self.optimizer = unwrap_optimizer(optimizer)
+        self.recorder = recorder
+        self.monitor = monitor
+        self.before_step = before_step
+        self.steps = 0
+        self.step_in_epoch = 0
+        self.epochs_ended = 0
+        self.schedulers: list[Any] = []  # every scheduler seen setting a rate, in order
+        self._pending: dict[int, list[Any]] = {}  # group -> [old, new, cause, monitor value]
+        self._known = [self._lr(g) for g in self.optimizer.param_groups]
+        self._used = self._known[0] if self._known else None
+        self._watch_groups()
+        self._handle = self.optimizer.register_step_pre_hook(self._before_step)
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The first group's rate that the last optimizer step used (the current one before any step)."""
+        return self._used if self.steps else self._lr(self.optimizer.param_groups[0])
+
+    @staticmethod
+    def _lr(group: Mapping[str, Any]) -> float | None:
+        return _number(group.get("lr"))
+
+    def _watch_groups(self) -> None:
+        groups = self.optimizer.param_groups
+        me = weakref.ref(self)
+        for index, group in enumerate(groups):
+            if type(group) is not _WatchedGroup or group.watcher() is not self:
+                watched = _WatchedGroup(group)
+                watched.watcher, watched.index = me, index
+                groups[index] = watched  # in place: schedulers read this same list
+
+    def _set(self, index: int, old: Any, new: Any) -> None:
+        scheduler, metric = _setter()
+        if scheduler is not None and all(s is not scheduler for s in self.schedulers):
+            self.schedulers.append(scheduler)
+        old, new = _number(old), _number(new)
+        if old == new:
+            return  # schedulers set every rate at their start, changed or not
+        if isinstance(scheduler, CONTINUOUS_SCHEDULES):
+            self._known[index] = new
+            return
+        cause = type(scheduler).__name__ if scheduler is not None else "manual"
+        pending = self._pending.get(index)
+        if pending is None:
+            self._pending[index] = [old, new, cause, metric]
+        else:  # changed twice before a step used it: one change, from the first old value
+            pending[1:] = [new, cause, metric]
+        self._known[index] = new
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.before_step is not None:
+            self.before_step()
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self._known) or any(type(g) is not _WatchedGroup for g in groups):
+            self._watch_groups()  # add_param_group or load_state_dict made new groups
+            self._known += [self._lr(g) for g in groups[len(self._known):]]
+        for index, group in enumerate(groups):
+            lr = self._lr(group)
+            if lr != self._known[index] and index not in self._pending:
+                # changed without setting the item (a tensor filled in place, update()): cause unknown
+                self._pending[index] = [self._known[index], lr, "unknown", None]
+                self._known[index] = lr
+        self.step_in_epoch += 1
+        self.steps += 1
+        if self._pending:
+            self._record(self.epochs_ended + 1, self.step_in_epoch)
+        self._used = self._lr(groups[0])
+
+    def _record(self, epoch: int, step: int | None) -> None:
+        pending, self._pending = self._pending, {}
+        for index, (old, new, cause, metric) in sorted(pending.items()):
+            if old == new:
+                continue
+            self.recorder.adaptation(
+                epoch, "learning_rate", cause, step=step,
+                parameter="learning_rate" if index == 0 else f"learning_rate_group{index}",
+                old_value=old, new_value=new, monitor=self.monitor if metric is not None else None,
+                monitor_value=metric,
+            )
+
+    def find_schedulers(self) -> list[Any]:
+        """The schedulers of this optimizer: those seen setting a rate, and any made before the watcher."""
+        found = list(self.schedulers)
+        # one scan of the objects that refer to the optimizer (tens of ms, once per training)
+        for referrer in gc.get_referrers(self.optimizer):
+            if isinstance(referrer, schedulers.LRScheduler) and all(s is not referrer for s in found):
+                found.append(referrer)
+        return found
+
+    def epoch_ended(self) -> None:
+        """The loop finished an epoch: changes from now on take effect in the next one."""
+        self.epochs_ended += 1
+        self.step_in_epoch = 0
+
+    def flush(self) -> None:
+        """Record changes no step has used yet (made after the last step of the training)."""
+        if self._pending:
+            self._record(self.epochs_ended + 1, None)
+
+    def close(self) -> None:
+        """Stop watching: the optimizer's groups become plain dicts again."""
+        self._handle.remove()
+        groups = self.optimizer.param_groups
+        for index, group in enumerate(groups):
+            if type(group) is _WatchedGroup:
+                groups[index] = dict(group)
+
+
+class Tracker:
+    """Records a hand-written PyTorch training loop: hyperparameters, architecture, epochs, steps, checkpoints.
+
+    Create it after the model and optimizer; call `step(...)` after each optimizer step (if
+    you want per-step rows), `epoch(...)` at the end of each epoch, `save(...)` for
+    checkpoints and `evaluation(...)` for test results; `end()` (or the `with` block) ends
+    the run. Learning-rate changes are detected by themselves.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        store: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+        run: Run | None = None,
+        dataflow: Dataflow | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        scheduler: Any = None,
+        loader: Any = None,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        loss: Any = None,
+        steps: bool | int = False,
+        monitor: str | None = None,
+        architecture: bool = True,
+        record_agents: bool = True,
+    ) -> None:
+        self.model = model
+        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents)
+        self.user_hyperparameters = dict(hyperparameters or {})
+        self.scheduler = scheduler
+        self.loader = loader
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.loss = loss
+        self.step_every = int(steps) if steps else 0
+        self.architecture = architecture
+        self.epochs_done = 0
+        self.steps_in_epoch = 0
+        self.steps_done = 0
+        self._began = False
+        self._epoch_started = time.perf_counter()
+        self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor, before_step=self.begin)
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    @property
+    def run(self) -> Run:
+        """The run (started now if it has not started yet)."""
+        return self.recorder.run or self.recorder.start()
+
+    def use(self, *elements: Element) -> None:
+        """Elements (your data, say) that the training uses; call before the first step."""
+        self.recorder.use(*elements)
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        loader = self.loader
+        batch_size = self.batch_size if self.batch_size is not None else getattr(loader, "batch_size", None)
+        try:
+            steps_per_epoch = len(loader) if loader is not None else None
+        except TypeError:  # an iterable without a length
+            steps_per_epoch = None
+        facts, _ = model_layers(self.model)
+        seen = [self.scheduler] if self.scheduler is not None else self.watcher.find_schedulers()
+        schedules = [scheduler_config(s) for s in seen]
+        loss = self.loss
+        return {
+            **optimizer_hyperparameters(self.watcher.optimizer),
+            "lr_schedule": schedules[0] if len(schedules) == 1 else (schedules or None),
+            "loss": loss if loss is None or isinstance(loss, str) else type(loss).__name__,
+            "batch_size": batch_size,
+            "epochs": self.epochs,
+            "steps_per_epoch": steps_per_epoch,
+            **facts,
+            **self.user_hyperparameters,
+        }
+
+    def begin(self) -> None:
+        """Record hyperparameters and architecture; done by itself at the first step or epoch."""
+        if self._began:
+            return
+        self._began = True
+        layers = model_layers(self.model)[1] if self.architecture else []
+        self.recorder.begin_training(self._hyperparameters(), layers)
+        self._epoch_started = time.perf_counter()
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def step(self, **metrics: Any) -> None:
+        """One training step done (after optimizer.step()); its values are recorded every `steps` steps."""
+        self.begin()
+        self.steps_in_epoch += 1
+        self.steps_done += 1
+        if self.step_every and self.steps_in_epoch % self.step_every == 0:
+            # tensors become numbers here: the recorder's fast path for steps takes plain values
+            values = {k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in metrics.items()}
+            values.setdefault("learning_rate", self.watcher.learning_rate)
+            self.recorder.step(self.epochs_done + 1, self.steps_in_epoch, values, global_step=self.steps_done)
+
+    def epoch(self, **metrics: Any) -> Element:
+        """One epoch done: record every value given, the learning rate its last step used, and its duration."""
+        self.begin()
+        now = time.perf_counter()
+        self.epochs_done += 1
+        element = self.recorder.epoch(self.epochs_done, metrics, learning_rate=self.watcher.learning_rate,
+                                      seconds=now - self._epoch_started)
+        self.watcher.epoch_ended()
+        self.steps_in_epoch = 0
+        self._epoch_started = now
+        return element
+
+    def save(self, obj: Any, path: str | os.PathLike, *, monitor: str | None = None, monitor_value: Any = None) -> FileRef:
+        """`torch.save(obj, path)` and record the file (path, size, SHA-256) as a checkpoint of this epoch."""
+        torch.save(obj, path)
+        return self.checkpoint(path, monitor=monitor, monitor_value=monitor_value)
+
+    def checkpoint(self, path: str | os.PathLike, *, monitor: str | None = None, monitor_value: Any = None) -> FileRef:
+        """Record a model file you wrote yourself."""
+        self.begin()
+        return self.recorder.checkpoint(path, epoch=self.epochs_done, monitor=monitor, monitor_value=monitor_value)
+
+    def stopped_early(self, *, monitor: str | None = None, best_epoch: int | None = None, best_value: Any = None,
+                      monitor_value: Any = None, cause: str = "early stopping") -> Element | None:
+        """Record that the loop stopped before its planned epochs (an adaptation of `epochs`)."""
+        return self.recorder.adaptation(
+            self.epochs_done, "early_stopping", cause, parameter="epochs", old_value=self.epochs,
+            new_value=self.epochs_done, monitor=monitor, monitor_value=_number(monitor_value),
+            best_epoch=best_epoch, best_value=_number(best_value),
+        )
+
+    def end_training(self, status: str = "finished", error: str | None = None) -> None:
+        """End the training task (the run stays open for evaluations)."""
+        self.watcher.flush()
+        self.recorder.end_training(status, error)
+
+    def evaluation(self, seconds: float | None = None, **metrics: Any) -> Element:
+        """Record evaluation results (test loss, accuracy) after training."""
+        if self.recorder.train_task is not None:
+            self.end_training()
+        return self.recorder.evaluation(metrics, seconds=seconds)
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the training (if still open) and the run; stop watching the optimizer."""
+        if self.recorder.train_task is not None:
+            self.end_training(status, error)
+        self.watcher.close()
+        self.recorder.end(status, error)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(*_status_for(exc))

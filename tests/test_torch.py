@@ -1,0 +1,275 @@
+"""Plain PyTorch: a hand-written loop with a Tracker, real training of small models on CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+
+import pytest
+import torch
+
+import trainprov as tp
+from conftest import run_python
+from trainprov.torch import LearningRateWatcher, Tracker, model_layers
+
+torch.manual_seed(0)
+X = torch.randn(256, 8)
+Y = X.sin().sum(1, keepdim=True)
+
+
+def mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 1))
+
+
+def loader(batch_size: int = 32) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=batch_size)
+
+
+def train(tracker, model, opt, epochs, scheduler=None, per_step_scheduler=False, after_epoch=None, record_steps=True):
+    """A plain loop with the Tracker's lines in it; returns what the loop itself saw."""
+    seen = {"epoch_loss": [], "step_loss": [], "step_lr": [], "epoch_lr": []}
+    for epoch in range(1, epochs + 1):
+        total = 0.0
+        for xb, yb in loader():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            loss.backward()
+            lr_used = opt.param_groups[0]["lr"]
+            opt.step()
+            if per_step_scheduler:
+                scheduler.step()
+            if record_steps:
+                tracker.step(loss=loss)
+            seen["step_loss"].append(loss.item())
+            seen["step_lr"].append(lr_used)
+            total += loss.item()
+        seen["epoch_lr"].append(lr_used)
+        seen["epoch_loss"].append(total / 8)
+        if scheduler is not None and not per_step_scheduler:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(seen["epoch_loss"][-1])
+            else:
+                scheduler.step()
+        tracker.epoch(loss=seen["epoch_loss"][-1])
+        if after_epoch is not None:
+            after_epoch(epoch)
+    return seen
+
+
+def adaptations(store):
+    return tp.query(
+        "SELECT epoch, step, parameter, old_value, new_value, cause, monitor_value FROM adaptations "
+        "WHERE kind = 'learning_rate' ORDER BY epoch, parameter",
+        store=store,
+    )
+
+
+def test_epochs_and_steps_equal_what_the_loop_saw(store):
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with Tracker(model, opt, store, loader=loader(), epochs=3, loss="mse", steps=True) as tracker:
+        seen = train(tracker, model, opt, 3)
+    rows = tp.query("SELECT epoch, loss, learning_rate, epoch_time_s FROM epoch_metrics ORDER BY epoch", store=store)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == seen["epoch_loss"]
+    assert all(r["learning_rate"] == 0.01 and r["epoch_time_s"] > 0 for r in rows)
+    steps = tp.query("SELECT epoch, step, global_step, loss FROM step_metrics ORDER BY global_step", store=store)
+    assert [r["global_step"] for r in steps] == list(range(1, 25))
+    assert [(r["epoch"], r["step"]) for r in steps][:9] == [(1, s) for s in range(1, 9)] + [(2, 1)]
+    assert [r["loss"] for r in steps] == pytest.approx(seen["step_loss"], rel=1e-7)  # float32 item() -> float
+    hp = tp.query("SELECT * FROM hyperparameters", store=store)[0]
+    assert (hp["framework"], hp["optimizer"], hp["learning_rate"], hp["loss"]) == ("pytorch", "Adam", 0.01, "mse")
+    assert (hp["batch_size"], hp["epochs"], hp["steps_per_epoch"]) == (32, 3, 8)
+    assert hp["trainable_params"] == sum(p.numel() for p in model.parameters()) == 8 * 16 + 16 + 16 + 1
+    config = json.loads(hp["optimizer_config"])
+    assert config["defaults"]["betas"] == [0.9, 0.999] and config["param_groups"][0]["params"] == hp["trainable_params"]
+    assert tp.query("SELECT status FROM runs", store=store) == [{"status": "finished"}]
+
+
+def test_step_scheduler_and_manual_changes_are_recorded_once_each(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+    def by_hand(epoch):
+        if epoch == 5:
+            for group in opt.param_groups:
+                group["lr"] = 0.001
+
+    with Tracker(model, opt, store, steps=False) as tracker:
+        seen = train(tracker, model, opt, 6, scheduler=scheduler, after_epoch=by_hand, record_steps=False)
+    # StepLR halves after epochs 2 and 4 (used from epochs 3 and 5); by hand after epoch 5;
+    # StepLR's own step after epoch 6 sets 0.0005 for an epoch that never runs
+    assert adaptations(store) == [
+        {"epoch": 3, "step": 1, "parameter": "learning_rate", "old_value": 0.1, "new_value": 0.05, "cause": "StepLR", "monitor_value": None},
+        {"epoch": 5, "step": 1, "parameter": "learning_rate", "old_value": 0.05, "new_value": 0.025, "cause": "StepLR", "monitor_value": None},
+        {"epoch": 6, "step": 1, "parameter": "learning_rate", "old_value": 0.025, "new_value": 0.001, "cause": "manual", "monitor_value": None},
+        {"epoch": 7, "step": None, "parameter": "learning_rate", "old_value": 0.001, "new_value": 0.0005, "cause": "StepLR", "monitor_value": None},
+    ]
+    rates = [r["learning_rate"] for r in tp.query("SELECT learning_rate FROM epoch_metrics ORDER BY epoch", store=store)]
+    assert rates == seen["epoch_lr"] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.001]
+    hp = tp.query("SELECT lr_schedule FROM hyperparameters", store=store)[0]
+    assert json.loads(hp["lr_schedule"]) == {"class": "StepLR", "step_size": 2, "gamma": 0.5, "base_lrs": [0.1]}
+
+
+def test_plateau_changes_carry_the_monitored_value(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # slow enough to plateau at once
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.5)
+    with Tracker(model, opt, store, monitor="loss") as tracker:
+        seen = train(tracker, model, opt, 3, scheduler=scheduler, record_steps=False)
+    changes = adaptations(store)
+    assert [c["cause"] for c in changes] == ["ReduceLROnPlateau"] * len(changes) and changes
+    for change in changes:  # the loss of the epoch whose end lowered the rate
+        assert change["monitor_value"] == pytest.approx(seen["epoch_loss"][change["epoch"] - 2])
+        assert change["new_value"] == pytest.approx(change["old_value"] / 2)
+    assert tp.query("SELECT DISTINCT monitor FROM adaptations", store=store) == [{"monitor": "loss"}]
+
+
+def test_continuous_schedule_rates_are_step_values_not_adaptations(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=16)
+    with Tracker(model, opt, store, steps=True) as tracker:
+        seen = train(tracker, model, opt, 2, scheduler=scheduler, per_step_scheduler=True)
+    assert adaptations(store) == []
+    rates = tp.query("SELECT learning_rate FROM step_metrics ORDER BY global_step", store=store)
+    assert [r["learning_rate"] for r in rates] == seen["step_lr"]
+    assert len(set(seen["step_lr"])) > 8
+    assert json.loads(tp.query("SELECT lr_schedule FROM hyperparameters", store=store)[0]["lr_schedule"])["class"] == "OneCycleLR"
+
+
+def test_sequential_schedule_names_the_inner_scheduler(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.5, total_iters=2)
+    steps = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, steps], milestones=[2])
+    with Tracker(model, opt, store) as tracker:
+        train(tracker, model, opt, 5, scheduler=scheduler, record_steps=False)
+    causes = [(c["epoch"], c["cause"]) for c in adaptations(store)]
+    assert causes and all(cause == "StepLR" for _, cause in causes)  # the warm-up is continuous
+
+
+def test_every_parameter_group_is_recorded(store):
+    model = mlp()
+    opt = torch.optim.SGD([
+        {"params": model[0].parameters(), "lr": 0.1},
+        {"params": model[3].parameters(), "lr": 0.01, "momentum": 0.9},
+    ], lr=0.5)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[1], gamma=0.1)
+    with Tracker(model, opt, store) as tracker:
+        train(tracker, model, opt, 2, scheduler=scheduler, record_steps=False)
+    config = json.loads(tp.query("SELECT optimizer_config FROM hyperparameters", store=store)[0]["optimizer_config"])
+    assert [(g["lr"], g["momentum"], g["params"]) for g in config["param_groups"]] == [(0.1, 0.0, 8 * 16 + 16), (0.01, 0.9, 17)]
+    assert config["defaults"]["lr"] == 0.5
+    assert [(c["parameter"], c["old_value"], c["new_value"]) for c in adaptations(store)] == [
+        ("learning_rate", 0.1, pytest.approx(0.01)), ("learning_rate_group1", 0.01, pytest.approx(0.001))]
+
+
+def test_checkpoint_sha256_matches_the_file(store, tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Tracker(model, opt, store) as tracker:
+        for epoch in range(2):
+            train(tracker, model, opt, 1, record_steps=False)
+            ref = tracker.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / f"ckpt-{epoch}.pt",
+                               monitor="loss", monitor_value=torch.tensor(0.25))
+        tracker.evaluation(test_loss=0.5, seconds=0.1)
+    files = tp.query("SELECT f.path, f.size_bytes, f.sha256, c.epoch, c.monitor_value FROM files f "
+                     "JOIN checkpoints c ON f.task_id = c.task_id AND f.element_seq = c.element_seq ORDER BY c.epoch", store=store)
+    assert [f["epoch"] for f in files] == [1, 2]
+    for f in files:
+        data = open(f["path"], "rb").read()
+        assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["size_bytes"] == len(data)
+        assert f["monitor_value"] == 0.25
+    assert ref.sha256 == files[-1]["sha256"]
+    assert tp.query("SELECT count(*) AS n FROM file_derivations", store=store) == [{"n": 1}]  # ckpt-1 from ckpt-0
+    assert tp.query("SELECT test_loss, evaluation_time_s FROM test_results", store=store) == [{"test_loss": 0.5, "evaluation_time_s": 0.1}]
+    # the optimizer saved while watched is an ordinary one when loaded
+    state = torch.load(tmp_path / "ckpt-1.pt")["optimizer"]
+    assert all(type(g) is dict for g in state["param_groups"])
+
+
+def test_watched_optimizer_pickles_and_unwatches(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = Tracker(model, opt, store)
+    tracker.begin()
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)  # the whole object, groups and all
+    buffer.seek(0)
+    copy = torch.load(buffer, weights_only=False)
+    assert all(type(g) is dict for g in copy.param_groups)
+    tracker.end()
+    assert all(type(g) is dict for g in opt.param_groups)
+    opt.param_groups[0]["lr"] = 0.5  # no longer watched: nothing recorded, nothing raised
+    assert adaptations(store) == []
+
+
+def test_loaded_state_is_watched_again(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = opt.state_dict()
+    saved["param_groups"][0]["lr"] = 0.02
+    with Tracker(model, opt, store) as tracker:
+        train(tracker, model, opt, 1, record_steps=False)
+        opt.load_state_dict(saved)  # new group dicts: the change is still seen
+        train(tracker, model, opt, 1, record_steps=False)
+        opt.param_groups[0]["lr"] = 0.01  # and later changes keep their cause
+        train(tracker, model, opt, 1, record_steps=False)
+    assert [(c["epoch"], c["cause"], c["new_value"]) for c in adaptations(store)] == [(2, "unknown", 0.02), (3, "manual", 0.01)]
+
+
+def test_architecture_rows(store):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, kernel_size=3, stride=2), torch.nn.GELU(), torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 3, 2))
+    facts, rows = model_layers(model)
+    assert facts == {"n_layers": 4, "trainable_params": 40 + 74, "non_trainable_params": 0}
+    assert [(r["class_name"], r["params"], r["filters"], r["kernel_size"], r["strides"], r["units"], r["activation"]) for r in rows] == [
+        ("Conv2d", 40, 4, "(3, 3)", "(2, 2)", None, None), ("GELU", 0, None, None, None, None, "gelu"),
+        ("Flatten", 0, None, None, None, None, None), ("Linear", 74, None, None, None, 2, None)]
+    model[0].weight.requires_grad_(False)
+    assert model_layers(model)[0]["non_trainable_params"] == 36
+
+
+def test_watcher_alone_reports_to_a_recorder(store):
+    """The piece the Lightning and Transformers integrations build on."""
+    from trainprov.capture.training import TrainingRecorder
+
+    recorder = TrainingRecorder("custom", store)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watcher = LearningRateWatcher(opt, recorder)
+    recorder.begin_training({"learning_rate": 0.1})
+    assert watcher.learning_rate == 0.1
+    for _ in range(3):
+        opt.step()
+    opt.param_groups[0]["lr"] = 0.2
+    watcher.epoch_ended()
+    opt.step()
+    assert (watcher.steps, watcher.step_in_epoch, watcher.learning_rate) == (4, 1, 0.2)
+    watcher.close()
+    recorder.end()
+    assert [(c["epoch"], c["step"], c["cause"]) for c in adaptations(store)] == [(2, 1, "manual")]
+
+
+def test_a_crashing_loop_keeps_its_epochs(store):
+    code = f"""
+        import torch, trainprov.torch as tpt
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        tracker = tpt.Tracker(model, opt, {store!r})
+        for epoch in range(3):
+            opt.step()
+            tracker.epoch(loss=1.0 / (epoch + 1))
+        raise RuntimeError("out of memory, say")
+    """
+    done = run_python(code, check=False)
+    assert done.returncode == 1 and "out of memory" in done.stderr
+    assert [r["epoch"] for r in tp.query("SELECT epoch FROM epoch_metrics", store=store)] == [1, 2, 3]
+    status = tp.query("SELECT status, error FROM runs", store=store)[0]
+    assert status["status"] == "failed" and "out of memory" in status["error"]
+    assert not math.isnan(tp.query("SELECT loss FROM epoch_metrics WHERE epoch = 3", store=store)[0]["loss"])
