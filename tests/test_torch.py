@@ -54,7 +54,7 @@ def train(tracker, model, opt, epochs, scheduler=None, per_step_scheduler=False,
                 scheduler.step()
         tracker.epoch(loss=seen["epoch_loss"][-1])
         if after_epoch is not None:
-            after_epoch(epoch)
+            after_epoch(epoch, seen)
     return seen
 
 
@@ -93,7 +93,7 @@ def test_step_scheduler_and_manual_changes_are_recorded_once_each(store):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
 
-    def by_hand(epoch):
+    def by_hand(epoch, seen):
         if epoch == 5:
             for group in opt.param_groups:
                 group["lr"] = 0.001
@@ -151,6 +151,31 @@ def test_sequential_schedule_names_the_inner_scheduler(store):
         train(tracker, model, opt, 5, scheduler=scheduler, record_steps=False)
     causes = [(c["epoch"], c["cause"]) for c in adaptations(store)]
     assert causes and all(cause == "StepLR" for _, cause in causes)  # the warm-up is continuous
+
+
+class HalvingOnNoProgress:
+    """A scheduler that is no torch LRScheduler (like Transformers' GreedyLR): known by its optimizer and step."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.best = optimizer, float("inf")
+
+    def step(self, metrics):
+        if metrics > self.best * 0.99:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] / 2
+        self.best = min(self.best, metrics)
+
+
+def test_a_scheduler_of_another_kind_is_named_with_its_metric(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    scheduler = HalvingOnNoProgress(opt)
+    with Tracker(model, opt, store, monitor="loss") as tracker:
+        seen = train(tracker, model, opt, 4, scheduler=None, record_steps=False,
+                     after_epoch=lambda epoch, seen: scheduler.step(seen["epoch_loss"][-1]))
+    changes = adaptations(store)
+    assert changes and {c["cause"] for c in changes} == {"HalvingOnNoProgress"}
+    assert [c["monitor_value"] for c in changes] == [seen["epoch_loss"][c["epoch"] - 2] for c in changes]
 
 
 def test_every_parameter_group_is_recorded(store):

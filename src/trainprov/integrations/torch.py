@@ -62,12 +62,12 @@ def _jsonable(value: Any) -> Any:
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer inside a wrapper (Lightning's LightningOptimizer, accelerate's AcceleratedOptimizer)."""
-    seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer) and seen < 5:
-        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if inner is None:
+    # wrappers may themselves subclass Optimizer (AcceleratedOptimizer): go down to the innermost
+    for _ in range(5):
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer or not isinstance(inner, torch.optim.Optimizer):
             break
-        optimizer, seen = inner, seen + 1
+        optimizer = inner
     return optimizer
 
 
@@ -160,14 +160,24 @@ class _WatchedGroup(dict):
         return dict, (dict(self),)  # a pickled optimizer holds plain groups, not our watcher
 
 
-def _setter() -> tuple[Any, float | None]:
+def _is_scheduler(thing: Any, optimizer: torch.optim.Optimizer) -> bool:
+    """A torch LR scheduler, or another object that schedules this optimizer (the Trainer's GreedyLR)."""
+    if isinstance(thing, schedulers.LRScheduler):
+        return True
+    if isinstance(thing, torch.optim.Optimizer) or not callable(getattr(thing, "step", None)):
+        return False
+    theirs = getattr(thing, "optimizer", None)
+    return theirs is not None and unwrap_optimizer(theirs) is optimizer
+
+
+def _setter(optimizer: torch.optim.Optimizer) -> tuple[Any, float | None]:
     """The scheduler on the stack that is setting a learning rate, and the metric it was given."""
     frame = inspect.currentframe()
     found, metric = None, None
     while frame is not None:
         code = frame.f_code
         first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
-        if isinstance(first, schedulers.LRScheduler) and (found is None or first is found):
+        if (first is found if found is not None else _is_scheduler(first, optimizer)):
             found = first
             if metric is None and "metrics" in frame.f_locals:  # ReduceLROnPlateau.step(metrics)
                 metric = _number(frame.f_locals["metrics"])
@@ -220,7 +230,7 @@ class LearningRateWatcher:
                 groups[index] = watched  # in place: schedulers read this same list
 
     def _set(self, index: int, old: Any, new: Any) -> None:
-        scheduler, metric = _setter()
+        scheduler, metric = _setter(self.optimizer)
         if scheduler is not None and all(s is not scheduler for s in self.schedulers):
             self.schedulers.append(scheduler)
         old, new = _number(old), _number(new)

@@ -1,0 +1,490 @@
+"""Lightning: one callback, with the logger it brings, records the provenance of `fit`, `test` and `validate`.
+
+The logger receives what loggers see (hyperparameters from `save_hyperparameters`, every
+`self.log` value at its step and epoch); the callback sees the rest (optimizer and
+scheduler, architecture, learning-rate changes, early stopping, `ModelCheckpoint` files,
+timing) and knows where in the loop each logged value belongs. Both translate Lightning's
+events into calls on a `TrainingRecorder` and own nothing else. Only global rank zero
+records; the other ranks do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from argparse import Namespace
+from typing import Any, Iterable, Mapping
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from ..capture.run import Element, FileRef, Run, _status_for
+from ..capture.training import TrainingRecorder, _number
+from ..errors import CaptureError
+from ..spec import Dataflow
+from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config
+
+_SUFFIXES = ("_step", "_epoch")
+
+
+def _forked_names(trainer: Trainer) -> set[str]:
+    """Names logged with both on_step and on_epoch, which Lightning reports as name_step and name_epoch."""
+    # Lightning keeps this only in its result collection; without it, keys keep Lightning's names.
+    try:
+        return {metric.meta.name for metric in trainer._results.values() if metric.meta.forked}
+    except Exception:
+        return set()
+
+
+def _logging_step(trainer: Trainer) -> int:
+    """The step Lightning gives loggers: training batches that stepped the optimizer so far."""
+    # private, but it is the counter Lightning's own callbacks log with (LearningRateMonitor)
+    steps = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
+    return steps if isinstance(steps, int) else trainer.global_step
+
+
+def _hyperparameter_values(params: Mapping[str, Any] | Namespace) -> dict[str, Any]:
+    """Hyperparameters as the store can hold them: numbers, text and JSON, never an object."""
+    params = vars(params) if isinstance(params, Namespace) else dict(params)
+    return {str(key): _jsonable(value) for key, value in params.items()}
+
+
+class ProvenanceLogger(Logger):
+    """The logger half of `Provenance`: hands what Lightning logs to its callback; writes no files."""
+
+    def __init__(self, provenance: "Provenance") -> None:
+        super().__init__()
+        self.provenance = provenance
+
+    # name and version make ModelCheckpoint's default folder: empty strings keep it where
+    # Lightning puts checkpoints without a logger (default_root_dir/checkpoints)
+    @property
+    def name(self) -> str:
+        """Empty: trainprov has no experiment folder."""
+        return ""
+
+    @property
+    def version(self) -> str:
+        """Empty: trainprov has no experiment folder."""
+        return ""
+
+    def log_hyperparams(self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        """Keep the hyperparameters of `save_hyperparameters` for the training's record."""
+        self.provenance._hyperparameters_logged(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record what Lightning logs: a training step's values, an epoch's, an evaluation's."""
+        self.provenance._metrics_logged(metrics, step)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Record the file a ModelCheckpoint has just written."""
+        self.provenance._checkpoint_saved(checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        """Lightning calls this at the end of each trainer call; "failed" ends the training failed."""
+        if status == "failed":
+            self.provenance._failed()
+
+
+class Provenance(Callback):
+    """Records hyperparameters, architecture, epochs and steps, adaptations, checkpoints and evaluations.
+
+    Pass it as a callback: `Trainer(callbacks=[prov])` (it adds its logger, `prov.logger`, to
+    the trainer's loggers if you did not pass it yourself). One run spans every `fit`,
+    `test` and `validate` of the trainers it is given, until `end()` (or the `with` block
+    ends, or the process exits).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+        run: Run | None = None,
+        dataflow: Dataflow | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        include: Iterable[str] | None = None,
+        steps: bool = True,
+        architecture: bool = True,
+        record_agents: bool = True,
+    ) -> None:
+        super().__init__()
+        self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents)
+        self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
+        self.logger = ProvenanceLogger(self)
+        self.user_hyperparameters = dict(hyperparameters or {})
+        self.include = set(include) if include is not None else None
+        self.steps = steps
+        self.architecture = architecture
+        self._pid = os.getpid()
+        self._reset()
+
+    def _reset(self) -> None:
+        # state of the trainer call in progress (none of it survives pickling to a worker)
+        self._trainer: Trainer | None = None
+        self._recording = False
+        self._lightning_hyperparameters: dict[str, Any] = {}
+        self._watchers: list[LearningRateWatcher] = []
+        self._renamed: dict[tuple[str, str], str] = {}
+        self._epoch = 0  # the epoch in progress or last run, from 1
+        self._first_epoch = 0
+        self._epoch_started = 0.0
+        self._epoch_values: dict[str, Any] | None = None  # the epoch's values, written once it is over
+        self._epoch_seconds: float | None = None
+        self._train_epoch_ended = True
+        self._steps_before_epoch = 0  # Lightning's logging step when the epoch began
+        self._step_offset = 0  # Lightning's steps before the watcher saw its first
+        self._step: int | None = None  # the logging step of the step row being gathered
+        self._step_values: dict[str, Any] = {}
+        self._history: dict[int, dict[str, Any]] = {}  # epoch -> its values, for early stopping
+        self._eval_values: dict[str, Any] = {}
+        self._eval_epoch_ended = False
+        self._eval_started = 0.0
+        self._exception: BaseException | None = None
+        self._warned_alone = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers (strategy="ddp_spawn") get a pickled copy: the run, its writer thread
+        # and the watchers stay here; the worker of rank zero starts a run of its own.
+        state = self.__dict__.copy()
+        state["recorder"] = None
+        state.update(_trainer=None, _watchers=[], _exception=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.recorder = TrainingRecorder("lightning", **self._recorder_args)
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    @property
+    def run(self) -> Run | None:
+        """The run: the current or last one; None before it starts and on ranks other than zero."""
+        return self.recorder.run
+
+    def start(self) -> Run | None:
+        """Start the run before training, to record your own tasks (data preparation, say) first.
+
+        On a process of global rank other than zero nothing is recorded: returns None.
+        """
+        if not self._rank_zero():
+            return None
+        return self.recorder.start()
+
+    def use(self, *elements: Element) -> None:
+        """Elements (your data, say) that the next `fit` uses."""
+        self.recorder.use(*elements)
+
+    def checkpoint(self, path: str | os.PathLike) -> FileRef | None:
+        """Record a model file you saved yourself during training (`trainer.save_checkpoint`, say)."""
+        if not self._rank_zero():
+            return None
+        return self.recorder.checkpoint(path, epoch=self._epoch)
+
+    def record_evaluation(self, metrics: Mapping[str, Any]) -> Element | None:
+        """Record evaluation results you computed yourself."""
+        if not self._rank_zero():
+            return None
+        return self.recorder.evaluation(metrics)
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run (a training still open ends with it)."""
+        self._close_watchers()
+        self.recorder.end(status, error)
+
+    def __enter__(self) -> "Provenance":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(*_status_for(exc))
+
+    def _rank_zero(self) -> bool:
+        if self._trainer is not None:
+            return self._trainer.is_global_zero
+        return getattr(rank_zero_only, "rank", 0) == 0  # set from RANK / LOCAL_RANK before a trainer exists
+
+    # ---- every trainer call -----------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not any(logger is self.logger for logger in trainer.loggers):
+            trainer.loggers = [*trainer.loggers, self.logger]
+        # first in the list, so that an epoch has begun before any other callback logs in it
+        # (LearningRateMonitor logs its rate in on_train_epoch_start)
+        trainer.callbacks = [self, *(c for c in trainer.callbacks if c is not self)]
+        self._trainer = trainer
+        self._recording = trainer.is_global_zero  # the run starts with the first thing it records
+        self._renamed.clear()
+        self._lightning_hyperparameters, self._exception = {}, None  # this call's own, if any
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._recording and os.getpid() != self._pid:
+            # a worker process launched by the strategy (ddp_spawn, ddp_fork): it ends when the
+            # trainer call returns, and a forked one exits without running exit hooks
+            self.end()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._exception = exception  # the training ends failed in finalize, after other callbacks' saves
+
+    # ---- fit ----------------------------------------------------------------------------------
+
+    def _hyperparameters(self, trainer: Trainer, module: LightningModule) -> dict[str, Any]:
+        optimizers = list(trainer.optimizers)
+        configs = list(trainer.lr_scheduler_configs)
+        schedules = [
+            {**(scheduler_config(c.scheduler) or {}), "interval": c.interval, "frequency": c.frequency,
+             **({"monitor": c.monitor} if c.monitor else {})}
+            for c in configs
+        ]
+        loader = trainer.train_dataloader
+        batches = trainer.num_training_batches
+        facts, _ = model_layers(module)
+        values: dict[str, Any] = {
+            **(optimizer_hyperparameters(optimizers[0]) if optimizers else {}),
+            "lr_schedule": schedules[0] if len(schedules) == 1 else (schedules or None),
+            "batch_size": getattr(loader, "batch_size", None),
+            "epochs": trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None,
+            "steps_per_epoch": batches if isinstance(batches, int) else None,
+            **facts,
+            "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": _number(trainer.gradient_clip_val),
+        }
+        if len(optimizers) > 1:
+            values["optimizers"] = [optimizer_hyperparameters(o) for o in optimizers]
+        if self.include is not None:
+            values = {k: v for k, v in values.items() if k in self.include}
+        for key, value in self._lightning_hyperparameters.items():
+            # an init argument named like a recorded fact (optimizer="adam") must not hide the
+            # fact (the class, Adam), which every framework's runs share: it keeps its own column
+            taken = key in values and values[key] is not None and values[key] != value
+            values[f"hparam_{key}" if taken else key] = value
+        values.update(self.user_hyperparameters)
+        return values
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._recording:
+            return
+        layers = model_layers(pl_module)[1] if self.architecture else []
+        self.recorder.begin_training(self._hyperparameters(trainer, pl_module), layers)
+        monitors = {id(c.scheduler.optimizer): c.monitor for c in trainer.lr_scheduler_configs
+                    if getattr(c.scheduler, "optimizer", None) is not None}
+        self._close_watchers()
+        for optimizer in trainer.optimizers:
+            watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitors.get(id(optimizer)))
+            watcher.epochs_ended = trainer.current_epoch  # resumed from a checkpoint: epochs go on
+            self._watchers.append(watcher)
+        self._first_epoch = trainer.current_epoch
+        self._step_offset = _logging_step(trainer)  # a resumed fit goes on counting
+        self._history.clear()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._recording:
+            return
+        self._write_epoch()
+        self._epoch = trainer.current_epoch + 1
+        self._epoch_values, self._epoch_seconds = {}, None
+        self._train_epoch_ended = False
+        self._steps_before_epoch = _logging_step(trainer)
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # called before the module's own on_train_epoch_end and before Lightning logs the
+        # epoch's training values: the row is written when the next epoch (or the fit) begins
+        if not self._recording:
+            return
+        self._epoch_seconds = time.perf_counter() - self._epoch_started
+        self._train_epoch_ended = True
+        self._write_step()
+        for watcher in self._watchers:
+            watcher.epoch_ended()  # a scheduler stepping from now on changes the next epoch's rate
+
+    def _write_epoch(self) -> None:
+        if self._epoch_values is None or not self._train_epoch_ended:
+            return  # no epoch, or one that did not reach its end
+        values, self._epoch_values = self._epoch_values, None
+        self._history[self._epoch] = values
+        learning_rate = self._watchers[0].learning_rate if self._watchers else None
+        self.recorder.epoch(self._epoch, values, learning_rate=learning_rate, seconds=self._epoch_seconds)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._recording:
+            return
+        self._write_step()
+        self._write_epoch()
+        for watcher in self._watchers:
+            watcher.flush()
+        self._close_watchers()
+        self._record_early_stopping(trainer)
+        self.recorder.end_training("finished")
+
+    def _failed(self) -> None:
+        if not self._recording or self.recorder.train_task is None:
+            return
+        self._write_step()
+        self._write_epoch()
+        self._close_watchers()
+        status, error = _status_for(self._exception) if self._exception is not None else ("failed", None)
+        self.recorder.end_training(status if status != "finished" else "failed", error)
+
+    def _close_watchers(self) -> None:
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers = []
+
+    def _record_early_stopping(self, trainer: Trainer) -> None:
+        for callback in trainer.callbacks:
+            # by class name: the standalone pytorch_lightning package has a class of its own
+            if not any(cls.__name__ == "EarlyStopping" for cls in type(callback).__mro__):
+                continue
+            reason = getattr(callback, "stopping_reason", None)  # Lightning 2.5 and later
+            stopped = reason.name != "NOT_STOPPED" if reason is not None else callback.stopped_epoch > 0
+            if not stopped or callback.stopped_epoch < self._first_epoch:
+                continue  # it did not stop this fit
+            monitor = callback.monitor
+            best = _number(callback.best_score)
+            seen = {epoch: self._monitored(values, monitor) for epoch, values in self._history.items()}
+            best_epoch = next((epoch for epoch, value in sorted(seen.items()) if value == best), None)
+            cause = f"EarlyStopping(monitor={monitor}, patience={callback.patience})"
+            if reason is not None and reason.name != "PATIENCE_EXHAUSTED":
+                cause += f": {reason.name.lower().replace('_', ' ')}"
+            self.recorder.adaptation(
+                callback.stopped_epoch + 1, "early_stopping", cause, parameter="epochs",
+                old_value=trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None,
+                new_value=self._epoch, monitor=monitor, monitor_value=seen.get(callback.stopped_epoch + 1),
+                best_epoch=best_epoch, best_value=best,
+            )
+
+    def _monitored(self, values: Mapping[str, Any], key: str) -> float | None:
+        """A monitored key's value in an epoch's values (which hold name, not name_epoch, for forked ones)."""
+        if key in values:
+            return _number(values[key])
+        for suffix in _SUFFIXES:
+            if key.endswith(suffix) and key[: -len(suffix)] in values:
+                return _number(values[key[: -len(suffix)]])
+        return None
+
+    # ---- test and validate ------------------------------------------------------------------
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluation_start()
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_epoch_ended = True
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluation_end()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            self._evaluation_start()
+        self._eval_epoch_ended = False
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_epoch_ended = True
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            self._evaluation_end()
+
+    def _evaluation_start(self) -> None:
+        self._eval_values, self._eval_epoch_ended = {}, False
+        self._eval_started = time.perf_counter()
+
+    def _evaluation_end(self) -> None:
+        if not self._recording or not self._eval_values:
+            return
+        values, self._eval_values = self._eval_values, {}
+        self.recorder.evaluation(values, seconds=time.perf_counter() - self._eval_started)
+
+    # ---- what the logger hands over ---------------------------------------------------------
+
+    def _hyperparameters_logged(self, params: Mapping[str, Any] | Namespace) -> None:
+        if not self._recording:
+            return
+        values = _hyperparameter_values(params)
+        if self.recorder.train_task is not None and values != self._lightning_hyperparameters:
+            warnings.warn("trainprov: hyperparameters logged during training are recorded with the next fit",
+                          RuntimeWarning, stacklevel=3)
+        self._lightning_hyperparameters = values
+
+    def _metrics_logged(self, metrics: Mapping[str, float], step: int | None) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            if not self._warned_alone:
+                self._warned_alone = True
+                warnings.warn("trainprov: the Provenance logger records nothing without its callback: "
+                              "pass Trainer(callbacks=[prov])", RuntimeWarning, stacklevel=3)
+            return
+        if not self._recording or trainer.sanity_checking:
+            return
+        fn = trainer.state.fn
+        if fn == TrainerFn.FITTING and trainer.training:
+            if not self._train_epoch_ended:
+                if self.steps:
+                    self._gather_step(metrics, step)
+            elif self._epoch_values is not None:
+                self._epoch_values.update(self._named("_epoch", metrics))
+        elif not self._eval_epoch_ended:
+            return  # an evaluation step's values: not recorded
+        elif fn == TrainerFn.FITTING:
+            if self._epoch_values is not None:
+                self._epoch_values.update(self._named("_epoch", metrics))
+        elif fn in (TrainerFn.TESTING, TrainerFn.VALIDATING):
+            self._eval_values.update(self._named("_epoch", metrics))
+
+    def _gather_step(self, metrics: Mapping[str, float], step: int | None) -> None:
+        # Lightning logs a step's values after its optimizer step; callbacks such as
+        # LearningRateMonitor log theirs for the same step before it: one row per step
+        if step is None:
+            step = self._step if self._step is not None else self._steps_before_epoch
+        if step != self._step:
+            self._write_step()
+            self._step = step
+        self._step_values.update(self._named("_step", metrics))
+        watcher = self._watchers[0] if self._watchers else None
+        if watcher is not None and watcher.steps + self._step_offset == step + 1:  # this step has run
+            self._step_values["learning_rate"] = watcher.learning_rate
+
+    def _write_step(self) -> None:
+        if self._step is None:
+            return
+        step, values = self._step, self._step_values
+        self._step, self._step_values = None, {}
+        self.recorder.step(self._epoch, step + 1 - self._steps_before_epoch, values, global_step=step + 1)
+
+    def _named(self, suffix: str, metrics: Mapping[str, float]) -> dict[str, Any]:
+        """Values under their names: Lightning's `epoch` counter dropped, `name_step` / `name_epoch` as `name`."""
+        out = {}
+        for key, value in metrics.items():
+            column = self._renamed.get((suffix, key))
+            if column is None:
+                column = key
+                base = key[: -len(suffix)]
+                if key.endswith(suffix) and base not in metrics and base in _forked_names(self._trainer):
+                    column = base
+                self._renamed[(suffix, key)] = column
+            if column != "epoch":  # Lightning adds its own 0-based epoch; ours is a column already
+                out[column] = value
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint_saved(self, callback: Any) -> None:
+        if not self._recording:
+            return
+        path = getattr(callback, "_last_checkpoint_saved", None) or getattr(callback, "last_model_path", None)
+        if not path or not os.path.isfile(path):
+            return
+        monitor = getattr(callback, "monitor", None)
+        value = getattr(callback, "best_k_models", {}).get(path)  # the score it was saved with
+        if value is None and monitor and self._epoch_values:
+            value = self._monitored(self._epoch_values, monitor)
+        try:
+            self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=_number(value))
+        except CaptureError as exc:  # saved outside a training (on an exception, after the fit)
+            warnings.warn(f"trainprov: checkpoint {path} not recorded: {exc}", RuntimeWarning, stacklevel=2)

@@ -1,0 +1,441 @@
+"""Hugging Face Transformers: one `TrainerCallback` records the provenance of `Trainer.train` and `evaluate`.
+
+It translates the Trainer's events into calls on a `TrainingRecorder` and owns nothing else:
+`TrainingArguments` and the model's config are the hyperparameters, every `on_log` is a row
+of `step_metrics` (the Trainer's `state.log_history`, one row per entry), the values logged
+at an epoch's last step make its row of `epoch_metrics`, evaluations outside training are
+`test_results`, checkpoint weights are files, and the learning rate is watched by the
+PyTorch integration's `LearningRateWatcher`. Nothing here talks to the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import inspect
+import os
+import re
+import sys
+import time
+import warnings
+from enum import Enum
+from typing import Any, Iterable, Mapping
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler, EarlyStoppingCallback
+
+from ..capture.run import Element, Run, _status_for
+from ..capture.training import TrainingRecorder, _number, training_dataflow
+from ..spec import Dataflow
+from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config, unwrap_optimizer
+
+FRAMEWORK = "transformers"
+# The Trainer's `epoch` is a float (1.5: half-way through the second epoch); the integer
+# epoch (from 1) is the `epoch` column, the Trainer's value goes here.
+EPOCH_PROGRESS = "epoch_progress"
+# Files of a checkpoint folder that hold the model's weights (whole, sharded, or a PEFT adapter).
+_WEIGHTS = re.compile(r"^(model|adapter_model)(-\d+-of-\d+)?\.safetensors$|^(pytorch_model|adapter_model)(-\d+-of-\d+)?\.bin$")
+# A few TrainingArguments that deserve a column of their own (all of them are in `training_arguments`).
+_ARGUMENT_COLUMNS = ("per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm",
+                     "lr_scheduler_type", "seed")
+
+
+def _plain(value: Any) -> Any:
+    """A TrainingArguments value as a plain Python value (its enums are str subclasses)."""
+    return _jsonable(value.value if isinstance(value, Enum) else value)
+
+
+def _under_training_loop() -> bool:
+    """True if the Trainer's training loop is on the stack (an evaluation during training, not after it)."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "_inner_training_loop":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _calling_handler() -> CallbackHandler | None:
+    """The Trainer's CallbackHandler that is calling us: it knows the callbacks that run alongside ours."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, CallbackHandler):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _describe_lambda(function: Any) -> Any:
+    """A LambdaLR function as JSON: the Trainer's schedules are partials whose keywords define them."""
+    if isinstance(function, functools.partial):
+        return {"function": getattr(function.func, "__qualname__", repr(function.func)), **_jsonable(function.keywords)}
+    return getattr(function, "__qualname__", type(function).__name__)
+
+
+def schedule_config(scheduler: Any) -> dict[str, Any] | None:
+    """The learning-rate scheduler's settings, with the Trainer's LambdaLR functions and their arguments."""
+    config = scheduler_config(scheduler)
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if config is not None and lambdas:
+        described = [_describe_lambda(f) for f in lambdas]
+        # the Trainer gives every parameter group the same function: say it once
+        config["lr_lambdas"] = described[:1] if all(d == described[0] for d in described) else described
+    return config
+
+
+def _updates_per_epoch(args: Any, dataloader: Any) -> int | None:
+    """Optimizer updates per epoch, computed as the Trainer does; None for a loader without a length."""
+    try:
+        batches = len(dataloader)
+    except TypeError:
+        return None
+    accumulation = max(1, int(args.gradient_accumulation_steps))
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+def checkpoint_weights(folder: str) -> list[str]:
+    """The weight files the Trainer wrote in a checkpoint folder (one, or its shards), sorted."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(os.path.join(folder, n) for n in names if _WEIGHTS.match(n))
+
+
+def _checkpoint_folder(args: Any, state: Any) -> str | None:
+    """The folder of the checkpoint just saved: output_dir/checkpoint-N (or under a search trial's folder)."""
+    name = f"checkpoint-{state.global_step}"
+    direct = os.path.join(args.output_dir, name)
+    if os.path.isdir(direct):
+        return direct
+    # hyperparameter search saves under output_dir/<trial>/: the newest such folder is ours
+    found = [p for p in glob.glob(os.path.join(glob.escape(args.output_dir), "*", name)) if os.path.isdir(p)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def _split_of(metrics: Mapping[str, Any]) -> str | None:
+    """The metric_key_prefix of an evaluation ('eval', 'test', 'eval_<name>'): the Trainer always reports <prefix>_runtime."""
+    prefixes = [k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")]
+    return min(prefixes, key=len) if prefixes else None
+
+
+class ProvenanceCallback(TrainerCallback):
+    """Records TrainingArguments, model config, every log, LR changes, checkpoints, early stopping and evaluations.
+
+    Pass it to the Trainer (`Trainer(..., callbacks=[prov])`). One run spans every `train()`,
+    `evaluate()` and `predict()` of the Trainer until `end()` (or the `with` block ends, or the
+    process exits); `new_run_per_train=True` starts a run per `train()` instead.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+        run: Run | None = None,
+        dataflow: Dataflow | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        include: Iterable[str] | None = None,
+        architecture: bool = True,
+        checkpoints: bool = True,
+        new_run_per_train: bool = False,
+        record_agents: bool = True,
+    ) -> None:
+        self.recorder = TrainingRecorder(
+            FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
+            record_agents=record_agents,
+        )
+        self.user_hyperparameters = dict(hyperparameters or {})
+        self.include = set(include) if include is not None else None
+        self.architecture = architecture
+        self.record_checkpoints = checkpoints
+        self.new_run_per_train = new_run_per_train
+        self.watcher: LearningRateWatcher | None = None
+        self._training = False
+        self._handler: CallbackHandler | None = None
+        self._updates_per_epoch: int | None = None
+        self._epoch = 0  # the epoch in progress, from 1 (0 before the first)
+        self._epoch_first_step = 0  # global steps done before the epoch in progress
+        self._epoch_started = 0.0
+        self._epoch_seconds: float | None = None
+        self._epoch_end_step: int | None = None  # the global step at which the epoch in progress ended
+        self._epoch_open = False
+        self._logs_step: int | None = None
+        self._logs_at_step: dict[str, Any] = {}  # every value logged at the latest global step
+        self._evaluations: list[tuple[int, int, dict[str, Any]]] = []  # (epoch, global step, eval logs)
+        self._saved: dict[str, tuple[Any, Any]] = {}  # checkpoint folder -> its (file, element) as recorded
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    @property
+    def run(self) -> Run:
+        """The run: the current or last one (started now if none has started yet)."""
+        return self.recorder.run or self.recorder.start()
+
+    def start(self) -> Run:
+        """Start the run before training, to record your own tasks (data preparation, say) first."""
+        return self.recorder.start()
+
+    def use(self, *elements: Element) -> None:
+        """Elements (your data, say) that the next `train()` uses."""
+        self.recorder.use(*elements)
+
+    def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
+        """Record evaluation results you computed yourself."""
+        return self.recorder.evaluation(metrics)
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run (a training still open ends with it)."""
+        self._stop_watching()
+        self._training = False
+        self.recorder.end(status, error)
+
+    def __enter__(self) -> "ProvenanceCallback":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(*_status_for(exc))
+
+    # ---- what the training was configured with --------------------------------------------
+
+    def _hyperparameters(self, args: Any, state: Any, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if optimizer is not None:
+            values.update(optimizer_hyperparameters(optimizer))
+        else:
+            values["learning_rate"] = float(args.learning_rate)
+        config = getattr(model, "config", None)
+        facts, _ = model_layers(model) if model is not None else ({}, [])
+        values.update(
+            {
+                "lr_schedule": schedule_config(scheduler),
+                "loss": getattr(model, "loss_type", None),  # the Transformers loss family (ForCausalLM, ...)
+                # samples per optimizer update, across gradient accumulation and data-parallel processes
+                "batch_size": (state.train_batch_size or args.per_device_train_batch_size)
+                * args.gradient_accumulation_steps * max(1, args.world_size),
+                # without a dataloader length the Trainer plans sys.maxsize epochs: no number to record
+                "epochs": state.num_train_epochs if state.num_train_epochs < sys.maxsize else None,
+                "steps_per_epoch": self._updates_per_epoch,
+                **facts,
+                **{name: _plain(getattr(args, name, None)) for name in _ARGUMENT_COLUMNS},
+                "max_steps": state.max_steps,
+                "warmup_steps": args.get_warmup_steps(state.max_steps) if hasattr(args, "get_warmup_steps") else None,
+                "world_size": args.world_size,
+                "model_class": type(model).__name__ if model is not None else None,
+                "model_type": getattr(config, "model_type", None) or None,
+                "model_config": _jsonable(config.to_dict()) if hasattr(config, "to_dict") else None,
+                "training_arguments": _jsonable(args.to_dict()),  # to_dict masks every *_token
+                "trial_params": _jsonable(state.trial_params) if state.trial_params else None,
+            }
+        )
+        if self.include is not None:
+            values = {k: v for k, v in values.items() if k in self.include}
+        values.update(self.user_hyperparameters)
+        return values
+
+    # ---- train ------------------------------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       lr_scheduler: Any = None, train_dataloader: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return  # one process records a data-parallel training
+        if self.new_run_per_train and self.recorder.run is not None:
+            self.end()
+            self.recorder.run = None
+        self.recorder.start()
+        optimizer = unwrap_optimizer(optimizer) if optimizer is not None else None
+        self._training = True
+        self._handler = _calling_handler()
+        self._updates_per_epoch = _updates_per_epoch(args, train_dataloader)
+        # a resumed training starts after the epochs its checkpoint had done, as the Trainer does
+        self._epoch = state.global_step // self._updates_per_epoch if self._updates_per_epoch else 0
+        self._epoch_first_step = state.global_step
+        self._epoch_open, self._epoch_end_step, self._logs_step = False, None, None
+        self._logs_at_step, self._evaluations, self._saved = {}, [], {}
+        layers = model_layers(model)[1] if self.architecture and model is not None else []
+        self.recorder.begin_training(self._hyperparameters(args, state, model, optimizer, lr_scheduler), layers)
+        self._stop_watching()
+        if optimizer is not None:
+            monitor = self._monitor(args)
+            self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor)
+            self.watcher.epochs_ended = self._epoch
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._training:
+            return
+        self._close_epoch()
+        self._epoch += 1
+        upe = self._updates_per_epoch
+        self._epoch_first_step = (self._epoch - 1) * upe if upe else state.global_step
+        self._epoch_started = time.perf_counter()
+        self._epoch_open, self._epoch_end_step, self._epoch_seconds = True, None, None
+        if self.watcher is not None:
+            self.watcher.epochs_ended = self._epoch - 1
+            self.watcher.step_in_epoch = state.global_step - self._epoch_first_step
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._training:
+            return
+        # the training time of the epoch; its evaluation and checkpoint come after this event
+        self._epoch_seconds = time.perf_counter() - self._epoch_started
+        self._epoch_end_step = state.global_step
+        if self.watcher is not None:
+            self.watcher.epoch_ended()  # a rate set from now on (a plateau at this evaluation) is the next epoch's
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if not self._training:
+            return  # an evaluation after training: on_evaluate records it
+        if not _under_training_loop():  # the training raised before its end; this log is a later evaluation's
+            self._training_failed()
+            return
+        entry = self._entry(state, logs or {})
+        summary = "train_runtime" in entry  # train()'s closing log: runtime, train_loss, total_flos
+        if summary:
+            self._close_epoch()  # the summary is no epoch's value
+        values = dict(entry)
+        if "epoch" in values:
+            values[EPOCH_PROGRESS] = values.pop("epoch")
+        self.recorder.step(self._epoch, state.global_step - self._epoch_first_step, values, global_step=state.global_step)
+        if summary:
+            return
+        if state.global_step != self._logs_step:
+            self._logs_step, self._logs_at_step = state.global_step, {}
+        self._logs_at_step.update((k, v) for k, v in entry.items() if k != "epoch")
+        if _split_of(entry) is not None:
+            self._evaluations.append((self._epoch, state.global_step, entry))
+
+    @staticmethod
+    def _entry(state: Any, logs: Mapping[str, Any]) -> dict[str, Any]:
+        """The log as the Trainer put it in log_history (a callback before us may have popped a key from `logs`)."""
+        history = state.log_history
+        last = history[-1] if history else None
+        if last is not None and last.get("step") == state.global_step and all(
+            k in last and (last[k] is v or last[k] == v) for k, v in logs.items()
+        ):
+            return {k: v for k, v in last.items() if k != "step"}
+        return dict(logs)
+
+    def _close_epoch(self) -> None:
+        """Record the epoch in progress once it has ended: the values logged at its last step."""
+        if not self._epoch_open or self._epoch_end_step is None:
+            return
+        self._epoch_open = False
+        values = dict(self._logs_at_step) if self._logs_step == self._epoch_end_step else {}
+        rate = self.watcher.learning_rate if self.watcher is not None else values.get("learning_rate")
+        self.recorder.epoch(self._epoch, values, learning_rate=rate, seconds=self._epoch_seconds)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._training or not self.record_checkpoints:
+            return
+        folder = _checkpoint_folder(args, state)
+        files = checkpoint_weights(folder) if folder is not None else []
+        if not files:
+            warnings.warn(f"trainprov: no model weights found for checkpoint-{state.global_step} in {args.output_dir}",
+                          RuntimeWarning, stacklevel=2)
+            return
+        monitor = self._monitor(args)
+        value = None
+        if monitor is not None and self._logs_step == state.global_step:
+            value = self._logs_at_step.get(monitor)  # the checkpoint's model was evaluated at this step
+        for path in files:
+            self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=value)
+        recorder = self.recorder
+        self._saved[os.path.abspath(folder)] = (recorder._last_checkpoint, recorder._last_checkpoint_element)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._training:
+            return
+        self._close_epoch()
+        self._record_early_stopping(args, state, control)
+        best = state.best_model_checkpoint
+        if args.load_best_model_at_end and best and os.path.abspath(best) in self._saved:
+            # the Trainer loaded the best checkpoint back: later evaluations use it, not the last one
+            self.recorder._last_checkpoint, self.recorder._last_checkpoint_element = self._saved[os.path.abspath(best)]
+        if self.watcher is not None:
+            self.watcher.flush()
+        self._stop_watching()
+        self._training = False
+        self.recorder.end_training("finished")
+        if self.new_run_per_train:
+            self.recorder.end()
+
+    def _training_failed(self) -> None:
+        self._stop_watching()
+        self._training = False
+        self.recorder.end_training("failed", "the training did not reach its end")
+
+    def _stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
+    @staticmethod
+    def _monitor(args: Any) -> str | None:
+        """The metric that picks the best model and drives plateau schedules, prefixed as the Trainer does."""
+        metric = getattr(args, "metric_for_best_model", None)
+        if not metric:
+            return None
+        return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+    def _record_early_stopping(self, args: Any, state: Any, control: Any) -> None:
+        callbacks = self._handler.callbacks if self._handler is not None else []
+        stopper = next((c for c in callbacks if isinstance(c, EarlyStoppingCallback)), None)
+        if stopper is None or not control.should_training_stop or state.global_step >= state.max_steps:
+            return
+        if stopper.early_stopping_patience_counter < stopper.early_stopping_patience:
+            return  # something else stopped the training
+        monitor = self._monitor(args)
+        seen = [(epoch, entry[monitor]) for epoch, _, entry in self._evaluations if monitor in entry]
+        best = state.best_metric
+        best_epoch = next((epoch for epoch, value in seen if value == best), None)
+        self.recorder.adaptation(
+            self._epoch,
+            "early_stopping",
+            f"EarlyStoppingCallback(monitor={monitor}, patience={stopper.early_stopping_patience}, "
+            f"threshold={stopper.early_stopping_threshold})",
+            step=state.global_step - self._epoch_first_step,
+            parameter="epochs",
+            old_value=state.num_train_epochs,
+            new_value=state.epoch,  # epochs run: a fraction when evaluations are every N steps
+            monitor=monitor,
+            monitor_value=_number(seen[-1][1]) if seen else None,
+            best_epoch=best_epoch,
+            best_value=_number(best),
+        )
+
+    # ---- evaluate and predict ---------------------------------------------------------------
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None,
+                    **kwargs: Any) -> None:
+        if self._training and _under_training_loop():
+            return  # an evaluation during training: its values came with on_log
+        self._test_results(args, metrics or {})
+
+    def on_predict(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+        if self._training and _under_training_loop():
+            return
+        self._test_results(args, metrics or {})
+
+    def _test_results(self, args: Any, metrics: Mapping[str, Any]) -> None:
+        if getattr(args, "process_index", 0) != 0:
+            return
+        if self._training:  # the training raised before its end
+            self._training_failed()
+        split = _split_of(metrics)
+        values: dict[str, Any] = {}
+        seconds = None
+        for key, value in metrics.items():
+            name = key[len(split) + 1:] if split and key.startswith(split + "_") else key
+            if name == "runtime":
+                seconds = _number(value)
+            else:
+                values[EPOCH_PROGRESS if name == "epoch" else name] = value
+        recorder = self.recorder
+        recorder.start()
+        if "split" not in recorder.flow.datasets["test_results"].types:
+            recorder._grow("test_results", {"split": "str"})  # a str would otherwise go to `extra`
+        values["split"] = split
+        recorder.evaluation(values, seconds=seconds)
