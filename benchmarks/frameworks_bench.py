@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import random
 import statistics
@@ -86,8 +87,100 @@ def pytorch_instrument() -> None:
     integration.LearningRateWatcher._before_step = timed(integration.LearningRateWatcher._before_step)
 
 
+# ---- Lightning ----------------------------------------------------------------------------
+
+def lightning_fit(store: str | None, epochs: int, steps: int) -> float:
+    """Trainer.fit logging the loss at every step; with a store, trainprov's Provenance records each."""
+    import lightning.pytorch as pl
+
+    from trainprov.lightning import Provenance
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    x, y = data(steps)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
+    callbacks = [Provenance(store, record_agents=False, steps=True)] if store else []
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                         callbacks=callbacks, default_root_dir=tempfile.gettempdir())
+    start = time.perf_counter()
+    trainer.fit(Module(), loader)
+    took = time.perf_counter() - start
+    for callback in callbacks:
+        callback.end()
+    return took
+
+
+def lightning_instrument() -> None:
+    from trainprov.integrations import lightning as integration
+    from trainprov.integrations import torch as torch_integration
+
+    cls = integration.Provenance
+    for hook in ("_metrics_logged", "on_train_epoch_start", "on_train_epoch_end", "on_fit_end"):
+        setattr(cls, hook, timed(getattr(cls, hook)))
+    cls.on_train_start = timed(cls.on_train_start, "start")
+    torch_integration.LearningRateWatcher._before_step = timed(torch_integration.LearningRateWatcher._before_step)
+
+
+# ---- Transformers -------------------------------------------------------------------------
+
+def transformers_fit(store: str | None, epochs: int, steps: int) -> float:
+    """Trainer.train logging at every step (logging_steps=1); with a store, trainprov's callback records each."""
+    import transformers
+
+    from trainprov.transformers import ProvenanceCallback
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.net(x)
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = data(steps)
+    rows = [{"x": x[i], "labels": y[i]} for i in range(len(x))]
+    args = transformers.TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf-bench-"), per_device_train_batch_size=BATCH, num_train_epochs=epochs,
+        learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0)
+    callbacks = [ProvenanceCallback(store, record_agents=False)] if store else []
+    trainer = transformers.Trainer(model=Model(), args=args, train_dataset=rows, callbacks=callbacks)
+    start = time.perf_counter()
+    trainer.train()
+    took = time.perf_counter() - start
+    for callback in callbacks:
+        callback.end()
+    return took
+
+
+def transformers_instrument() -> None:
+    from trainprov.integrations import torch as torch_integration
+    from trainprov.integrations import transformers as integration
+
+    cls = integration.ProvenanceCallback
+    for hook in ("on_log", "on_epoch_begin", "on_epoch_end", "on_train_end"):
+        setattr(cls, hook, timed(getattr(cls, hook)))
+    cls.on_train_begin = timed(cls.on_train_begin, "start")
+    torch_integration.LearningRateWatcher._before_step = timed(torch_integration.LearningRateWatcher._before_step)
+
+
 FRAMEWORKS: dict[str, tuple[Callable[[str | None, int, int], float], Callable[[], None]]] = {
     "pytorch": (pytorch_fit, pytorch_instrument),
+    "lightning": (lightning_fit, lightning_instrument),
+    "transformers": (transformers_fit, transformers_instrument),
 }
 
 
@@ -131,6 +224,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps per epoch")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # frameworks' advice on workers and devices, not ours
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.disable(logging.WARNING)  # Lightning's banner at every fit
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in FRAMEWORKS if args.framework == "all" else [args.framework]:
         bench(name, args.rounds, args.epochs, args.steps)

@@ -10,7 +10,7 @@ Transformers integrations use it and the other helpers here too.
 from __future__ import annotations
 
 import gc
-import inspect
+import sys
 import math
 import numbers
 import os
@@ -170,21 +170,20 @@ def _is_scheduler(thing: Any, optimizer: torch.optim.Optimizer) -> bool:
     return theirs is not None and unwrap_optimizer(theirs) is optimizer
 
 
-def _setter(optimizer: torch.optim.Optimizer) -> tuple[Any, float | None]:
-    """The scheduler on the stack that is setting a learning rate, and the metric it was given."""
-    frame = inspect.currentframe()
-    found, metric = None, None
+def _setter(optimizer: torch.optim.Optimizer, frame: Any) -> tuple[Any, float | None, Any]:
+    """The scheduler on the stack from `frame` up that is setting a rate, the metric it was given, and its frame."""
+    found, metric, found_frame = None, None, None
     while frame is not None:
         code = frame.f_code
         first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
         if (first is found if found is not None else _is_scheduler(first, optimizer)):
-            found = first
+            found, found_frame = first, found_frame or frame
             if metric is None and "metrics" in frame.f_locals:  # ReduceLROnPlateau.step(metrics)
                 metric = _number(frame.f_locals["metrics"])
         elif found is not None:
             break  # the outermost frame of the innermost scheduler: SequentialLR's children win
         frame = frame.f_back
-    return found, metric
+    return found, metric, found_frame
 
 
 class LearningRateWatcher:
@@ -206,6 +205,7 @@ class LearningRateWatcher:
         self.epochs_ended = 0
         self.schedulers: list[Any] = []  # every scheduler seen setting a rate, in order
         self._pending: dict[int, list[Any]] = {}  # group -> [old, new, cause, monitor value]
+        self._last_setter: tuple[Any, float | None, Any] | None = None  # (scheduler, metric, its frame)
         self._known = [self._lr(g) for g in self.optimizer.param_groups]
         self._used = self._known[0] if self._known else None
         self._watch_groups()
@@ -229,8 +229,25 @@ class LearningRateWatcher:
                 watched.watcher, watched.index = me, index
                 groups[index] = watched  # in place: schedulers read this same list
 
+    def _setter(self) -> tuple[Any, float | None]:
+        """Who is setting a rate: a scheduler sets every group's in one call, so the walk is done once."""
+        frame = sys._getframe(3)  # the code that set the item (above _setter, _set, __setitem__)
+        cached = self._last_setter
+        if cached is not None:
+            # the same scheduler frame, still on the stack (held, so it is no other frame at its address)
+            probe = frame
+            for _ in range(4):
+                if probe is None:
+                    break
+                if probe is cached[2]:
+                    return cached[0], cached[1]
+                probe = probe.f_back
+        scheduler, metric, found = _setter(self.optimizer, frame)
+        self._last_setter = (scheduler, metric, found) if found is not None else None
+        return scheduler, metric
+
     def _set(self, index: int, old: Any, new: Any) -> None:
-        scheduler, metric = _setter(self.optimizer)
+        scheduler, metric = self._setter()
         if scheduler is not None and all(s is not scheduler for s in self.schedulers):
             self.schedulers.append(scheduler)
         old, new = _number(old), _number(new)
@@ -248,6 +265,7 @@ class LearningRateWatcher:
         self._known[index] = new
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._last_setter = None  # let go of the frame (and its locals)
         if self.before_step is not None:
             self.before_step()
         groups = self.optimizer.param_groups
