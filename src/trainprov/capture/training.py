@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
-from .run import Element, FileRef, Run, Task, start_run
+from .run import Element, FileRef, Run, Task, _status_for, start_run
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
 BUILT_IN = (TRAIN, ADAPT, EVALUATE)
@@ -384,6 +384,43 @@ class TrainingRecorder:
         if self.train_task is None:
             raise CaptureError("no training task is open: call begin_training first")
         return self.train_task
+
+
+class RecordsTraining:
+    """What every integration offers its user: the run, your own tasks first, your results, a `with` block."""
+
+    recorder: TrainingRecorder
+
+    @property
+    def run(self) -> Run:
+        """The run: the current or last one (started now if none has started yet)."""
+        return self.recorder.run or self.recorder.start()
+
+    def start(self) -> Run:
+        """Start the run before training, to record your own tasks (data preparation, say) first."""
+        return self.recorder.start()
+
+    def use(self, *elements: Element) -> None:
+        """Elements (your data, say) that the next training uses."""
+        self.recorder.use(*elements)
+
+    def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
+        """Record evaluation results you computed yourself (an error in physical units, say)."""
+        return self.recorder.evaluation(metrics)
+
+    def _release(self) -> None:
+        """Let go of what the integration hooked into the framework (overridden where there is something)."""
+
+    def end(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run (a training still open ends with it)."""
+        self._release()
+        self.recorder.end(status, error)
+
+    def __enter__(self) -> "RecordsTraining":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(*_status_for(exc))
 
 
 def learning_rate_changes(value_at: Any, first: int, last: int) -> list[tuple[int, float, float]]:

@@ -15,8 +15,8 @@ from typing import Any, Iterable, Mapping
 import keras
 import numpy as np
 
-from ..capture.run import Element, FileRef, Run, _status_for
-from ..capture.training import TrainingRecorder, learning_rate_changes
+from ..capture.run import FileRef, Run
+from ..capture.training import RecordsTraining, TrainingRecorder, learning_rate_changes
 from ..spec import Dataflow
 
 _LR_CALLBACK_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
@@ -126,7 +126,7 @@ def _batch_size(data: Any) -> int | None:
         return None
 
 
-class ProvenanceCallback(keras.callbacks.Callback):
+class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
     """Records hyperparameters, architecture, epochs (and steps), adaptations, checkpoints and evaluations.
 
     Pass it to `fit` (and to `evaluate` for test results). One run spans every `fit` and
@@ -184,37 +184,9 @@ class ProvenanceCallback(keras.callbacks.Callback):
 
     # ---- the run ----------------------------------------------------------------------------
 
-    @property
-    def run(self) -> Run:
-        """The run: the current or last one (started now if none has started yet)."""
-        return self.recorder.run or self.recorder.start()
-
-    def start(self) -> Run:
-        """Start the run before training, to record your own tasks (data preparation, say) first."""
-        return self.recorder.start()
-
-    def use(self, *elements: Element) -> None:
-        """Elements (your data, say) that the next `fit` uses."""
-        self.recorder.use(*elements)
-
     def checkpoint(self, path: str | os.PathLike, epoch: int | None = None) -> FileRef:
         """Record a model file you saved yourself during training."""
         return self.recorder.checkpoint(path, epoch=epoch if epoch is not None else self._epochs_done)
-
-    def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
-        """Record evaluation results you computed yourself (an error in physical units, say)."""
-        return self.recorder.evaluation(metrics)
-
-    def end(self, status: str = "finished", error: str | None = None) -> None:
-        """End the run."""
-        self._unhook()
-        self.recorder.end(status, error)
-
-    def __enter__(self) -> "ProvenanceCallback":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))
 
     # ---- what the training was configured with --------------------------------------------
 
@@ -376,7 +348,7 @@ class ProvenanceCallback(keras.callbacks.Callback):
         self._in_fit = False
         self.recorder.end_training("finished")
         if self.new_run_per_fit:
-            self._unhook()
+            self._release()
             self.recorder.end()
         # otherwise the learning rate stays watched: a change by hand before the next fit counts
 
@@ -401,7 +373,7 @@ class ProvenanceCallback(keras.callbacks.Callback):
         variable = getattr(self._optimizer(), "_learning_rate", None)
         if variable is self._lr_variable or not hasattr(variable, "assign"):
             return
-        self._unhook()
+        self._release()
         original = variable.assign
 
         def assign(value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -415,7 +387,7 @@ class ProvenanceCallback(keras.callbacks.Callback):
         variable.assign = assign
         self._lr_variable, self._lr_assign = variable, original
 
-    def _unhook(self) -> None:
+    def _release(self) -> None:
         if self._lr_variable is not None:
             try:
                 del self._lr_variable.assign  # back to the class's own method

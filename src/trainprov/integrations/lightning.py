@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from ..capture.run import Element, FileRef, Run, _status_for
-from ..capture.training import TrainingRecorder, _number
+from ..capture.training import RecordsTraining, TrainingRecorder, _number
 from ..errors import CaptureError
 from ..spec import Dataflow
 from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config
@@ -90,7 +90,7 @@ class ProvenanceLogger(Logger):
             self.provenance._failed()
 
 
-class Provenance(Callback):
+class Provenance(RecordsTraining, Callback):
     """Records hyperparameters, architecture, epochs and steps, adaptations, checkpoints and evaluations.
 
     Pass it as a callback: `Trainer(callbacks=[prov])` (it adds its logger, `prov.logger`, to
@@ -195,12 +195,6 @@ class Provenance(Callback):
         """End the run (a training still open ends with it)."""
         self._close_watchers()
         self.recorder.end(status, error)
-
-    def __enter__(self) -> "Provenance":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))
 
     def _rank_zero(self) -> bool:
         if self._trainer is not None:

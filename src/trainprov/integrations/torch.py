@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import gc
 import sys
-import math
 import numbers
 import os
 import time
 import weakref
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.optim import lr_scheduler as schedulers
 
-from ..capture.run import Element, FileRef, Run, _status_for
-from ..capture.training import TrainingRecorder, _number
+from ..capture.run import Element, FileRef, Run
+from ..capture.training import RecordsTraining, TrainingRecorder, _number
 from ..spec import Dataflow
 
 # Schedules that move the rate a little at (nearly) every step or epoch: their settings are
@@ -324,7 +323,7 @@ class LearningRateWatcher:
                 groups[index] = dict(group)
 
 
-class Tracker:
+class Tracker(RecordsTraining):
     """Records a hand-written PyTorch training loop: hyperparameters, architecture, epochs, steps, checkpoints.
 
     Create it after the model and optimizer; call `step(...)` after each optimizer step (if
@@ -370,16 +369,7 @@ class Tracker:
         self._epoch_started = time.perf_counter()
         self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor, before_step=self.begin)
 
-    # ---- the run ----------------------------------------------------------------------------
-
-    @property
-    def run(self) -> Run:
-        """The run (started now if it has not started yet)."""
-        return self.recorder.run or self.recorder.start()
-
-    def use(self, *elements: Element) -> None:
-        """Elements (your data, say) that the training uses; call before the first step."""
-        self.recorder.use(*elements)
+    # ---- what the training was configured with --------------------------------------------
 
     def _hyperparameters(self) -> dict[str, Any]:
         loader = self.loader
@@ -473,9 +463,3 @@ class Tracker:
             self.end_training(status, error)
         self.watcher.close()
         self.recorder.end(status, error)
-
-    def __enter__(self) -> "Tracker":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))

@@ -21,12 +21,11 @@ import warnings
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
-import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, EarlyStoppingCallback
 
-from ..capture.run import Element, Run, _status_for
-from ..capture.training import TrainingRecorder, _number, training_dataflow
+from ..capture.run import Run
+from ..capture.training import RecordsTraining, TrainingRecorder, _number, training_dataflow
 from ..spec import Dataflow
 from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config, unwrap_optimizer
 
@@ -121,7 +120,7 @@ def _split_of(metrics: Mapping[str, Any]) -> str | None:
     return min(prefixes, key=len) if prefixes else None
 
 
-class ProvenanceCallback(TrainerCallback):
+class ProvenanceCallback(RecordsTraining, TrainerCallback):
     """Records TrainingArguments, model config, every log, LR changes, checkpoints, early stopping and evaluations.
 
     Pass it to the Trainer (`Trainer(..., callbacks=[prov])`). One run spans every `train()`,
@@ -169,34 +168,9 @@ class ProvenanceCallback(TrainerCallback):
 
     # ---- the run ----------------------------------------------------------------------------
 
-    @property
-    def run(self) -> Run:
-        """The run: the current or last one (started now if none has started yet)."""
-        return self.recorder.run or self.recorder.start()
-
-    def start(self) -> Run:
-        """Start the run before training, to record your own tasks (data preparation, say) first."""
-        return self.recorder.start()
-
-    def use(self, *elements: Element) -> None:
-        """Elements (your data, say) that the next `train()` uses."""
-        self.recorder.use(*elements)
-
-    def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
-        """Record evaluation results you computed yourself."""
-        return self.recorder.evaluation(metrics)
-
-    def end(self, status: str = "finished", error: str | None = None) -> None:
-        """End the run (a training still open ends with it)."""
+    def _release(self) -> None:
         self._stop_watching()
         self._training = False
-        self.recorder.end(status, error)
-
-    def __enter__(self) -> "ProvenanceCallback":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))
 
     # ---- what the training was configured with --------------------------------------------
 
