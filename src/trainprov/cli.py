@@ -102,7 +102,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option(
     "--store", envvar=ENV_VAR, default="trainprov.db", show_default=True,
-    help=f"The store: a SQLite file path or URL (also ${ENV_VAR}).",
+    help=f"The store: a SQLite file path or URL, or a postgresql:// URL (also ${ENV_VAR}).",
 )
 @click.version_option(package_name="trainprov")
 @click.pass_context
@@ -312,6 +312,11 @@ def lineage_command(ctx: click.Context, entity: str, run: str | None, where: str
     else:
         click.echo(format_lineage(result, show_all=show_all))
 
+
+from .cli_ui import analyze, ui  # noqa: E402  (defined apart; they take the helpers above when run)
+
+main.add_command(analyze)
+main.add_command(ui)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,8 +1,9 @@
-"""Stores: where provenance is kept. SQLite by default; every dialect detail lives here."""
+"""Stores: where provenance is kept. SQLite by default, PostgreSQL for a shared store; every dialect detail lives here."""
 
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import StoreError
@@ -12,7 +13,7 @@ from .catalog import Target
 DEFAULT_STORE = "trainprov.db"
 ENV_VAR = "TRAINPROV_STORE"
 
-__all__ = ["Backend", "Result", "SQLBackend", "Target", "open_backend", "resolve_url"]
+__all__ = ["Backend", "Result", "SQLBackend", "Target", "hide_password", "open_backend", "resolve_url"]
 
 
 def resolve_url(store: str | os.PathLike | None = None) -> str:
@@ -27,11 +28,12 @@ def open_backend(store: str | os.PathLike | None = None) -> Backend:
     url = resolve_url(store)
     scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("sqlite:") else ""
     if scheme in ("postgresql", "postgres"):
-        raise StoreError(
-            f"PostgreSQL stores are not supported yet ({_hide_password(url)}); use a SQLite file path"
-        )
+        return _open_postgresql(url)
     if scheme not in ("", "sqlite", "file"):
-        raise StoreError(f"unknown store URL scheme {scheme!r} in {url!r}; give a file path or sqlite:///path")
+        raise StoreError(
+            f"unknown store URL scheme {scheme!r} in {hide_password(url)}; give a file path, "
+            "sqlite:///path or postgresql://user@host/database"
+        )
     from .sqlite import SQLiteBackend
 
     path, options = url, {}
@@ -53,8 +55,22 @@ def open_backend(store: str | os.PathLike | None = None) -> Backend:
     return SQLiteBackend(os.path.expanduser(path), **kwargs)
 
 
-def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+def _open_postgresql(url: str) -> Backend:
+    try:
+        from .postgresql import PostgreSQLBackend
+    except ImportError as exc:  # psycopg is an optional dependency
+        raise StoreError(
+            f"PostgreSQL stores need psycopg 3 ({exc}); install it with: pip install 'trainprov[postgresql]'"
+        ) from None
+    return PostgreSQLBackend(url)
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password, if any, replaced by *** (for messages and `backend.url`)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL that urllib understands: show only its scheme
+        return url.split("://", 1)[0] + "://..."
+    if password:
+        url = url.replace(f":{password}@", ":***@", 1)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -74,6 +75,22 @@ class Backend(ABC):
         """Release connections."""
 
 
+_SECOND_CACHE: list[Any] = [None, ""]
+
+
+def iso_utc(value: Any) -> str:
+    """Format an epoch float or a datetime as fixed-width ISO 8601 UTC text (both backends parse it)."""
+    if value.__class__ is float:  # the capture time of every element: the hot case
+        whole = int(value)
+        if whole != _SECOND_CACHE[0]:
+            _SECOND_CACHE[1] = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(whole))
+            _SECOND_CACHE[0] = whole
+        return _SECOND_CACHE[1] + "%06d+00:00" % ((value - whole) * 1e6)
+    if isinstance(value, (int, float)):
+        value = _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+    return value.astimezone(_dt.timezone.utc).isoformat(sep=" ", timespec="microseconds")
+
+
 def _utc(value: float | _dt.datetime) -> _dt.datetime:
     if isinstance(value, _dt.datetime):
         return value
@@ -112,6 +129,12 @@ class SQLBackend(Backend):
 
     #: names the expressions of _value_expr may use
     _expr_globals: dict[str, Any] = {}
+
+    #: how ALTER TABLE adds an attribute's column
+    add_column = "ADD COLUMN"
+
+    def _lock_catalog(self, cur: Any) -> None:
+        """Make concurrent declarations wait for this one (nothing when _begin already locks the store)."""
 
     @abstractmethod
     def _table_exists(self, cur: Any, name: str) -> bool:
@@ -174,6 +197,7 @@ class SQLBackend(Backend):
         return self._transaction(lambda cur: self._declare(cur, flow))
 
     def _declare(self, cur: Any, flow: Dataflow) -> int:
+        self._lock_catalog(cur)
         self._ensure_catalog(cur)
         p = self.placeholder
         now = self._encode_value("datetime", _dt.datetime.now(_dt.timezone.utc))
@@ -240,7 +264,7 @@ class SQLBackend(Backend):
                     )
                 continue
             if not created:
-                cur.execute(f"ALTER TABLE {ds.name} ADD COLUMN {attr.name} {self.sql_types[attr.type]}")
+                cur.execute(f"ALTER TABLE {ds.name} {self.add_column} {attr.name} {self.sql_types[attr.type]}")
             position += 1
             cur.execute(
                 "INSERT INTO attributes (dataset, name, type, position, description, added_at) "
@@ -308,25 +332,29 @@ class SQLBackend(Backend):
 
         def work(cur: Any) -> None:
             for target, rows in groups:
-                sql, build, extend = self._statement(target)
-                n = max(1, min(self.rows_per_statement, self._max_parameters() // len(target.columns)))
-                if target.mode == "update" or len(rows) < 2 * n:
-                    cur.executemany(sql, map(build, rows))
-                    continue
-                # Many rows per statement: the database is entered once per chunk, not per
-                # row, which matters when the capture thread competes for the GIL.
-                head, tail = sql[: sql.index(" VALUES ")], " ON CONFLICT DO NOTHING" if target.mode == "link" else ""
-                marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
-                chunk_sql = f"{head} VALUES {', '.join([marks] * n)}{tail}"
-                whole = len(rows) - len(rows) % n
-                values: list = []
-                extend(rows[:whole], values)
-                width = n * len(target.columns)
-                for lo in range(0, len(values), width):
-                    cur.execute(chunk_sql, values[lo : lo + width])
-                cur.executemany(sql, map(build, rows[whole:]))
+                self._write_rows(cur, target, rows)
 
         self._transaction(work)
+
+    def _write_rows(self, cur: Any, target: Target, rows: list[tuple]) -> None:
+        """Write one group's items inside the open transaction."""
+        sql, build, extend = self._statement(target)
+        n = max(1, min(self.rows_per_statement, self._max_parameters() // len(target.columns)))
+        if target.mode == "update" or len(rows) < 2 * n:
+            cur.executemany(sql, map(build, rows))
+            return
+        # Many rows per statement: the database is entered once per chunk, not per
+        # row, which matters when the capture thread competes for the GIL.
+        head, tail = sql[: sql.index(" VALUES ")], " ON CONFLICT DO NOTHING" if target.mode == "link" else ""
+        marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
+        chunk_sql = f"{head} VALUES {', '.join([marks] * n)}{tail}"
+        whole = len(rows) - len(rows) % n
+        values: list = []
+        extend(rows[:whole], values)
+        width = n * len(target.columns)
+        for lo in range(0, len(values), width):
+            cur.execute(chunk_sql, values[lo : lo + width])
+        cur.executemany(sql, map(build, rows[whole:]))
 
     def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:
         p = self.placeholder

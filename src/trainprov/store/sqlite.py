@@ -14,20 +14,18 @@ import math
 import os
 import sqlite3
 import threading
-import time
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 from ..errors import QueryError, StoreError
-from .base import Result, SQLBackend
+from .base import Result, SQLBackend, iso_utc
 from .catalog import Table
 
 # Read-side conversions by declared column type (only in connections that ask for them).
 sqlite3.register_converter("TIMESTAMPTZ", lambda b: _parse_timestamp(b))
 sqlite3.register_converter("BOOLEAN", lambda b: b not in (b"0", b"0.0"))
 
-_UTC = _dt.timezone.utc
-_SECOND_CACHE: list[Any] = [None, ""]
+_iso = iso_utc  # the name benchmarks/capture_bench.py imports
 
 
 def _parse_timestamp(raw: bytes) -> Any:
@@ -36,19 +34,6 @@ def _parse_timestamp(raw: bytes) -> Any:
         return _dt.datetime.fromisoformat(text)
     except ValueError:  # a value not written by trainprov: show it as it is
         return text
-
-
-def _iso(value: Any) -> str:
-    """Format an epoch float or a datetime as fixed-width ISO 8601 UTC text."""
-    if value.__class__ is float:  # the capture time of every element: the hot case
-        whole = int(value)
-        if whole != _SECOND_CACHE[0]:
-            _SECOND_CACHE[1] = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(whole))
-            _SECOND_CACHE[0] = whole
-        return _SECOND_CACHE[1] + "%06d+00:00" % ((value - whole) * 1e6)
-    if isinstance(value, (int, float)):
-        value = _dt.datetime.fromtimestamp(value, _UTC)
-    return value.astimezone(_UTC).isoformat(sep=" ", timespec="microseconds")
 
 
 def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callable[[], dict[tuple[str, str], str]]) -> None:
