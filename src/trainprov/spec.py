@@ -53,7 +53,8 @@ CATALOG_TABLES = (
     "agents",
 )
 
-# Words that would force users to quote a name in SQL (common to SQLite and PostgreSQL).
+# Words that would force users to quote a name in SQL: SQLite's keywords and PostgreSQL's
+# reserved words, since a name must work on both stores.
 SQL_RESERVED = frozenset(
     """
     abort add all alter analyze and as asc attach autoincrement before begin between by
@@ -68,6 +69,9 @@ SQL_RESERVED = frozenset(
     select session_user set some symmetric table temp temporary then to trailing
     transaction trigger true union unique update user using vacuum values variadic view
     virtual when where window with without
+    analyse any array asymmetric authorization binary both collation concurrently
+    current_catalog current_role current_schema freeze grant localtime localtimestamp
+    overlaps similar system_user tablesample verbose
     """.split()
 )
 
