@@ -1,0 +1,10 @@
+"""The live dashboard, `trainprov ui`: runs, curves that update while training, comparisons,
+dataflow and provenance graphs, a read-only SQL console and PROV exports, served on localhost.
+
+Needs the `ui` extra (starlette, uvicorn, jinja2, plotly). It reads the store only through
+the read-only Reader, one short statement at a time, so it never blocks a training's writer.
+"""
+
+from .app import create_app, serve
+
+__all__ = ["create_app", "serve"]

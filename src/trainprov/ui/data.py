@@ -1,0 +1,275 @@
+"""What a run's page, the comparison and the SQL console show, read from the store (no HTML here).
+
+Everything goes through the read-only Reader: one short statement at a time, so the
+dashboard never holds a transaction open while a training writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .. import analysis
+from ..errors import QueryError
+from ..query import Reader
+from ..spec import ELEMENT_COLUMNS
+from .listing import display_metrics
+from .present import duration, exact, jsonable, number, when
+
+#: rows of a dataset shown on a run page, and of a query result in the SQL console
+TABLE_ROWS, SQL_ROWS = 200, 1000
+#: points drawn per step curve (the store keeps every step; this is for drawing only)
+STEP_POINTS = 2000
+
+
+# ---- one run --------------------------------------------------------------------------------
+
+
+def resolve(reader: Reader, ref: str) -> str:
+    """A run id from an id, a unique prefix or 'latest' (QueryError if none or ambiguous)."""
+    return reader.resolve_run(ref)
+
+
+def _dataset_table(reader: Reader, dataset: str, run_id: str, limit: int = TABLE_ROWS) -> dict[str, Any]:
+    """A dataset's rows of one run for display: element columns and columns without any value left out."""
+    p = reader.backend.placeholder
+    result = reader.result(
+        f"SELECT * FROM {dataset} WHERE run_id = {p} ORDER BY recorded_at, element_seq LIMIT {int(limit) + 1}", (run_id,)
+    )
+    rows = result.rows[:limit]
+    keep = [j for j, c in enumerate(result.columns)
+            if c not in ELEMENT_COLUMNS and any(row[j] is not None for row in rows)]
+    return {"name": dataset, "columns": [result.columns[j] for j in keep],
+            "rows": [[_shown(row[j]) for j in keep] for row in rows], "more": len(result.rows) > limit}
+
+
+def _shown(value: Any) -> dict[str, str]:
+    """A value in a table cell: short text, and the exact value as its title."""
+    if value is None:
+        return {"text": "", "title": ""}
+    return {"text": number(value) if not isinstance(value, str) else value, "title": exact(value)}
+
+
+def _agent_details(text: Any) -> list[tuple[str, str]]:
+    try:
+        details = json.loads(text) if isinstance(text, str) else (text or {})
+    except json.JSONDecodeError:
+        return [("details", str(text))]
+    out = []
+    for key, value in details.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = " ".join(str(v) for v in value) or "none"
+        out.append((key, str(value)))
+    return out
+
+
+#: datasets drawn as curves on the run page instead of listed as tables
+CURVE_DATASETS = (analysis.EPOCH_DATASET, analysis.STEP_DATASET)
+
+
+def run_detail(reader: Reader, run_id: str) -> dict[str, Any]:
+    """A run page's static parts: the run, its inputs and outputs, tasks, agents, files."""
+    info = reader.show(run_id)
+    inputs, outputs = [], []
+    for name, entry in info["datasets"].items():
+        if not entry["rows"] or name in CURVE_DATASETS:
+            continue
+        table = _dataset_table(reader, name, run_id)
+        table["count"] = entry["rows"]
+        if name == "hyperparameters" and entry["rows"] <= 3:
+            table["transpose"] = True
+        (inputs if entry["used_by"] and not entry["generated_by"] else outputs).append(table)
+    for agent in info["agents"]:
+        agent["facts"] = _agent_details(agent.get("details"))
+    curves = {name: info["datasets"].get(name, {}).get("rows", 0) for name in CURVE_DATASETS}
+    return {**info, "inputs": inputs, "outputs": outputs, "curve_rows": curves}
+
+
+def _run_state(reader: Reader, run_id: str) -> dict[str, Any]:
+    p = reader.backend.placeholder
+    rows = reader.rows(f"SELECT status, started_at, ended_at, duration_s, error FROM runs WHERE run_id = {p}", (run_id,))
+    if not rows:
+        raise QueryError(f"no run {run_id!r}")
+    run = rows[0]
+    seconds = run["duration_s"]
+    if run["status"] == "running" and run["started_at"] is not None:
+        started = pd.Timestamp(run["started_at"])
+        seconds = (pd.Timestamp.now(tz="UTC") - (started if started.tzinfo else started.tz_localize("UTC"))).total_seconds()
+    return {"status": run["status"], "duration_s": seconds, "duration": duration(seconds), "error": run["error"],
+            "ended_at": when(run["ended_at"])}
+
+
+def epochs(reader: Reader, run_id: str) -> dict[str, Any]:
+    """A run's per-epoch curves (every metric with a value), adaptations and live state, for drawing."""
+    out: dict[str, Any] = {"run_id": run_id, **_run_state(reader, run_id), "epochs": [], "series": {}, "adaptations": []}
+    p = reader.backend.placeholder
+    names = analysis.metrics(analysis.EPOCH_DATASET, store=reader)
+    if names and "epoch" in analysis.attributes(analysis.EPOCH_DATASET, store=reader):
+        result = reader.result(
+            f"SELECT epoch, {', '.join(names)} FROM {analysis.EPOCH_DATASET} WHERE run_id = {p} "
+            "ORDER BY recorded_at, element_seq", (run_id,))
+        out["epochs"] = [r[0] for r in result.rows]
+        for j, name in enumerate(names, start=1):
+            values = [r[j] for r in result.rows]
+            if any(v is not None for v in values):
+                out["series"][name] = [jsonable(_nan(v)) for v in values]
+    adaptation_columns = analysis.attributes("adaptations", store=reader)
+    if "epoch" in adaptation_columns:
+        wanted = [c for c in ("epoch", "step", "kind", "parameter", "old_value", "new_value", "cause", "monitor",
+                              "monitor_value", "best_epoch", "best_value") if c in adaptation_columns]
+        out["adaptations"] = [
+            {k: jsonable(v) for k, v in row.items()}
+            for row in reader.rows(f"SELECT {', '.join(wanted)} FROM adaptations WHERE run_id = {p} "
+                                   "ORDER BY recorded_at, element_seq", (run_id,))
+        ]
+    out["count"] = len(out["epochs"])
+    return out
+
+
+def _nan(value: Any) -> Any:
+    return math.nan if value == "NaN" else value
+
+
+def steps(reader: Reader, run_id: str, points: int = STEP_POINTS) -> dict[str, Any]:
+    """A run's per-step curves, downsampled for drawing to about `points` buckets of global steps.
+
+    Each bucket gives its first step, and the mean, minimum and maximum of each metric in
+    it, so that spikes stay visible; runs with fewer steps than `points` are drawn whole.
+    """
+    out: dict[str, Any] = {"run_id": run_id, "x": [], "series": {}, "rows": 0, "bucket": 1}
+    columns = analysis.attributes(analysis.STEP_DATASET, store=reader)
+    names = [n for n in analysis.metrics(analysis.STEP_DATASET, store=reader)]
+    if not names or "global_step" not in columns:
+        return out
+    p = reader.backend.placeholder
+    count, first, last = reader.result(
+        f"SELECT count(*), min(global_step), max(global_step) FROM {analysis.STEP_DATASET} "
+        f"WHERE run_id = {p} AND global_step IS NOT NULL", (run_id,)).rows[0]
+    out["rows"] = int(count or 0)
+    if not count:
+        return out
+    points = max(10, int(points))
+    if count <= points:
+        result = reader.result(
+            f"SELECT global_step, {', '.join(names)} FROM {analysis.STEP_DATASET} WHERE run_id = {p} "
+            "AND global_step IS NOT NULL ORDER BY global_step, recorded_at", (run_id,))
+        out["x"] = [r[0] for r in result.rows]
+        for j, name in enumerate(names, start=1):
+            values = [r[j] for r in result.rows]
+            if any(v is not None for v in values):
+                out["series"][name] = {"mean": [jsonable(_nan(v)) for v in values]}
+        return out
+    bucket = max(1, math.ceil((int(last) - int(first) + 1) / points))
+    group = f"(global_step - {int(first)}) / {bucket}"  # integers: integer division on both backends
+    aggregates = []
+    for name in names:
+        value = f"CASE WHEN {name} <> 'NaN' THEN {name} END"
+        aggregates += [f"avg({value})", f"min({value})", f"max({value})"]
+    result = reader.result(
+        f"SELECT {group} AS bucket, min(global_step), {', '.join(aggregates)} FROM {analysis.STEP_DATASET} "
+        f"WHERE run_id = {p} AND global_step IS NOT NULL GROUP BY {group} ORDER BY bucket", (run_id,))
+    out["bucket"] = bucket
+    out["x"] = [r[1] for r in result.rows]
+    for j, name in enumerate(names):
+        mean, low, high = ([jsonable(r[2 + 3 * j + k]) for r in result.rows] for k in range(3))
+        if any(v is not None for v in mean):
+            out["series"][name] = {"mean": mean, "min": low, "max": high}
+    return out
+
+
+# ---- comparing runs -------------------------------------------------------------------------
+
+
+def _runs(reader: Reader, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Name and status of some runs, by id."""
+    if not run_ids:
+        return {}
+    marks = ", ".join([reader.backend.placeholder] * len(run_ids))
+    rows = reader.rows(f"SELECT run_id, name, status FROM runs WHERE run_id IN ({marks})", list(run_ids))
+    return {r["run_id"]: {"name": r["name"], "status": r["status"]} for r in rows}
+
+
+def compare(reader: Reader, refs: Sequence[str], metric: str | None) -> dict[str, Any]:
+    """The comparison page: the runs, their differing hyperparameters and where they diverge."""
+    run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in refs))
+    scores = display_metrics(analysis.metrics(analysis.EPOCH_DATASET, scores_only=True, store=reader)) \
+        if analysis.attributes(analysis.EPOCH_DATASET, store=reader) else []
+    metric = metric if metric in scores else (scores[0] if scores else None)
+    known = _runs(reader, run_ids)
+    runs = [{"run_id": r, **known.get(r, {"name": None, "status": None})} for r in run_ids]
+    hp = analysis.differing_hyperparameters(run_ids, store=reader) if len(run_ids) > 1 and \
+        analysis.attributes("hyperparameters", store=reader) else pd.DataFrame()
+    div = analysis.divergence(run_ids, metric, store=reader) if metric and len(run_ids) > 1 else pd.DataFrame()
+    labels = {r["run_id"]: (f"{r['name']} ({r['run_id'][-6:]})" if r["name"] else r["run_id"]) for r in runs}
+    divergence = [{**row, "label_a": labels[row["run_a"]], "label_b": labels[row["run_b"]]}
+                  for row in div.astype(object).to_dict("records")] if not div.empty else []
+    return {
+        "run_ids": run_ids, "runs": runs, "metric": metric, "metrics": scores, "divergence": divergence,
+        "hyperparameters": [{"name": name, "values": [_shown(v) for v in row]}
+                            for name, row in zip(hp.index, hp.astype(object).itertuples(index=False, name=None))],
+        "tolerance": analysis.DIVERGENCE_TOLERANCE, "patience": analysis.DIVERGENCE_PATIENCE,
+    }
+
+
+def compare_curves(reader: Reader, refs: Sequence[str]) -> dict[str, Any]:
+    """Per-epoch curves of several runs and their differing hyperparameters, for overlaid drawing."""
+    run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in refs))
+    out: dict[str, Any] = {"runs": [], "series": {}, "hyperparameters": {}, "higher_is_better": {}}
+    for run_id in run_ids:
+        data = epochs(reader, run_id)
+        out["runs"].append({"run_id": run_id, "status": data["status"]})
+        out["series"][run_id] = {"epochs": data["epochs"], **data["series"]}
+        for name in data["series"]:
+            out["higher_is_better"][name] = analysis.higher_is_better(name)
+    known = _runs(reader, run_ids)
+    for entry in out["runs"]:
+        entry["name"] = known.get(entry["run_id"], {}).get("name")
+    if len(run_ids) > 1 and analysis.attributes("hyperparameters", store=reader):
+        hp = analysis.differing_hyperparameters(run_ids, store=reader)
+        out["hyperparameters"] = {name: [jsonable(v) for v in row]
+                                  for name, row in zip(hp.index, hp.astype(object).itertuples(index=False, name=None))}
+    out["running"] = any(r["status"] == "running" for r in out["runs"])
+    return out
+
+
+# ---- SQL console ----------------------------------------------------------------------------
+
+
+def schema(reader: Reader) -> list[dict[str, Any]]:
+    """Every table a query can use, datasets first, each with its columns."""
+    tables: dict[str, dict[str, Any]] = {}
+    for entry in reader.schema():
+        table = tables.setdefault(entry["table"], {"table": entry["table"], "kind": entry["kind"], "columns": []})
+        table["columns"].append({k: entry[k] for k in ("column", "type", "sql_type", "description")})
+    return list(tables.values())
+
+
+def run_sql(reader: Reader, sql: str, max_rows: int = SQL_ROWS) -> dict[str, Any]:
+    """Run one read-only statement; the first `max_rows` rows, JSON-safe, with the total count and time."""
+    if not sql.strip():
+        raise QueryError("write a statement first, e.g. SELECT * FROM runs")
+    start = time.perf_counter()
+    result = reader.result(sql)
+    elapsed = (time.perf_counter() - start) * 1000
+    rows = result.rows[:max_rows]
+    return {"columns": result.columns, "rows": [[jsonable(v) for v in row] for row in rows],
+            "count": len(result.rows), "truncated": len(result.rows) > max_rows, "elapsed_ms": round(elapsed, 1)}
+
+
+def sql_csv(reader: Reader, sql: str) -> str:
+    """Every row of one read-only statement as CSV (NaN as NaN, NULL as an empty field)."""
+    result = reader.result(sql)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(result.columns)
+    for row in result.rows:
+        writer.writerow(["" if v is None else exact(v) if isinstance(v, float) else jsonable(v) for v in row])
+    return out.getvalue()
