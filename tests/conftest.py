@@ -62,11 +62,11 @@ def run_python(code: str, *args: str, cwd: str | None = None, env: dict | None =
     return done
 
 
-def spawn_python(code: str, *args: str, cwd: str | None = None) -> subprocess.Popen:
+def spawn_python(code: str, *args: str, cwd: str | None = None, env: dict | None = None) -> subprocess.Popen:
     """Start Python code in a background process whose stdout lines can be read."""
     return subprocess.Popen(
         [sys.executable, "-u", "-c", textwrap.dedent(code), *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

@@ -238,12 +238,12 @@ class SlowBackend:
         self.inner, self.delay, self.failures, self.calls = backend, delay, failures, 0
         self.url = backend.url
 
-    def write(self, groups):
+    def write(self, groups, retry=False):
         self.calls += 1
         time.sleep(self.delay)
         if self.calls <= self.failures:
             raise sqlite3.OperationalError("disk I/O error (simulated)")
-        self.inner.write(groups)
+        self.inner.write(groups, retry=retry)
 
     def maintain(self):
         self.inner.maintain()
@@ -258,11 +258,11 @@ class SlowBackend:
 class PickyBackend(SlowBackend):
     """Refuses for good every batch that holds the element of epoch 13 (as a constraint would)."""
 
-    def write(self, groups):
+    def write(self, groups, retry=False):
         for _, items in groups:
             if any(len(item) == 3 and item[2].get("epoch") == 13 for item in items):
                 raise sqlite3.IntegrityError("CHECK constraint failed: epoch (simulated)")
-        self.inner.write(groups)
+        self.inner.write(groups, retry=retry)
 
 
 
@@ -308,13 +308,15 @@ def test_rows_that_cannot_be_written_are_saved_and_reported(sqlite_store, flow, 
     with pytest.warns(RuntimeWarning):
         for item in element_items(store, flow, 20):
             writer.put(item)
-        with pytest.raises(tp.CaptureError, match="were not written .* within 0.5 s"):
-            writer.flush(timeout=0.5)
+        started = time.monotonic()
+        assert writer.flush(timeout=30) is False  # the store is down: no waiting, training goes on
+        assert time.monotonic() - started < 5
         writer.close(timeout=1)
     saved = f"{backend.url}.unwritten-{os.getpid()}.jsonl"
     lines = [json.loads(line) for line in open(saved)]
     assert len(lines) == 20 and lines[0]["table"] == "epoch_metrics" and lines[0]["row"][4:] == [1, 0.5, None]
-    assert saved in capsys.readouterr().err
+    report = capsys.readouterr().err
+    assert saved in report and "20 captured rows could not be written" in report and "epoch_metrics 20; runs r" in report
 
 
 def test_captures_from_several_threads_all_arrive(store, flow):

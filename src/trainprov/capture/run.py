@@ -356,9 +356,13 @@ class Run:
         self._writer.put((_RUN_VERSION, (self.id, self.dataflow_version)))
         return self.dataflow_version
 
-    def flush(self, timeout: float | None = 60.0) -> None:
-        """Return once every row captured so far is committed and visible to readers."""
-        self._writer.flush(timeout)
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every row captured so far is committed and visible to readers.
+
+        False, at once, while the store is unreachable: the rows wait and are written when
+        it answers again (the writer has warned).
+        """
+        return self._writer.flush(timeout)
 
     def end(self, status: str = "finished", error: str | None = None) -> None:
         """End the run and its open tasks, and write everything captured."""

@@ -4,7 +4,10 @@ Capture calls append to a deque (cheap and thread-safe in CPython); the writer w
 `interval` seconds, or as soon as `batch_rows` rows wait, or at an explicit flush, and
 writes what is queued in one transaction. The queue is bounded: when `max_rows` rows wait,
 the caller blocks until the writer catches up. Nothing is dropped: a failed batch is kept
-and tried again, and rows still unwritten at exit are saved to a file next to the store.
+and tried again (skipping rows its lost commit may have written, so each is written once).
+While the store is unreachable, training goes on: the oldest rows go to a local spool on
+disk (capture/spool.py) and come back in order when the store answers. Rows still
+unwritten at exit are saved to a file, and the message says which.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Callable
 from ..errors import CaptureError
 from ..store import Backend, Target, open_backend
 from ..store.catalog import target
+from .spool import Spool, SpoolFull, spool_dir
 
 HEARTBEAT_SECONDS = 5.0
 _HEARTBEAT = target("runs", ("run_id", "heartbeat_at"), mode="update")
@@ -34,6 +38,9 @@ class _Flush:
 
     def __init__(self) -> None:
         self.done = threading.Event()
+
+    def __reduce__(self) -> tuple:
+        return _Flush, ()  # a marker spooled to disk: its waiter has long given up on it
 
 
 class Writer:
@@ -59,7 +66,15 @@ class Writer:
         self._last_heartbeat = 0.0
         self.last_error: BaseException | None = None
         self.rows_written = 0
+        self.failures = 0  # failed write attempts so far
         self._stopping = False
+        self._given_up = False
+        self._write_lock = threading.Lock()  # held by the writer thread while it writes
+        self.spool = Spool(backend.url)
+        self._from_spool = False  # the pending batch is the spool's oldest segment
+        self._retrying = False  # the pending batch failed once: its commit may have happened
+        self.outage_since: float | None = None  # when the store stopped answering
+        self._spool_error: str | None = None  # set when the spool gave up
         self._thread = threading.Thread(target=self._loop, name="trainprov-writer", daemon=True)
         self._thread.start()
 
@@ -81,22 +96,40 @@ class Writer:
                 raise CaptureError(f"the trainprov writer for {self.backend.url} has stopped")
             with self._room:
                 while len(self._queue) >= self.max_rows:
+                    if self._spool_error is not None:
+                        raise CaptureError(
+                            f"trainprov gives up recording to {self.backend.url}: it has not answered since "
+                            f"{time.strftime('%H:%M:%S', time.localtime(self.outage_since or time.time()))} and "
+                            f"{self._spool_error}. This row (table {item[0].table}) and later ones are not recorded; "
+                            f"the {len(self._queue) + len(self._pending) + self.spool.rows} rows accepted before it "
+                            "are kept and written if the store answers before the process ends (else saved to a file)"
+                        )
                     self._wake.set()
                     self._room.wait(0.5)
         self._queue.append(item)
 
-    def flush(self, timeout: float | None = 60.0) -> None:
-        """Return once everything queued before this call is committed to the store."""
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until everything queued before this call is committed; False when the store is down.
+
+        False as soon as a write tried after this call has failed: the rows wait (in memory,
+        then in the spool) and the writer has warned; training goes on instead of waiting.
+        """
         if not self._thread.is_alive():
             raise CaptureError(f"the trainprov writer for {self.backend.url} has stopped")
         marker = _Flush()
         self._queue.append(marker)
         self._wake.set()
-        if not marker.done.wait(timeout):
-            raise CaptureError(
-                f"captured rows were not written to {self.backend.url} within {timeout} s "
-                f"(they are kept and retried); last error: {self.last_error!r}"
-            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = self.failures
+        while not marker.done.wait(0.05):
+            if self.outage_since is not None and self.failures > failures:
+                return False  # tried again since this call, and the store is still down
+            if deadline is not None and time.monotonic() > deadline:
+                raise CaptureError(
+                    f"captured rows were not written to {self.backend.url} within {timeout} s "
+                    f"(they are kept and retried); last error: {self.last_error!r}"
+                )
+        return True
 
     def watch_run(self, run_id: str, active: bool) -> None:
         """Start or stop sending heartbeats for a run."""
@@ -109,24 +142,51 @@ class Writer:
 
     def _loop(self) -> None:
         backoff = 0.0
-        while True:
+        while not self._given_up:
             self._wake.wait(backoff or self.interval)
             self._wake.clear()
+            if self.outage_since is not None:
+                self._spill()
             try:
-                self._drain()
+                with self._write_lock:
+                    if self._given_up:
+                        return
+                    self._drain()
                 backoff = 0.0
             except Exception as exc:  # the store failed: keep the rows, warn, retry
+                self._retrying = True
+                self.failures += 1
+                if self.outage_since is None:
+                    self.outage_since = time.time()
                 if self.last_error is None or type(exc) is not type(self.last_error):
                     warnings.warn(
-                        f"trainprov could not write to {self.backend.url}: {exc}; rows are kept "
-                        "and retried",
+                        f"trainprov could not write to {self.backend.url}: {exc}; training goes on, "
+                        f"rows are kept (on disk in {self.spool.directory} when memory is full) and retried",
                         RuntimeWarning,
                         stacklevel=1,
                     )
                 self.last_error = exc
                 backoff = min(max(backoff * 2, 0.2), 5.0)
-            if self._stopping and not self._queue and not self._pending:
+                self._spill()
+            if self._stopping and not self._queue and not self._pending and not self.spool:
                 return
+
+    def _spill(self) -> None:
+        """While the store is down, keep memory bounded: the oldest queued rows go to the spool."""
+        excess = len(self._queue) - self.max_rows // 2
+        if excess < min(self.batch_rows, self.max_rows // 4) or self._spool_error is not None:
+            return
+        popleft = self._queue.popleft  # only this thread pops: the oldest rows, in order
+        items = [popleft() for _ in range(excess)]
+        try:
+            self.spool.put(items)
+        except (SpoolFull, OSError) as exc:
+            self._queue.extendleft(reversed(items))  # still the oldest: back in front, in order
+            self._spool_error = str(exc) if isinstance(exc, SpoolFull) else f"the spool cannot be written ({exc})"
+            warnings.warn(f"trainprov: {self._spool_error}; captures will fail once memory is full too",
+                          RuntimeWarning, stacklevel=1)
+        with self._room:
+            self._room.notify_all()
 
     def _drain(self) -> None:
         while True:
@@ -141,14 +201,27 @@ class Writer:
                 groups.append((_HEARTBEAT, [(_HEARTBEAT, (r, now)) for r in sorted(self._active_runs)]))
             if groups:
                 try:
-                    self.backend.write(groups)
+                    self.backend.write(groups, retry=self._retrying)
                 except Exception as exc:
                     if not self.backend.is_permanent(exc):
                         raise  # the store is unreachable or busy: keep everything, retry
                     self._write_isolating(groups)  # some rows the store will never take
             # committed: nothing below may send these rows again
             self._pending = []
+            if self._from_spool:
+                self.spool.drop()
+                self._from_spool = False
             self.rows_written += len(rows)
+            self._retrying = False
+            if self.outage_since is not None:
+                warnings.warn(
+                    f"trainprov: {self.backend.url} answers again after {time.time() - self.outage_since:.0f} s; "
+                    "the rows kept meanwhile are being written",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+                self.outage_since = None
+                self._spool_error = None
             self.last_error = None
             if beat:
                 self._last_heartbeat = now
@@ -160,7 +233,7 @@ class Writer:
                 self.backend.maintain()
             except Exception as exc:  # upkeep only (a WAL checkpoint): the rows are safe
                 warnings.warn(f"trainprov: store upkeep failed on {self.backend.url}: {exc}", RuntimeWarning, stacklevel=1)
-            if not self._queue:
+            if not self._queue and not self.spool:
                 return
 
     def _write_isolating(self, groups: list[tuple[Target, list[tuple]]]) -> None:
@@ -169,7 +242,7 @@ class Writer:
 
         def attempt(tgt: Target, items: list[tuple]) -> None:
             try:
-                self.backend.write([(tgt, items)])
+                self.backend.write([(tgt, items)], retry=self._retrying)
             except Exception as exc:
                 if not self.backend.is_permanent(exc):
                     raise
@@ -193,6 +266,9 @@ class Writer:
             )
 
     def _take(self) -> list:
+        if self.spool:  # older than anything in memory
+            self._from_spool = True
+            return self.spool.peek()
         # Only the writer pops, so the queue holds at least this many items.
         popleft = self._queue.popleft
         return [popleft() for _ in range(min(len(self._queue), max(self.batch_rows * 4, 20_000)))]
@@ -204,13 +280,29 @@ class Writer:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
-        if self._thread.is_alive() or self._queue or self._pending:
-            self._save_unwritten()
+        if self._thread.is_alive() or self._queue or self._pending or self.spool:
+            self._given_up = True
+            # not while a write is under way: a row must not end up both in the store and the file
+            locked = self._write_lock.acquire(timeout=10)
+            try:
+                self._save_unwritten()
+            finally:
+                if locked:
+                    self._write_lock.release()
         self.backend.close()
 
+    def _unwritten_path(self) -> str:
+        """The file of unwritten rows: next to a store file, else in the spool folder."""
+        url = self.backend.url
+        if "://" not in url:
+            return f"{url}.unwritten-{os.getpid()}.jsonl"
+        name = "".join(c if c.isalnum() else "_" for c in url.split("://", 1)[1])[:80]
+        os.makedirs(spool_dir(), exist_ok=True)
+        return os.path.join(spool_dir(), f"unwritten-{name}-{os.getpid()}.jsonl")
+
     def _save(self, rows: list[tuple]) -> str:
-        """Append rows to the file of unwritten rows next to the store; return its path."""
-        path = f"{self.backend.url}.unwritten-{os.getpid()}.jsonl"
+        """Append rows to the file of unwritten rows; return its path."""
+        path = self._unwritten_path()
         with open(path, "a", encoding="utf-8") as out:
             for target_, row in _expand(rows):
                 out.write(json.dumps({"table": target_.table, "columns": target_.columns, "row": row}, default=str))
@@ -218,13 +310,21 @@ class Writer:
         return path
 
     def _save_unwritten(self) -> None:
-        rows = [r for r in [*self._pending, *self._queue] if not isinstance(r, _Flush)]
+        pending = [] if self._from_spool else self._pending  # a spooled batch is still in the spool
+        rows = [r for r in [*pending, *self.spool.take_all(), *self._queue] if not isinstance(r, _Flush)]
+        self._pending, self._from_spool = [], False
+        self._queue.clear()
         if not rows:
             return
         path = self._save(rows)
+        tables = collections.Counter(r[0].table for r in rows)
+        runs = sorted({r[1][0] for r in rows if r[0].prefix} | {r[1][0] for r in rows if r[0].table == "runs"})
         print(
             f"trainprov: {len(rows)} captured rows could not be written to {self.backend.url} "
-            f"(last error: {self.last_error!r}); they are saved in {path}",
+            f"(last error: {self.last_error!r}): "
+            + ", ".join(f"{table} {n}" for table, n in tables.most_common())
+            + (f"; runs {', '.join(map(str, runs))}" if runs else "")
+            + f". They are saved in {path}",
             file=sys.stderr,
         )
 
@@ -272,7 +372,9 @@ def writer_for(store: str | os.PathLike | None = None, backend: Backend | None =
     with _writers_lock:
         writer = _writers.get(backend.url)
         if writer is None or not writer._thread.is_alive():
-            writer = _writers[backend.url] = Writer(backend)
+            # rows kept in memory before the spool takes the oldest (while the store is down)
+            max_rows = int(os.environ.get("TRAINPROV_QUEUE_ROWS", 200_000))
+            writer = _writers[backend.url] = Writer(backend, max_rows=max_rows, batch_rows=min(5000, max(1, max_rows // 4)))
         return writer
 
 

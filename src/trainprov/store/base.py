@@ -6,6 +6,7 @@ runs read-only queries. Layers above talk to it only through `Backend`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import threading
@@ -45,11 +46,13 @@ class Backend(ABC):
         """Create or evolve the tables of a dataflow and record it; return its version."""
 
     @abstractmethod
-    def write(self, groups: Sequence[tuple[Target, list[tuple]]]) -> None:
+    def write(self, groups: Sequence[tuple[Target, list[tuple]]], *, retry: bool = False) -> None:
         """Write the queued items of all groups in one transaction, in order.
 
         Each group is (target, items); an item is (target, row) or, for element targets,
-        (target, values of the element columns, dict of attribute values).
+        (target, values of the element columns, dict of attribute values). With `retry`,
+        the batch may already be in the store (a commit whose answer was lost with the
+        connection): rows whose key is there are skipped, so that each is written once.
         """
 
     @abstractmethod
@@ -323,18 +326,26 @@ class SQLBackend(Backend):
             found = self._statements[target] = (sql, *self._compile(target, order))
         return found
 
-    def write(self, groups: Sequence[tuple[Target, list[tuple]]]) -> None:
-        """Write the queued items of all groups in one transaction, in order.
-
-        Each group is (target, items); an item is (target, row) or, for element targets,
-        (target, values of the element columns, dict of attribute values).
-        """
+    def write(self, groups: Sequence[tuple[Target, list[tuple]]], *, retry: bool = False) -> None:
+        """Write the queued items of all groups in one transaction, in order (see Backend.write)."""
+        if retry:
+            groups = [(self._ignoring(target), rows) for target, rows in groups]
 
         def work(cur: Any) -> None:
             for target, rows in groups:
                 self._write_rows(cur, target, rows)
 
         self._transaction(work)
+
+    def _ignoring(self, target: Target) -> Target:
+        """The target as an insert that skips rows already in the store (one per target: statements are cached by it)."""
+        if target.mode != "insert":
+            return target
+        cache = self.__dict__.setdefault("_ignoring_targets", {})
+        found = cache.get(target)
+        if found is None:
+            found = cache[target] = dataclasses.replace(target, mode="link")
+        return found
 
     def _write_rows(self, cur: Any, target: Target, rows: list[tuple]) -> None:
         """Write one group's items inside the open transaction."""
