@@ -4,7 +4,7 @@ Declare a dataflow, start a run, record what its tasks use and generate, and que
 store with SQL while the training runs.
 """
 
-from .capture import Element, FileRef, Run, SignalInterrupt, Task, start_run
+from .capture import Element, FileRef, Run, SignalInterrupt, Task, new_run_id, start_run
 from .errors import CaptureError, QueryError, SpecError, StoreError, TrainprovError, ValueTypeError
 from .query import Reader, connect, query, query_df
 from .spec import Attribute, Dataflow, Dataset, Transformation
@@ -29,6 +29,7 @@ __all__ = [
     "Transformation",
     "ValueTypeError",
     "connect",
+    "new_run_id",
     "query",
     "query_df",
     "start_run",

@@ -45,6 +45,7 @@ CATALOG_TABLES = (
     "datasets",
     "attributes",
     "runs",
+    "run_ranks",
     "tasks",
     "task_dependencies",
     "usages",

@@ -21,9 +21,12 @@ from . import agents, liveness
 from .writer import Writer, before_close, writer_for
 
 _RUN = target("runs")
+_RUN_SHARED = target("runs", mode="link")  # every rank of a run inserts it; the first one counts
+_RANK = target("run_ranks")
+_RANK_END = target("run_ranks", ("run_id", "rank", "status", "ended_at", "duration_s", "error"), mode="end_rank")
 _RUN_END = target("runs", ("run_id", "status", "ended_at", "duration_s", "error"), mode="update")
 _RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
-_TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at"))
+_TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at", "rank"))
 _TASK_END = target("tasks", ("task_id", "status", "ended_at", "duration_s", "error"), mode="update")
 _DEPENDENCY = target("task_dependencies", mode="link")
 _USAGE = target("usages", mode="link")
@@ -68,6 +71,35 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                raise CaptureError(f"{name}={value!r} is not a whole number") from None
+    return None
+
+
+def rank_of_process(run_id: str | None, rank: int | None, world_size: int | None) -> tuple[str | None, int | None, int | None]:
+    """(run id to join, rank, world size) from the arguments, else TRAINPROV_RUN_ID / RANK / WORLD_SIZE."""
+    run_id = run_id or os.environ.get("TRAINPROV_RUN_ID") or None
+    if run_id is None:
+        return None, None, None
+    rank = rank if rank is not None else _env_int("TRAINPROV_RANK", "RANK")
+    world_size = world_size if world_size is not None else _env_int("TRAINPROV_WORLD_SIZE", "WORLD_SIZE")
+    if rank is None or world_size is None:
+        raise CaptureError(
+            f"this process joins run {run_id} (TRAINPROV_RUN_ID) but does not know its "
+            f"{'rank' if rank is None else 'world size'}: set TRAINPROV_RANK (or RANK) and "
+            "TRAINPROV_WORLD_SIZE (or WORLD_SIZE), as torchrun does"
+        )
+    if not 0 <= rank < world_size:
+        raise CaptureError(f"rank {rank} is outside a world of {world_size} processes (0 .. {world_size - 1})")
+    return run_id, rank, world_size
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -103,7 +135,7 @@ class Task:
         self.run = run
         self.transformation = transformation
         self.iteration = iteration
-        self.id = f"{run.id}.{next(run._task_numbers)}"
+        self.id = f"{run._task_prefix}{next(run._task_numbers)}"
         self.started = time.time()
         self.status = "running"
         self._run_id = run.id
@@ -113,7 +145,7 @@ class Task:
         self._seq = itertools.count(1)
         self._files = run._file_numbers
         self._bind(run.dataflow)
-        self._put((_TASK, (self.id, run.id, transformation, iteration, "running", self.started)))
+        self._put((_TASK, (self.id, run.id, transformation, iteration, "running", self.started, run.rank)))
         for dep in depends_on:
             dep_id = dep.id if isinstance(dep, Task) else str(dep)
             self._put((_DEPENDENCY, (self.id, dep_id)))
@@ -207,7 +239,7 @@ class Task:
             digest = _sha256(path)
         except OSError as exc:
             raise CaptureError(f"cannot record file {path}: {exc.strerror or exc}") from None
-        file_id = f"{self._run_id}.f{next(self._files)}"
+        file_id = f"{self.run._task_prefix}f{next(self._files)}"
         now = time.time()
         self._put(
             (
@@ -269,16 +301,22 @@ class Run:
         name: str | None = None,
         record_agents: bool = True,
         handle_signals: bool = True,
+        run_id: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         if not isinstance(dataflow, Dataflow):
             raise SpecError(f"start_run needs a Dataflow, got {type(dataflow).__name__}")
+        shared_id, self.rank, self.world_size = rank_of_process(run_id, rank, world_size)
         self._writer: Writer = writer_for(store)
         backend = self._writer.backend
         self.dataflow = dataflow
         self.dataflow_version = backend.declare(dataflow)
         liveness.reap(backend)
         self.store = backend.url
-        self.id = new_run_id()
+        self.id = shared_id or new_run_id()
+        # a rank's tasks and files are numbered apart from the other ranks': RUN.r1.4, RUN.r1.f2
+        self._task_prefix = f"{self.id}." if self.rank is None else f"{self.id}.r{self.rank}."
         self.name = name
         self.started = time.time()
         self.status = "running"
@@ -291,9 +329,11 @@ class Run:
         #: know better, e.g. that its training finished)
         self.exit_status: tuple[str, str | None] = ("interrupted", "the process exited without ending the run")
         self.pid = pid = os.getpid()
+        ranked = self.rank is not None
+        host = socket.gethostname()
         self._writer.put(
             (
-                _RUN,
+                _RUN_SHARED if ranked else _RUN,
                 (
                     self.id,
                     dataflow.name,
@@ -304,17 +344,21 @@ class Run:
                     None,
                     None,
                     self.started,
-                    socket.gethostname(),
-                    pid,
-                    liveness.process_started(pid),
+                    host,
+                    # a run of several processes is alive while any rank sends heartbeats
+                    None if ranked else pid,
+                    None if ranked else liveness.process_started(pid),
                     agents._user(),
                     " ".join(sys.argv),
                     os.getcwd(),
                     None,
+                    self.world_size,
                 ),
             )
         )
-        if record_agents:
+        if ranked:
+            self._writer.put((_RANK, (self.id, self.rank, host, pid, "running", self.started, None, None, None)))
+        if record_agents and (not ranked or self.rank == 0):
             for row in agents.collect(self.id):
                 self._writer.put((_AGENT, row))
         self._writer.watch_run(self.id, True)
@@ -374,7 +418,10 @@ class Run:
             task.end(status, error)
         self.status = status
         now = time.time()
-        self._writer.put((_RUN_END, (self.id, status, now, now - self.started, error)))
+        if self.rank is None:
+            self._writer.put((_RUN_END, (self.id, status, now, now - self.started, error)))
+        else:  # the run ends with its last rank
+            self._writer.put((_RANK_END, (self.id, self.rank, status, now, now - self.started, error)))
         self._writer.watch_run(self.id, False)
         _open_runs.discard(self)
         if self._handles_signals:
@@ -404,9 +451,18 @@ def start_run(
     name: str | None = None,
     record_agents: bool = True,
     handle_signals: bool = True,
+    run_id: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> Run:
-    """Declare the dataflow in the store and start a run of it."""
-    return Run(dataflow, store, name=name, record_agents=record_agents, handle_signals=handle_signals)
+    """Declare the dataflow in the store and start a run of it, or join one as a rank.
+
+    Several processes record one run (a data-parallel training) when each is given the same
+    `run_id` (or TRAINPROV_RUN_ID) with its `rank` and the `world_size` (or RANK and
+    WORLD_SIZE, as torchrun sets them); the run ends when its last rank ends.
+    """
+    return Run(dataflow, store, name=name, record_agents=record_agents, handle_signals=handle_signals,
+               run_id=run_id, rank=rank, world_size=world_size)
 
 
 # ---- process-wide state -------------------------------------------------------------------

@@ -350,7 +350,7 @@ def _group(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:
     for item in items:
         tgt = item[0]
         if tgt is not last:
-            groups = updates if tgt.mode == "update" else inserts
+            groups = updates if tgt.mode in ("update", "end_rank") else inserts
             rows = groups.get(tgt)
             if rows is None:
                 rows = groups[tgt] = []

@@ -60,6 +60,30 @@ class Backend(ABC):
         """Run one read-only statement; refuse any statement that would modify the store."""
 
     @abstractmethod
+    def _end_rank(self, cur: Any, run_id: str, rank: int, status: str, ended_at: Any, duration_s: Any, error: Any) -> None:
+        """End one rank of a run; the last rank to end ends the run, failed if any rank failed.
+
+        Idempotent (a retried batch may run it twice): a run already ended stays as it is.
+        """
+        p = self.placeholder
+        self._lock_run(cur, run_id)  # two last ranks ending at once: one waits and sees the other
+        cur.execute(
+            f"UPDATE run_ranks SET status = {p}, ended_at = {p}, duration_s = {p}, error = {p} WHERE run_id = {p} AND rank = {p}",
+            (status, ended_at, duration_s, error, run_id, rank),
+        )
+        cur.execute(
+            f"""UPDATE runs SET
+                status = CASE
+                    WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'failed') THEN 'failed'
+                    WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'interrupted') THEN 'interrupted'
+                    ELSE 'finished' END,
+                ended_at = {p}, duration_s = {p},
+                error = (SELECT r.error FROM run_ranks r WHERE r.run_id = {p} AND r.error IS NOT NULL ORDER BY r.rank LIMIT 1)
+            WHERE run_id = {p} AND status = 'running'
+              AND (SELECT count(*) FROM run_ranks r WHERE r.run_id = {p} AND r.status <> 'running') >= world_size""",
+            (run_id, run_id, ended_at, duration_s, run_id, run_id, run_id),
+        )
+
     def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:
         """End runs (run_id, ended_at, duration_s, reason) still marked running as interrupted."""
 
@@ -143,6 +167,13 @@ class SQLBackend(Backend):
     def _table_exists(self, cur: Any, name: str) -> bool:
         """True if the table exists."""
 
+    @abstractmethod
+    def _existing_columns(self, cur: Any, name: str) -> set[str]:
+        """The columns a table has in the store."""
+
+    def _lock_run(self, cur: Any, run_id: str) -> None:
+        """Make the ends of a run's ranks wait for each other (nothing where a write locks the store)."""
+
     def _create_table_sql(self, table: Table) -> list[str]:
         cols = ", ".join(f"{name} {self.sql_types[kind]}" for name, kind in table.columns)
         stmts = [f"CREATE TABLE IF NOT EXISTS {table.name} ({cols}, PRIMARY KEY ({', '.join(table.key)}))"]
@@ -195,6 +226,15 @@ class SQLBackend(Backend):
         for table in TABLES.values():
             for stmt in self._create_table_sql(table):
                 cur.execute(stmt)
+        self._add_catalog_columns(cur)
+
+    def _add_catalog_columns(self, cur: Any) -> None:
+        """Give a store made by an earlier trainprov the catalog columns added since (NULL in old rows)."""
+        for table in TABLES.values():
+            have = self._existing_columns(cur, table.name)
+            for name, kind in table.columns:
+                if name not in have:
+                    cur.execute(f"ALTER TABLE {table.name} {self.add_column} {name} {self.sql_types[kind]}")
 
     def declare(self, flow: Dataflow) -> int:
         return self._transaction(lambda cur: self._declare(cur, flow))
@@ -312,6 +352,9 @@ class SQLBackend(Backend):
         found = self._statements.get(target)
         if found is None:
             p = self.placeholder
+            if target.mode == "end_rank":
+                found = self._statements[target] = ("", *self._compile(target, list(range(len(target.columns)))))
+                return found
             if target.mode == "update":
                 sets = [c for c in target.columns if c not in target.key]
                 where = " AND ".join(f"{k} = {p}" for k in target.key)
@@ -350,6 +393,10 @@ class SQLBackend(Backend):
     def _write_rows(self, cur: Any, target: Target, rows: list[tuple]) -> None:
         """Write one group's items inside the open transaction."""
         sql, build, extend = self._statement(target)
+        if target.mode == "end_rank":
+            for item in rows:
+                self._end_rank(cur, *build(item))
+            return
         n = max(1, min(self.rows_per_statement, self._max_parameters() // len(target.columns)))
         if target.mode == "update" or len(rows) < 2 * n:
             cur.executemany(sql, map(build, rows))
@@ -367,6 +414,30 @@ class SQLBackend(Backend):
             cur.execute(chunk_sql, values[lo : lo + width])
         cur.executemany(sql, map(build, rows[whole:]))
 
+    def _end_rank(self, cur: Any, run_id: str, rank: int, status: str, ended_at: Any, duration_s: Any, error: Any) -> None:
+        """End one rank of a run; the last rank to end ends the run, failed if any rank failed.
+
+        Idempotent (a retried batch may run it twice): a run already ended stays as it is.
+        """
+        p = self.placeholder
+        self._lock_run(cur, run_id)  # two last ranks ending at once: one waits and sees the other
+        cur.execute(
+            f"UPDATE run_ranks SET status = {p}, ended_at = {p}, duration_s = {p}, error = {p} WHERE run_id = {p} AND rank = {p}",
+            (status, ended_at, duration_s, error, run_id, rank),
+        )
+        cur.execute(
+            f"""UPDATE runs SET
+                status = CASE
+                    WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'failed') THEN 'failed'
+                    WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'interrupted') THEN 'interrupted'
+                    ELSE 'finished' END,
+                ended_at = {p}, duration_s = {p},
+                error = (SELECT r.error FROM run_ranks r WHERE r.run_id = {p} AND r.error IS NOT NULL ORDER BY r.rank LIMIT 1)
+            WHERE run_id = {p} AND status = 'running'
+              AND (SELECT count(*) FROM run_ranks r WHERE r.run_id = {p} AND r.status <> 'running') >= world_size""",
+            (run_id, run_id, ended_at, duration_s, run_id, run_id, run_id),
+        )
+
     def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:
         p = self.placeholder
         rows = [(self._encode_value("datetime", _utc(end)), dur, why, rid) for rid, end, dur, why in runs]
@@ -381,6 +452,11 @@ class SQLBackend(Backend):
             )
             cur.executemany(
                 f"UPDATE tasks SET status = 'interrupted', ended_at = {p} "
+                f"WHERE run_id = {p} AND status = 'running'",
+                [(r[0], r[3]) for r in rows],
+            )
+            cur.executemany(
+                f"UPDATE run_ranks SET status = 'interrupted', ended_at = {p} "
                 f"WHERE run_id = {p} AND status = 'running'",
                 [(r[0], r[3]) for r in rows],
             )

@@ -270,10 +270,29 @@ class PostgreSQLBackend(SQLBackend):
         cur.execute("SELECT count(*) FROM unnest(?::text[]) AS t(name) WHERE to_regclass(name) IS NULL", (list(TABLES),))
         if cur.fetchone()[0]:
             super()._ensure_catalog(cur)
+            return
+        wanted = sum(len(t.columns) for t in TABLES.values())
+        cur.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ANY(?::text[])", (list(TABLES),),
+        )
+        if cur.fetchone()[0] < wanted:  # a store made by an earlier trainprov
+            self._add_catalog_columns(cur)
 
     def _table_exists(self, cur: Any, name: str) -> bool:
         cur.execute("SELECT to_regclass(?) IS NOT NULL", (name,))
         return bool(cur.fetchone()[0])
+
+    def _existing_columns(self, cur: Any, name: str) -> set[str]:
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?",
+            (name,),
+        )
+        return {row[0] for row in cur.fetchall()}
+
+    def _lock_run(self, cur: Any, run_id: str) -> None:
+        # the runs row, until commit: the other rank's end waits, then sees this one's
+        cur.execute("SELECT 1 FROM runs WHERE run_id = ? FOR UPDATE", (run_id,))
 
     def _value_expr(self, kind: str, source: str) -> str:
         # Floats go as they are: PostgreSQL keeps NaN and infinities. Timestamps go as ISO

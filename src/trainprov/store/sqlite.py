@@ -203,6 +203,10 @@ class SQLiteBackend(SQLBackend):
         cur.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (name,))
         return cur.fetchone() is not None
 
+    def _existing_columns(self, cur: Any, name: str) -> set[str]:
+        cur.execute(f"PRAGMA table_info({name})")
+        return {row[1] for row in cur.fetchall()}
+
     def _create_table_sql(self, table: Table) -> list[str]:
         # Rows of one run sit together on disk, ordered as they were written.
         stmts = super()._create_table_sql(table)
