@@ -440,6 +440,12 @@ def _typed(kind: str | None, value: Any) -> Any:
         return bool(value)
     if kind == "datetime":
         return _timestamp(value)
+    if kind == "json" and isinstance(value, str):
+        # keys sorted: PostgreSQL's JSONB reorders them, and an export must not depend on the store
+        try:
+            return json.dumps(json.loads(value), sort_keys=True)
+        except json.JSONDecodeError:
+            return value
     if kind in ("json", "str", "file") or value is None:
         return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return value
@@ -533,10 +539,11 @@ class _Builder:
 
     def _facts(self, details: dict[str, Any]) -> list[tuple[QualifiedName, Any]]:
         out = []
-        for key, value in details.items():
+        for key, value in sorted(details.items()):  # sorted: the same document from any store
             name = self.tp[re.sub(r"[^A-Za-z0-9_]", "_", key)]
             if isinstance(value, dict):  # package versions: one value each, "numpy==2.0.1"
-                out += [(name, f"{k}=={v}" if key == "packages" else f"{k}={json.dumps(v, default=str)}") for k, v in value.items()]
+                out += [(name, f"{k}=={v}" if key == "packages" else f"{k}={json.dumps(v, sort_keys=True, default=str)}")
+                        for k, v in sorted(value.items())]
             elif isinstance(value, list):
                 out += [(name, v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)) for v in value]
             elif value is not None:
