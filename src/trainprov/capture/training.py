@@ -164,6 +164,9 @@ class TrainingRecorder:
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, str]] = {}
+        #: (run id, rank, world size) when this process is one rank of a run of several
+        #: (else TRAINPROV_RUN_ID / RANK / WORLD_SIZE decide, as for start_run)
+        self.rank_of_run: tuple[str, int, int] | None = None
         if run is not None:
             self.flow = run.dataflow
 
@@ -172,7 +175,9 @@ class TrainingRecorder:
     def start(self) -> Run:
         """The run, started now if it is not yet."""
         if self.run is None or self.run.status != "running":
-            self.run = start_run(self.flow, self.store, name=self.name, record_agents=self.record_agents)
+            run_id, rank, world_size = self.rank_of_run or (None, None, None)
+            self.run = start_run(self.flow, self.store, name=self.name, record_agents=self.record_agents,
+                                 run_id=run_id, rank=rank, world_size=world_size)
             self.flow = self.run.dataflow
         return self.run
 
