@@ -33,7 +33,7 @@ from .catalog import TABLES, Target
 #: the advisory lock key that serialises declarations in one database ("trprov" in ASCII)
 CATALOG_LOCK = 0x747270726F76
 #: batches of at least this many rows of one dataset go in with COPY
-COPY_ROWS = 64
+COPY_ROWS = 8
 #: how often a declaration that lost a deadlock to a concurrent writer is tried again
 DECLARE_ATTEMPTS = 5
 
@@ -264,19 +264,24 @@ class PostgreSQLBackend(SQLBackend):
         # Held until commit: the next declaration sees this one's tables, columns and rows.
         cur.execute("SELECT pg_advisory_xact_lock(?)", (CATALOG_LOCK,))
 
+    def _catalog_columns(self, cur: Any) -> int:
+        """How many of the catalog's columns the store has (all of them: the catalog is current)."""
+        cur.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ANY(?::text[])", (list(TABLES),),
+        )
+        return int(cur.fetchone()[0])
+
+    def _catalog_current(self, cur: Any) -> bool:
+        return self._catalog_columns(cur) >= sum(len(t.columns) for t in TABLES.values())
+
     def _ensure_catalog(self, cur: Any) -> None:
         # CREATE INDEX IF NOT EXISTS locks its table against writers even when the index
         # exists: run the catalog's DDL only while something is missing.
         cur.execute("SELECT count(*) FROM unnest(?::text[]) AS t(name) WHERE to_regclass(name) IS NULL", (list(TABLES),))
         if cur.fetchone()[0]:
             super()._ensure_catalog(cur)
-            return
-        wanted = sum(len(t.columns) for t in TABLES.values())
-        cur.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = ANY(?::text[])", (list(TABLES),),
-        )
-        if cur.fetchone()[0] < wanted:  # a store made by an earlier trainprov
+        elif not self._catalog_current(cur):  # a store made by an earlier trainprov
             self._add_catalog_columns(cur)
 
     def _table_exists(self, cur: Any, name: str) -> bool:
