@@ -468,6 +468,28 @@ class Dataflow:
             "datasets": [self.datasets[n].to_dict() for n in sorted(self.datasets)],
         }
 
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Dataflow":
+        """The Dataflow a `to_dict` description (a stored `dataflows.spec`) describes."""
+        datasets = {
+            d["name"]: Dataset(
+                d["name"],
+                [Attribute(a["name"], a["type"], a.get("description") or "") for a in d["attributes"]],
+                description=d.get("description") or "",
+            )
+            for d in spec["datasets"]
+        }
+        transformations = [
+            Transformation(
+                t["name"],
+                uses=[datasets[n] for n in t["uses"]],
+                generates=[datasets[n] for n in t["generates"]],
+                description=t.get("description") or "",
+            )
+            for t in spec["transformations"]
+        ]
+        return cls(spec["name"], transformations, description=spec.get("description") or "")
+
     def fingerprint(self) -> str:
         """A hash of the specification; a changed specification is a new version."""
         text = json.dumps(self.to_dict(), sort_keys=True)

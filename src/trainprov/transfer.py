@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .errors import QueryError, SpecError, StoreError, TrainprovError
 from .query import Reader
-from .spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation
+from .spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS, Dataflow, Dataset
 from .store import Backend, Result, open_backend
 from .store.catalog import TABLES, Target
 
@@ -178,28 +178,6 @@ def _as_link(target: Target) -> Target:
 
 
 # ---- specifications ---------------------------------------------------------------------
-
-
-def dataflow_from_spec(spec: dict) -> Dataflow:
-    """The Dataflow a stored specification (dataflows.spec) describes."""
-    datasets = {
-        d["name"]: Dataset(
-            d["name"],
-            [Attribute(a["name"], a["type"], a.get("description") or "") for a in d["attributes"]],
-            description=d.get("description") or "",
-        )
-        for d in spec["datasets"]
-    }
-    transformations = [
-        Transformation(
-            t["name"],
-            uses=[datasets[n] for n in t["uses"]],
-            generates=[datasets[n] for n in t["generates"]],
-            description=t.get("description") or "",
-        )
-        for t in spec["transformations"]
-    ]
-    return Dataflow(spec["name"], transformations, description=spec.get("description") or "")
 
 
 def _since(value: str | _dt.date | None) -> _dt.datetime | None:
@@ -377,7 +355,7 @@ class _Copier:
             name, version = sorted(missing)[0]
             raise StoreError(f"cannot copy: the source has no specification of dataflow {name!r} version {version}")
         for name, version, fingerprint, spec, _ in rows:
-            flow = dataflow_from_spec(json.loads(spec))
+            flow = Dataflow.from_dict(json.loads(spec))
             if flow.fingerprint() != fingerprint:
                 raise StoreError(
                     f"cannot copy dataflow {name!r} v{version}: its stored specification does not match its fingerprint"
