@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import click
 from tabulate import tabulate
 
+from .formatting import duration
 from .errors import TrainprovError
 from .query import Reader
 from .store import ENV_VAR
@@ -37,17 +38,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
-
-
-def _duration(seconds: Any) -> str:
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return ""
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
 
 
 def _when(value: Any) -> str:
@@ -131,7 +121,7 @@ def runs(ctx: click.Context, status: str | None, dataflow: str | None, limit: in
         click.echo("no runs yet")
         return
     rows = [
-        [r.run_id, f"{r.dataflow} v{r.dataflow_version}", r.name or "", r.status, _when(r.started_at), _duration(r.duration_s), r.host]
+        [r.run_id, f"{r.dataflow} v{r.dataflow_version}", r.name or "", r.status, _when(r.started_at), duration(r.duration_s), r.host]
         for r in frame.itertuples()
     ]
     click.echo(tabulate(rows, headers=["run", "dataflow", "name", "status", "started (UTC)", "duration", "host"], disable_numparse=True))
@@ -174,7 +164,7 @@ def show(ctx: click.Context, run: str, fmt: str) -> None:
     r = info["run"]
     click.echo(f"run {r['run_id']}   dataflow {r['dataflow']} v{r['dataflow_version']}   {r['status']}"
                + (f"   name {r['name']}" if r["name"] else ""))
-    click.echo(f"  started {_when(r['started_at'])} UTC   ended {_when(r['ended_at']) or '-'}   duration {_duration(r['duration_s'])}")
+    click.echo(f"  started {_when(r['started_at'])} UTC   ended {_when(r['ended_at']) or '-'}   duration {duration(r['duration_s'])}")
     click.echo(f"  host {r['host']}   pid {r['pid']}   user {r['user_name']}   working dir {r['working_dir']}")
     click.echo(f"  command: {r['command']}")
     if r["error"]:
@@ -183,7 +173,7 @@ def show(ctx: click.Context, run: str, fmt: str) -> None:
     click.echo(tabulate([[a["kind"], a["agent_id"], _details(a["details"])] for a in info["agents"]], tablefmt="plain"))
     click.echo("\ntasks")
     click.echo(tabulate(
-        [[t["task_id"], f"{t['transformation']} #{t['iteration']}", t["status"], _duration(t["duration_s"]), t["error"] or ""]
+        [[t["task_id"], f"{t['transformation']} #{t['iteration']}", t["status"], duration(t["duration_s"]), t["error"] or ""]
          for t in info["tasks"]], tablefmt="plain"))
     click.echo("\ndatasets")
     rows = []

@@ -60,30 +60,6 @@ class Backend(ABC):
         """Run one read-only statement; refuse any statement that would modify the store."""
 
     @abstractmethod
-    def _end_rank(self, cur: Any, run_id: str, rank: int, status: str, ended_at: Any, duration_s: Any, error: Any) -> None:
-        """End one rank of a run; the last rank to end ends the run, failed if any rank failed.
-
-        Idempotent (a retried batch may run it twice): a run already ended stays as it is.
-        """
-        p = self.placeholder
-        self._lock_run(cur, run_id)  # two last ranks ending at once: one waits and sees the other
-        cur.execute(
-            f"UPDATE run_ranks SET status = {p}, ended_at = {p}, duration_s = {p}, error = {p} WHERE run_id = {p} AND rank = {p}",
-            (status, ended_at, duration_s, error, run_id, rank),
-        )
-        cur.execute(
-            f"""UPDATE runs SET
-                status = CASE
-                    WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'failed') THEN 'failed'
-                    WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'interrupted') THEN 'interrupted'
-                    ELSE 'finished' END,
-                ended_at = {p}, duration_s = {p},
-                error = (SELECT r.error FROM run_ranks r WHERE r.run_id = {p} AND r.error IS NOT NULL ORDER BY r.rank LIMIT 1)
-            WHERE run_id = {p} AND status = 'running'
-              AND (SELECT count(*) FROM run_ranks r WHERE r.run_id = {p} AND r.status <> 'running') >= world_size""",
-            (run_id, run_id, ended_at, duration_s, run_id, run_id, run_id),
-        )
-
     def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:
         """End runs (run_id, ended_at, duration_s, reason) still marked running as interrupted."""
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..formatting import duration, is_missing  # noqa: F401  (the dashboard's templates use both)
+
 
 def jsonable(value: Any) -> Any:
     """A value JSON can carry: NaN and infinities as the strings 'NaN', 'Infinity', '-Infinity'
@@ -43,13 +45,6 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(columns, (jsonable(v) for v in row))) for row in frame.astype(object).itertuples(index=False, name=None)]
 
 
-def is_missing(value: Any) -> bool:
-    """None, pandas' NA/NaT, or a float NaN."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
 def number(value: Any, digits: int = 4) -> str:
     """A number short enough for a table cell (the exact value goes in the cell's title)."""
     if value is None or value is pd.NA:
@@ -77,18 +72,6 @@ def exact(value: Any) -> str:
     if isinstance(value, (pd.Timestamp, _dt.datetime)):
         return value.isoformat()
     return str(value)
-
-
-def duration(seconds: Any) -> str:
-    """Seconds as 12.3 s, 4m05s or 2h03m10s."""
-    if is_missing(seconds):
-        return ""
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
 
 
 def when(value: Any) -> str:
