@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -378,11 +379,28 @@ import torch
 import torch.nn.functional as F
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from trainprov.lightning import Provenance
 
 
+class ListLogger(Logger):
+    """Keeps what Lightning logs on this rank (Lightning's own loggers write on rank zero only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+
+    name, version = "list", "0"
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
 class Regressor(pl.LightningModule):
-    def __init__(self, lr=0.05):
+    def __init__(self, lr=0.05, fail_rank=-1):
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
@@ -392,8 +410,11 @@ class Regressor(pl.LightningModule):
         return F.mse_loss(self.net(x).squeeze(-1), y)
 
     def training_step(self, batch, batch_idx):
+        if self.global_rank == self.hparams.fail_rank and self.current_epoch == 1:
+            raise RuntimeError(f"rank {self.global_rank} diverged")
         loss = self.step(batch)
         self.log("loss", loss, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("rank_loss", loss.detach(), on_step=False, on_epoch=True)  # this rank's own: not synchronised
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -407,23 +428,24 @@ class Regressor(pl.LightningModule):
 
 
 def main():
-    store, strategy, folder, test = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "test"
+    store, strategy, folder, calls, fail_rank = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 8, generator=g)
     y = torch.sin(x[:, :4]).sum(1)
     train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:192], y[:192]), batch_size=32)
     val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[192:], y[192:]), batch_size=32)
-    prov = Provenance(store)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=prov.logger,
+    prov, logged = Provenance(store), ListLogger()
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=[prov.logger, logged],
                          callbacks=[prov, ModelCheckpoint(dirpath=folder, save_top_k=-1)], log_every_n_steps=1,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder)
-    trainer.fit(Regressor(), train, val)
+    trainer.fit(Regressor(fail_rank=fail_rank), train, val)
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
-    if test:
+    if calls == "fit+test":
         trainer.test(trainer.lightning_module, val, verbose=False)
         metrics.update({k: v.item() for k, v in trainer.callback_metrics.items()})
     run = prov.run.id if prov.run else None
-    print("RESULT " + json.dumps({"rank": trainer.global_rank, "run": run, "metrics": metrics}), flush=True)
+    with open(f"{folder}/result-{trainer.global_rank}.json", "w") as f:  # a pipe would mix the ranks' long lines
+        json.dump({"rank": trainer.global_rank, "run": run, "metrics": metrics, "logged": logged.logged}, f)
 
 
 if __name__ == "__main__":
@@ -431,47 +453,129 @@ if __name__ == "__main__":
 '''
 
 
-def run_ddp(tmp_path, strategy, test):
+def run_ddp(tmp_path, store, strategy, calls="fit+test", fail_rank=-1, returncode=0):
+    """Run DDP_SCRIPT with two CPU processes; return each rank's result (the launching process's, with ddp_spawn)."""
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    store = str(tmp_path / "ddp.db")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRAINPROV_STORE", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
-    done = subprocess.run([sys.executable, str(script), store, strategy, str(tmp_path / "ckpt"), "test" if test else "fit"],
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRAINPROV_STORE", "TRAINPROV_RUN_ID", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    done = subprocess.run([sys.executable, str(script), store, strategy, str(tmp_path / "ckpt"), calls, str(fail_rank)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    return store, {r["rank"]: r for r in results}
+    assert done.returncode == returncode, done.stdout + done.stderr
+    results = [json.loads(path.read_text()) for path in sorted((tmp_path / "ckpt").glob("result-*.json"))]
+    return {r["rank"]: r for r in results}, done
 
 
-def test_two_processes_with_ddp_record_one_complete_run_from_rank_zero(tmp_path):
-    store, ranks = run_ddp(tmp_path, "ddp", test=True)
-    reader = tp.connect(store)
-    runs = reader.rows("SELECT run_id, status FROM runs")
-    assert [r["status"] for r in runs] == ["finished"]  # rank 1 recorded nothing, and did not crash
-    assert (ranks[0]["run"], ranks[1]["run"]) == (runs[0]["run_id"], None)
-    assert reader.rows("SELECT world_size, lr, steps_per_epoch FROM hyperparameters") == [{"world_size": 2, "lr": 0.05, "steps_per_epoch": 3}]
-    assert reader.rows("SELECT epoch FROM epoch_metrics WHERE loss IS NOT NULL AND val_loss IS NOT NULL ORDER BY epoch") == [
-        {"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
-    assert reader.rows("SELECT count(*) AS n, max(global_step) AS last FROM step_metrics") == [{"n": 9, "last": 9}]
-    files = reader.rows("SELECT f.path, f.sha256 FROM checkpoints c JOIN files f ON f.task_id = c.task_id AND f.element_seq = c.element_seq")
-    assert len(files) == 3 and all(hashlib.sha256(open(f["path"], "rb").read()).hexdigest() == f["sha256"] for f in files)
-    # logged with sync_dist: the values rank 0 recorded are what every rank reported
+def logged_values(logged, key):
+    """The values of `key` a rank's logger received, in order (a forked key under its _step or _epoch name)."""
+    return [m[key] for m in logged if key in m]
+
+
+def fake_trainer(rank, broadcast):
+    """What `Provenance.setup` reads of a trainer of two processes; `broadcast` stands for the collective."""
+    strategy = SimpleNamespace(broadcast=broadcast)
+    return SimpleNamespace(world_size=2, global_rank=rank, is_global_zero=rank == 0, loggers=[], callbacks=[],
+                           strategy=strategy)
+
+
+def test_rank_zero_shares_its_open_run_and_keeps_one_started_alone(store):
+    sent = []
+
+    def from_zero(obj, src=0):
+        sent.append(obj)
+        return obj
+
+    zero, one = Provenance(store), Provenance(store)
+    zero.setup(fake_trainer(0, from_zero), None, "fit")
+    one.setup(fake_trainer(1, lambda obj, src=0: sent[-1]), None, "fit")
+    assert sent[0] is not None and zero.run.id == one.run.id == sent[0] and (zero.run.rank, one.run.rank) == (0, 1)
+    zero.setup(fake_trainer(0, from_zero), None, "test")  # the next trainer call: the same run
+    assert sent[1] == sent[0]
+    zero.end()
+    one.end()
+    assert tp.query("SELECT status, world_size FROM runs", store=store) == [{"status": "finished", "world_size": 2}]
+    # a run started before the trainer by rank zero alone is no run of two: it stays rank zero's
+    alone = Provenance(store)
+    run = alone.start()
+    with pytest.warns(RuntimeWarning, match="only global rank zero records this 2-process call"):
+        alone.setup(fake_trainer(0, from_zero), None, "fit")
+    assert sent[2] is None and alone.run is run and run.rank is None
+    alone.end()
+
+
+def test_two_ddp_processes_record_one_run_each_rank_its_own_tasks(any_store, tmp_path):
+    ranks, _ = run_ddp(tmp_path, any_store, "ddp")
+    reader = tp.connect(any_store)
+    runs = reader.rows("SELECT run_id, status, world_size, error FROM runs")
+    assert runs == [{"run_id": runs[0]["run_id"], "status": "finished", "world_size": 2, "error": None}]
+    assert ranks[0]["run"] == ranks[1]["run"] == runs[0]["run_id"]  # fit and test: one run on every rank
+    assert reader.rows("SELECT rank, status FROM run_ranks ORDER BY rank") == [
+        {"rank": 0, "status": "finished"}, {"rank": 1, "status": "finished"}]
+    tasks = reader.rows("SELECT rank, transformation, status FROM tasks ORDER BY rank, started_at")
+    assert tasks == [{"rank": r, "transformation": t, "status": "finished"} for r in (0, 1) for t in ("train", "evaluate")]
+    assert reader.rows("SELECT t.rank, h.world_size, h.steps_per_epoch FROM hyperparameters h "
+                       "JOIN tasks t ON t.task_id = h.task_id ORDER BY t.rank") == [
+        {"rank": r, "world_size": 2, "steps_per_epoch": 3} for r in (0, 1)]  # each rank trains on half the data
     for rank in (0, 1):
-        reported = ranks[rank]["metrics"]
-        assert reader.rows("SELECT test_loss FROM test_results") == [{"test_loss": reported["test_loss"]}]
-        assert reader.rows("SELECT loss, val_loss FROM epoch_metrics WHERE epoch = 3") == [
-            {"loss": reported["loss"], "val_loss": reported["val_loss"]}]
+        logged, reported = ranks[rank]["logged"], ranks[rank]["metrics"]
+        epochs = reader.rows("SELECT e.epoch, e.loss, e.rank_loss, e.val_loss FROM epoch_metrics e "
+                             f"JOIN tasks t ON t.task_id = e.task_id WHERE t.rank = {rank} ORDER BY e.epoch")
+        assert [e["epoch"] for e in epochs] == [1, 2, 3]
+        assert [e["loss"] for e in epochs] == logged_values(logged, "loss_epoch")
+        assert [e["rank_loss"] for e in epochs] == logged_values(logged, "rank_loss")
+        assert [e["val_loss"] for e in epochs] == logged_values(logged, "val_loss")
+        steps = reader.rows("SELECT s.loss FROM step_metrics s JOIN tasks t ON t.task_id = s.task_id "
+                            f"WHERE t.rank = {rank} ORDER BY s.global_step")
+        assert [s["loss"] for s in steps] == logged_values(logged, "loss_step") and len(steps) == 9
+        test = reader.rows("SELECT r.test_loss FROM test_results r JOIN tasks t ON t.task_id = r.task_id "
+                           f"WHERE t.rank = {rank}")
+        assert test == [{"test_loss": reported["test_loss"]}]
+    by_rank = {r: reader.rows("SELECT e.loss, e.rank_loss, e.val_loss FROM epoch_metrics e JOIN tasks t "
+                              f"ON t.task_id = e.task_id WHERE t.rank = {r} ORDER BY e.epoch") for r in (0, 1)}
+    # logged with sync_dist: the same on both ranks; the rank's own value: not
+    assert [(e["loss"], e["val_loss"]) for e in by_rank[0]] == [(e["loss"], e["val_loss"]) for e in by_rank[1]]
+    assert all(a["rank_loss"] != b["rank_loss"] for a, b in zip(by_rank[0], by_rank[1]))
+    # Lightning writes checkpoints on rank zero: recorded there, each with its SHA-256
+    files = reader.rows("SELECT t.rank, f.path, f.sha256 FROM checkpoints c JOIN files f ON f.task_id = c.task_id "
+                        "AND f.element_seq = c.element_seq JOIN tasks t ON t.task_id = c.task_id")
+    assert len(files) == 3 and {f["rank"] for f in files} == {0}
+    assert all(hashlib.sha256(open(f["path"], "rb").read()).hexdigest() == f["sha256"] for f in files)
+    assert reader.rows("SELECT count(*) AS n FROM agents WHERE kind = 'machine'") == [{"n": 1}]  # by rank zero
 
 
-def test_two_spawned_processes_record_the_run_in_the_rank_zero_worker(tmp_path):
-    store, ranks = run_ddp(tmp_path, "ddp_spawn", test=False)
+def test_a_failing_ddp_rank_fails_the_run_with_the_epochs_before(tmp_path):
+    store = str(tmp_path / "fail.db")
+    _, done = run_ddp(tmp_path, store, "ddp", calls="fit", fail_rank=1, returncode=1)
+    assert "rank 1 diverged" in done.stderr
     reader = tp.connect(store)
-    assert [r["status"] for r in reader.rows("SELECT status FROM runs")] == ["finished"]
-    assert reader.rows("SELECT count(*) AS n FROM epoch_metrics WHERE val_loss IS NOT NULL") == [{"n": 3}]
+    assert [(r["status"], r["world_size"]) for r in reader.rows("SELECT status, world_size FROM runs")] == [("failed", 2)]
+    ranks = {r["rank"]: r for r in reader.rows("SELECT rank, status, error FROM run_ranks")}
+    assert ranks[1]["status"] == "failed" and "RuntimeError: rank 1 diverged" in ranks[1]["error"]
+    assert ranks[0]["status"] == "failed"  # its collective lost its peer
+    assert reader.rows("SELECT t.rank, t.status, count(e.epoch) AS epochs FROM tasks t LEFT JOIN epoch_metrics e "
+                       "ON e.task_id = t.task_id WHERE t.transformation = 'train' GROUP BY t.rank, t.status "
+                       "ORDER BY t.rank") == [{"rank": 0, "status": "failed", "epochs": 1},
+                                              {"rank": 1, "status": "failed", "epochs": 1}]
+
+
+def test_spawned_workers_record_each_trainer_call_as_a_run_of_both_ranks(tmp_path):
+    store = str(tmp_path / "spawn.db")
+    ranks, _ = run_ddp(tmp_path, store, "ddp_spawn")
+    reader = tp.connect(store)
+    runs = reader.rows("SELECT run_id, status, world_size FROM runs ORDER BY started_at")
+    assert [(r["status"], r["world_size"]) for r in runs] == [("finished", 2), ("finished", 2)]  # fit, then test
+    tasks = reader.rows("SELECT run_id, rank, transformation FROM tasks ORDER BY run_id, rank")
+    assert tasks == [{"run_id": runs[0]["run_id"], "rank": r, "transformation": "train"} for r in (0, 1)] + [
+        {"run_id": runs[1]["run_id"], "rank": r, "transformation": "evaluate"} for r in (0, 1)]
+    assert reader.rows("SELECT count(*) AS n FROM run_ranks WHERE status = 'finished'") == [{"n": 4}]
+    assert reader.rows("SELECT count(*) AS n FROM epoch_metrics WHERE val_loss IS NOT NULL") == [{"n": 6}]  # 3 a rank
     assert reader.rows("SELECT count(*) AS n FROM checkpoints") == [{"n": 3}]
-    # the main process only launched the workers; it has the rank-zero worker's values back
-    assert ranks[0]["run"] is None
-    assert reader.rows("SELECT val_loss FROM epoch_metrics WHERE epoch = 3") == [{"val_loss": ranks[0]["metrics"]["val_loss"]}]
+    # the launching process only started the workers; it has the rank-zero worker's values back
+    assert list(ranks) == [0] and ranks[0]["run"] is None
+    last = reader.rows("SELECT e.val_loss FROM epoch_metrics e JOIN tasks t ON t.task_id = e.task_id "
+                       "WHERE t.rank = 0 AND e.epoch = 3")
+    assert last == [{"val_loss": ranks[0]["metrics"]["val_loss"]}]
+    assert [r["test_loss"] for r in reader.rows("SELECT test_loss FROM test_results")] == [ranks[0]["metrics"]["test_loss"]] * 2
 
 
 # ---- the example -----------------------------------------------------------------------------

@@ -4,8 +4,8 @@ The logger receives what loggers see (hyperparameters from `save_hyperparameters
 `self.log` value at its step and epoch); the callback sees the rest (optimizer and
 scheduler, architecture, learning-rate changes, early stopping, `ModelCheckpoint` files,
 timing) and knows where in the loop each logged value belongs. Both translate Lightning's
-events into calls on a `TrainingRecorder` and own nothing else. Only global rank zero
-records; the other ranks do nothing.
+events into calls on a `TrainingRecorder` and own nothing else. With several processes
+every rank records into one run, its tasks marked with its rank; on one, it records alone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ..capture.run import Element, FileRef, Run, _status_for
+from ..capture.run import Element, FileRef, Run, _status_for, new_run_id
 from ..capture.training import RecordsTraining, TrainingRecorder, _number
 from ..errors import CaptureError
 from ..spec import Dataflow
@@ -149,7 +149,7 @@ class Provenance(RecordsTraining, Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned workers (strategy="ddp_spawn") get a pickled copy: the run, its writer thread
-        # and the watchers stay here; the worker of rank zero starts a run of its own.
+        # and the watchers stay here; the workers record the trainer call as a run of their own.
         state = self.__dict__.copy()
         state["recorder"] = None
         state.update(_trainer=None, _watchers=[], _exception=None)
@@ -163,15 +163,16 @@ class Provenance(RecordsTraining, Callback):
 
     @property
     def run(self) -> Run | None:
-        """The run: the current or last one; None before it starts and on ranks other than zero."""
+        """The run: the current or last one; None before it starts and on a process that records nothing."""
         return self.recorder.run
 
     def start(self) -> Run | None:
         """Start the run before training, to record your own tasks (data preparation, say) first.
 
-        On a process of global rank other than zero nothing is recorded: returns None.
+        Before a trainer call, only global rank zero (or a process given TRAINPROV_RUN_ID)
+        knows which run to record into: elsewhere nothing is recorded and this returns None.
         """
-        if not self._rank_zero():
+        if not self._records_here():
             return None
         return self.recorder.start()
 
@@ -180,26 +181,76 @@ class Provenance(RecordsTraining, Callback):
         self.recorder.use(*elements)
 
     def checkpoint(self, path: str | os.PathLike) -> FileRef | None:
-        """Record a model file you saved yourself during training (`trainer.save_checkpoint`, say)."""
-        if not self._rank_zero():
+        """Record a model file you saved yourself during training (`trainer.save_checkpoint`, say); on global rank zero."""
+        if not self._rank_zero():  # where Lightning writes checkpoints
             return None
         return self.recorder.checkpoint(path, epoch=self._epoch)
 
     def record_evaluation(self, metrics: Mapping[str, Any]) -> Element | None:
-        """Record evaluation results you computed yourself."""
-        if not self._rank_zero():
+        """Record evaluation results you computed yourself (with this process's rank, in a run of several)."""
+        if not self._records_here():
             return None
         return self.recorder.evaluation(metrics)
 
     def end(self, status: str = "finished", error: str | None = None) -> None:
-        """End the run (a training still open ends with it)."""
+        """End the run (a training still open ends with it); in a run of several processes, this rank's part."""
         self._close_watchers()
         self.recorder.end(status, error)
+        self.recorder.rank_of_run = None  # an ended rank never joins its run again
 
     def _rank_zero(self) -> bool:
         if self._trainer is not None:
             return self._trainer.is_global_zero
         return getattr(rank_zero_only, "rank", 0) == 0  # set from RANK / LOCAL_RANK before a trainer exists
+
+    def _records_here(self) -> bool:
+        """Whether this process records: every rank of a run shared by several, else global rank zero."""
+        return self.recorder.rank_of_run is not None or bool(os.environ.get("TRAINPROV_RUN_ID")) or self._rank_zero()
+
+    # ---- several processes ------------------------------------------------------------------
+
+    def _share_run(self, trainer: Trainer) -> bool:
+        """Agree with the other ranks on one run, rank zero's; True if this rank records into it.
+
+        A collective call: every rank makes it in `setup`, after the process group exists.
+        """
+        proposal = self._proposed_run_id(trainer) if trainer.is_global_zero else None
+        if proposal is not None:
+            # rank zero opens the store first: two processes creating one new SQLite file at
+            # once can find it locked
+            self._join(proposal, trainer)
+        # broadcast works for every launcher (ddp's script, ddp_spawn's workers, torchrun)
+        run_id = trainer.strategy.broadcast(proposal, src=0)
+        if run_id is None:
+            return trainer.is_global_zero  # rank zero records alone (it had a run of its own open)
+        if not trainer.is_global_zero:
+            self._join(run_id, trainer)
+        return True
+
+    def _join(self, run_id: str, trainer: Trainer) -> None:
+        """Record into run `run_id` as this trainer's rank, from now on (every rank is alive from setup)."""
+        run = self.recorder.run
+        if run is not None and run.status == "running" and run.id != run_id:
+            self.end()  # rank zero went on to a new run: this rank's part of the old one is over
+        self.recorder.rank_of_run = (run_id, trainer.global_rank, trainer.world_size)
+        self.recorder.start()
+
+    def _proposed_run_id(self, trainer: Trainer) -> str | None:
+        """Rank zero's run for this call: the one still open, or a new one; None if ranks cannot join it."""
+        run = self.recorder.run
+        if run is None and os.getpid() == self._pid:
+            # the id a launcher gave (torchrun with TRAINPROV_RUN_ID); not in workers a strategy
+            # launches anew for every trainer call (ddp_spawn), whose runs are one per call
+            return os.environ.get("TRAINPROV_RUN_ID") or new_run_id()
+        if run is None or run.status != "running":
+            return new_run_id()
+        if run.world_size == trainer.world_size:
+            return run.id  # fit, then test: one run for both
+        opened = "by this process alone" if run.world_size is None else f"for {run.world_size} processes"
+        warnings.warn(f"trainprov: run {run.id}, started {opened}, is still open: only global rank zero records "
+                      f"this {trainer.world_size}-process call, into it; end it first (prov.end()) for a run of "
+                      "every rank (see docs/lightning.md)", RuntimeWarning, stacklevel=3)
+        return None
 
     # ---- every trainer call -----------------------------------------------------------------
 
@@ -210,7 +261,10 @@ class Provenance(RecordsTraining, Callback):
         # (LearningRateMonitor logs its rate in on_train_epoch_start)
         trainer.callbacks = [self, *(c for c in trainer.callbacks if c is not self)]
         self._trainer = trainer
-        self._recording = trainer.is_global_zero  # the run starts with the first thing it records
+        if trainer.world_size > 1 and stage != TrainerFn.PREDICTING:
+            self._recording = self._share_run(trainer)
+        else:  # one process, or nothing to record: the run starts with the first thing it records
+            self._recording = trainer.is_global_zero
         self._renamed.clear()
         self._lightning_hyperparameters, self._exception = {}, None  # this call's own, if any
 
@@ -469,7 +523,8 @@ class Provenance(RecordsTraining, Callback):
     # ---- checkpoints --------------------------------------------------------------------------
 
     def _checkpoint_saved(self, callback: Any) -> None:
-        if not self._recording:
+        # Lightning writes checkpoints on global rank zero (and tells loggers there only)
+        if not self._recording or not self._rank_zero():
             return
         path = getattr(callback, "_last_checkpoint_saved", None) or getattr(callback, "last_model_path", None)
         if not path or not os.path.isfile(path):

@@ -14,13 +14,14 @@ import sys
 import numbers
 import os
 import time
+import warnings
 import weakref
 from typing import Any, Callable, Mapping
 
 import torch
 from torch.optim import lr_scheduler as schedulers
 
-from ..capture.run import Element, FileRef, Run
+from ..capture.run import Element, FileRef, Run, new_run_id
 from ..capture.training import RecordsTraining, TrainingRecorder, _number
 from ..spec import Dataflow
 
@@ -323,6 +324,36 @@ class LearningRateWatcher:
                 groups[index] = dict(group)
 
 
+def distributed_rank() -> tuple[int, int] | None:
+    """(rank, world size) of this process in an initialized torch.distributed job of several processes, else None."""
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    world_size = dist.get_world_size()
+    return (dist.get_rank(), world_size) if world_size > 1 else None
+
+
+def join_distributed_run(recorder: TrainingRecorder) -> None:
+    """Make every rank of a torch.distributed job record into one run, rank zero's; a collective call.
+
+    The run's id is TRAINPROV_RUN_ID if set, else a new one that rank zero broadcasts; each
+    rank's run starts now.
+    """
+    where = distributed_rank()
+    if where is None:
+        return
+    rank, world_size = where
+    shared = [None]
+    if rank == 0:
+        shared[0] = os.environ.get("TRAINPROV_RUN_ID") or new_run_id()
+        recorder.rank_of_run = (shared[0], 0, world_size)
+        recorder.start()  # first: two processes creating one new SQLite file at once can find it locked
+    torch.distributed.broadcast_object_list(shared, src=0)
+    if rank != 0:
+        recorder.rank_of_run = (shared[0], rank, world_size)
+        recorder.start()
+
+
 class Tracker(RecordsTraining):
     """Records a hand-written PyTorch training loop: hyperparameters, architecture, epochs, steps, checkpoints.
 
@@ -330,6 +361,11 @@ class Tracker(RecordsTraining):
     you want per-step rows), `epoch(...)` at the end of each epoch, `save(...)` for
     checkpoints and `evaluation(...)` for test results; `end()` (or the `with` block) ends
     the run. Learning-rate changes are detected by themselves.
+
+    In a torch.distributed job of several processes (torchrun), create it on every rank with
+    `distributed=True` (a collective call: rank zero's run id is broadcast), or set
+    TRAINPROV_RUN_ID: each rank records its part of one run. Otherwise each process records
+    a run of its own (with a warning, unless `distributed=False`).
     """
 
     def __init__(
@@ -351,9 +387,20 @@ class Tracker(RecordsTraining):
         monitor: str | None = None,
         architecture: bool = True,
         record_agents: bool = True,
+        distributed: bool | None = None,
     ) -> None:
         self.model = model
         self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents)
+        if run is None and distributed:
+            join_distributed_run(self.recorder)
+        elif run is None and distributed is None and not os.environ.get("TRAINPROV_RUN_ID"):
+            where = distributed_rank()
+            if where is not None:  # a collective call by default would hang a Tracker made on one rank only
+                warnings.warn(
+                    f"trainprov: this process is rank {where[0]} of {where[1]} in a torch.distributed job and "
+                    f"records a run of its own; pass Tracker(..., distributed=True) on every rank to record one "
+                    f"run of {where[1]} ranks (or set TRAINPROV_RUN_ID), or distributed=False on a Tracker made "
+                    "on one rank only", RuntimeWarning, stacklevel=2)
         self.user_hyperparameters = dict(hyperparameters or {})
         self.scheduler = scheduler
         self.loader = loader

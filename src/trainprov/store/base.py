@@ -404,7 +404,8 @@ class SQLBackend(Backend):
     def _end_rank(self, cur: Any, run_id: str, rank: int, status: str, ended_at: Any, duration_s: Any, error: Any) -> None:
         """End one rank of a run; the last rank to end ends the run, failed if any rank failed.
 
-        Idempotent (a retried batch may run it twice): a run already ended stays as it is.
+        The run's error is that of the rank that failed first (the others often fail because
+        it did); its duration is the longest rank's. Idempotent (a retried batch may run it twice): a run already ended stays as it is.
         """
         p = self.placeholder
         self._lock_run(cur, run_id)  # two last ranks ending at once: one waits and sees the other
@@ -418,11 +419,13 @@ class SQLBackend(Backend):
                     WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'failed') THEN 'failed'
                     WHEN EXISTS (SELECT 1 FROM run_ranks r WHERE r.run_id = {p} AND r.status = 'interrupted') THEN 'interrupted'
                     ELSE 'finished' END,
-                ended_at = {p}, duration_s = {p},
-                error = (SELECT r.error FROM run_ranks r WHERE r.run_id = {p} AND r.error IS NOT NULL ORDER BY r.rank LIMIT 1)
+                ended_at = {p},
+                duration_s = (SELECT max(r.duration_s) FROM run_ranks r WHERE r.run_id = {p}),
+                error = (SELECT r.error FROM run_ranks r WHERE r.run_id = {p} AND r.error IS NOT NULL
+                         ORDER BY r.ended_at, r.rank LIMIT 1)
             WHERE run_id = {p} AND status = 'running'
               AND (SELECT count(*) FROM run_ranks r WHERE r.run_id = {p} AND r.status <> 'running') >= world_size""",
-            (run_id, run_id, ended_at, duration_s, run_id, run_id, run_id),
+            (run_id, run_id, ended_at, run_id, run_id, run_id, run_id),
         )
 
     def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:

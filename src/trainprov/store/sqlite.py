@@ -14,6 +14,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
@@ -139,11 +140,21 @@ class SQLiteBackend(SQLBackend):
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
             raise StoreError(f"cannot create store {self.path}: folder {folder} does not exist")
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                # two processes creating one new file: the switch to WAL does not wait for
+                # the busy timeout, so wait here (the other process's switch takes milliseconds)
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open store {self.path}: {exc}") from None
+                conn.close()
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot open store {self.path}: {exc}") from None
         if mode != "wal":
             raise StoreError(f"store {self.path} could not switch to WAL mode (got {mode!r})")
         # In WAL mode NORMAL loses no committed transaction when the process dies.
