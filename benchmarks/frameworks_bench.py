@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/frameworks_bench.py [--framework pytorch|lightning|transformers|all]
 
-Each framework trains the same MLP (128-512-512-10, batch 96, on generated data) again and
+Each framework trains the same MLP (128-H-H-10, H = 512 or --hidden, batch 96, on generated data) again and
 again, without trainprov and with trainprov recording every step. Each round runs both in
 a shuffled order; the overhead is the median over rounds of a training's wall time against
 the one without trainprov of the same round (quartiles beside it). Separately, the time
@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 BATCH, FEATURES, CLASSES = 96, 128, 10
+HIDDEN = [512]  # the width of the MLP's two hidden layers (--hidden)
 SPENT = {"step": 0.0, "start": 0.0}
 
 
@@ -47,8 +48,9 @@ def data(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def mlp() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(FEATURES, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                               torch.nn.Linear(512, CLASSES))
+    width = HIDDEN[0]
+    return torch.nn.Sequential(torch.nn.Linear(FEATURES, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
+                               torch.nn.ReLU(), torch.nn.Linear(width, CLASSES))
 
 
 # ---- plain PyTorch ------------------------------------------------------------------------
@@ -108,10 +110,23 @@ def lightning_fit(store: str | None, epochs: int, steps: int) -> float:
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
+    class NullLogger(pl.loggers.Logger):
+        """A logger that keeps nothing: without trainprov, Lightning still hands every step's values to a logger."""
+
+        name, version = "null", "0"
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def log_metrics(self, metrics: Any, step: Any = None) -> None:
+            pass
+
     x, y = data(steps)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
     callbacks = [Provenance(store, record_agents=False, steps=True)] if store else []
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+    # trainprov brings its own logger; the run without it gets one that does nothing, so that
+    # both pay Lightning's cost of handing values to a logger
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False if store else NullLogger(), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
                          callbacks=callbacks, default_root_dir=tempfile.gettempdir())
     start = time.perf_counter()
@@ -158,6 +173,7 @@ def transformers_fit(store: str | None, epochs: int, steps: int) -> float:
         dataloader_num_workers=0, seed=0)
     callbacks = [ProvenanceCallback(store, record_agents=False)] if store else []
     trainer = transformers.Trainer(model=Model(), args=args, train_dataset=rows, callbacks=callbacks)
+    trainer.remove_callback(transformers.PrinterCallback)  # it prints every log line (disable_tqdm puts it in)
     start = time.perf_counter()
     trainer.train()
     took = time.perf_counter() - start
@@ -207,7 +223,7 @@ def bench(name: str, rounds: int, epochs: int, steps: int) -> None:
     inside = (SPENT["step"] - SPENT["start"]) / total_steps
     r = sorted(ratios)
     q1, q3 = r[len(r) // 4], r[(3 * len(r)) // 4]
-    print(f"{name}: MLP {FEATURES}-512-512-{CLASSES}, batch {BATCH}, {epochs} epochs x {steps} steps, {rounds} rounds")
+    print(f"{name}: MLP {FEATURES}-{HIDDEN[0]}-{HIDDEN[0]}-{CLASSES}, batch {BATCH}, {epochs} epochs x {steps} steps, {rounds} rounds")
     print(f"  one training step without trainprov: {step_s * 1000:.2f} ms (median)")
     print(f"  inside trainprov on the training thread, every-step capture: {inside * 1e6:.1f} us per step "
           f"= {100 * inside / step_s:.2f} % of a step (plus {SPENT['start'] * 1e3:.0f} ms once, at the start)")
@@ -222,10 +238,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200, help="steps per epoch")
+    parser.add_argument("--hidden", type=int, default=512, help="width of the MLP's hidden layers (1024: a step 3-4 times longer)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # frameworks' advice on workers and devices, not ours
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.disable(logging.WARNING)  # Lightning's banner at every fit
+    HIDDEN[0] = args.hidden
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in FRAMEWORKS if args.framework == "all" else [args.framework]:
         bench(name, args.rounds, args.epochs, args.steps)

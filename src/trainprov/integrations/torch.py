@@ -173,10 +173,24 @@ def _is_scheduler(thing: Any, optimizer: torch.optim.Optimizer) -> bool:
 def _setter(optimizer: torch.optim.Optimizer, frame: Any) -> tuple[Any, float | None, Any]:
     """The scheduler on the stack from `frame` up that is setting a rate, the metric it was given, and its frame."""
     found, metric, found_frame = None, None, None
+    classes: set[str] = set()
     while frame is not None:
         code = frame.f_code
-        first = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        # f_locals builds a dict of every local: read it only for methods (a scheduler is
+        # `self`), and above the scheduler only for methods of its classes (a training
+        # loop's frame has hundreds of locals)
+        if not code.co_argcount or code.co_varnames[0] != "self":
+            if found is not None:
+                break
+            frame = frame.f_back
+            continue
+        qualname = getattr(code, "co_qualname", None)  # Python 3.11+
+        if found is not None and qualname is not None and qualname.split(".")[0] not in classes:
+            break
+        first = frame.f_locals.get("self")
         if (first is found if found is not None else _is_scheduler(first, optimizer)):
+            if found is None:
+                classes = {cls.__name__ for cls in type(first).__mro__}
             found, found_frame = first, found_frame or frame
             if metric is None and "metrics" in frame.f_locals:  # ReduceLROnPlateau.step(metrics)
                 metric = _number(frame.f_locals["metrics"])
