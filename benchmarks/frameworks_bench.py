@@ -56,7 +56,7 @@ def mlp() -> torch.nn.Module:
 # ---- plain PyTorch ------------------------------------------------------------------------
 
 def pytorch_fit(store: str | None, epochs: int, steps: int) -> float:
-    """A hand-written loop; with a store, a Tracker records every step."""
+    """A hand-written loop reading its loss every step; with a store, a Tracker records every step."""
     from trainprov.torch import Tracker
 
     x, y = data(steps)
@@ -72,10 +72,11 @@ def pytorch_fit(store: str | None, epochs: int, steps: int) -> float:
             loss = torch.nn.functional.cross_entropy(logits, yb)
             loss.backward()
             opt.step()
+            value = loss.item()  # what a loop reads for its running loss, with or without trainprov
             if tracker is not None:
-                tracker.step(loss=loss)
+                tracker.step(loss=value)
         if tracker is not None:
-            tracker.epoch(loss=loss)
+            tracker.epoch(loss=value)
     if tracker is not None:
         tracker.end()
     return time.perf_counter() - start
