@@ -110,7 +110,9 @@ def main() -> None:
         f"  .venv/bin/trainprov runs\n"
         f"  .venv/bin/trainprov schema\n"
         f"  .venv/bin/trainprov query \"SELECT epoch, loss, val_loss, learning_rate FROM epoch_metrics WHERE run_id = '{run_id}'\"\n"
-        f"  .venv/bin/trainprov query --file docs/queries/convergence.sql",
+        f"  .venv/bin/trainprov query --file docs/queries/convergence.sql\n"
+        f"  .venv/bin/trainprov analyze best val_loss\n"
+        f"  .venv/bin/trainprov ui          # the dashboard, on http://127.0.0.1:8765/",
         flush=True,
     )
 
