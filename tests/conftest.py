@@ -45,6 +45,12 @@ def store(tmp_path) -> str:
 
 
 @pytest.fixture
+def sqlite_store(tmp_path) -> str:
+    """A SQLite store, for tests of what only a file store has (the file of unwritten rows next to it, WAL)."""
+    return str(tmp_path / "store.db")
+
+
+@pytest.fixture
 def flow() -> tp.Dataflow:
     return training_flow()
 

@@ -26,11 +26,6 @@ def store(any_store):
     return any_store
 
 
-@pytest.fixture
-def sqlite_store(tmp_path):
-    # Rows set aside go to a file next to the store, which a PostgreSQL store does not
-    # have yet (the local spool of issue 6 will give it one).
-    return str(tmp_path / "store.db")
 
 
 def status_of(store, run_id):

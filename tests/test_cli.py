@@ -23,9 +23,6 @@ def store(any_store):
     return any_store
 
 
-@pytest.fixture
-def sqlite_store(tmp_path):
-    return str(tmp_path / "store.db")
 
 
 @pytest.fixture
