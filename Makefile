@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install system-deps demo test bench clean
 
 export KERAS_BACKEND ?= torch
 
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 install: $(STAMP)
 
+# What the tests drive and pip cannot install: Debian's chromium for the dashboard's browser
+# tests (Playwright cannot download a browser here). Installed when missing if we are root
+# (as on CI); otherwise one line naming the command, and stop.
+system-deps:
+	@sh tools/system-deps.sh
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest
 
 bench: $(STAMP)
