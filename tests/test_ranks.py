@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -135,20 +136,25 @@ with tp.start_run(flow, store, run_id=run_id, rank=rank, world_size=2, name="two
 """
 
 
+def record_two_ranks_and_one_process(store):
+    """A run of two processes whose ranks recorded different values (rank 1 first, 4 epochs; rank 0, 3), and a run of one."""
+    run_id = tp.new_run_id()
+    env = {"PYTHONPATH": os.path.dirname(__file__)}
+    run_python(RANK_VALUES, store, run_id, "1", "4", env=env)  # rank 1 first: its rows come first in the store
+    run_python(RANK_VALUES, store, run_id, "0", "3", env=env)
+    run_python(RANK_VALUES.replace("run_id=run_id, rank=rank, world_size=2, ", ""), store, "-", "0", "2", env=env)
+    assert tp.query(f"SELECT status, world_size FROM runs WHERE run_id = '{run_id}'", store=store) == [
+        {"status": "finished", "world_size": 2}]
+    one = [r["run_id"] for r in tp.query(f"SELECT run_id FROM runs WHERE run_id <> '{run_id}'", store=store)][0]
+    return run_id, one
+
+
 def test_analysis_and_the_dashboard_read_rank_zero_of_a_run_of_two_unless_asked(any_store):
     """Each rank of one run recorded its own values: every view shows rank 0's, or rank 1's when asked."""
     from trainprov import analysis
     from trainprov.ui import data, listing
 
-    run_id = tp.new_run_id()
-    env = {"PYTHONPATH": os.path.dirname(__file__)}
-    run_python(RANK_VALUES, any_store, run_id, "1", "4", env=env)  # rank 1 first: its rows come first in the store
-    run_python(RANK_VALUES, any_store, run_id, "0", "3", env=env)
-    alone = run_python(RANK_VALUES.replace("run_id=run_id, rank=rank, world_size=2, ", ""), any_store, "-", "0", "2", env=env)
-    assert alone.returncode == 0
-    assert tp.query(f"SELECT status, world_size FROM runs WHERE run_id = '{run_id}'", store=any_store) == [
-        {"status": "finished", "world_size": 2}]
-    one = [r["run_id"] for r in tp.query(f"SELECT run_id FROM runs WHERE run_id <> '{run_id}'", store=any_store)][0]
+    run_id, one = record_two_ranks_and_one_process(any_store)
 
     def val_losses(rank_epochs, rank):
         return [10 * rank + 2 / e for e in range(1, rank_epochs + 1)]
@@ -190,7 +196,40 @@ def test_analysis_and_the_dashboard_read_rank_zero_of_a_run_of_two_unless_asked(
             assert compared["series"][run_id]["val_loss"] == val_losses(epochs, rank)
             # rank 0 was configured as the run of one process; rank 1 was not
             assert compared["hyperparameters"] == ({} if rank == 0 else {"lr": [0.2, 0.1], "batch_size": [64, 32]})
+    from click.testing import CliRunner
+    from trainprov.cli import main
+
+    for rank_args, epochs in (([], 3), (["--rank", "1"], 4)):
+        done = CliRunner().invoke(main, ["--store", any_store, "analyze", "progress", run_id, "--last", "10",
+                                         "--format", "json", *rank_args], catch_exceptions=False)
+        assert [row["epoch"] for row in json.loads(done.output)] == list(range(1, epochs + 1))
     with pytest.raises(tp.QueryError, match="recorded by 2 processes .* there is no rank 2"):
         analysis.curves(run_id, rank=2, store=any_store)
     with pytest.raises(tp.QueryError, match="rank must be a whole number"):
         analysis.runs_overview(rank=-1, store=any_store)
+
+
+def test_the_dashboard_pages_show_one_rank_and_link_the_others(store):
+    from test_ui import get, start_dashboard, stop
+
+    run_id, _ = record_two_ranks_and_one_process(store)
+    proc, url = start_dashboard(store)
+    try:
+        base = url.rstrip("/")
+        for query, epochs in (("", [1, 2, 3]), ("?rank=1", [1, 2, 3, 4])):
+            status, _, body = get(f"{base}/api/runs/{run_id}/epochs{query}")
+            assert status == 200 and json.loads(body)["epochs"] == epochs
+            status, _, body = get(f"{base}/runs/{run_id}{query}")
+            page = body.decode()
+            rank = 1 if query else 0
+            assert status == 200 and f"2 ranks; showing the values of rank {rank}" in page
+            assert f'href="/runs/{run_id}{"" if rank else "?rank=1"}">rank {1 - rank}</a>' in page
+            status, _, body = get(f"{base}/api/runs{query}")
+            listed = next(r for r in json.loads(body)["runs"] if r["run_id"] == run_id)
+            assert (listed["epochs_run"], listed["batch_size"]) == (len(epochs), 32 * (rank + 1))
+        status, _, body = get(f"{base}/api/runs/{run_id}/epochs?rank=2")
+        assert status == 400 and "no rank 2" in json.loads(body)["error"]
+        status, _, body = get(f"{base}/api/runs/{run_id}/epochs?rank=first")
+        assert status == 400 and "rank must be a whole number" in json.loads(body)["error"]
+    finally:
+        stop(proc)

@@ -32,6 +32,18 @@ STEP_POINTS = 2000
 # ---- one run --------------------------------------------------------------------------------
 
 
+def rank_of(params: Any) -> int:
+    """The rank a page or API call asks for (`?rank=K`), 0 when not given."""
+    text = params.get("rank", "") or "0"
+    try:
+        rank = int(text)
+    except ValueError:
+        raise QueryError(f"rank must be a whole number of 0 or more (0 is the first process), got {text!r}") from None
+    if rank < 0:
+        raise QueryError(f"rank must be a whole number of 0 or more (0 is the first process), got {text!r}")
+    return rank
+
+
 def resolve(reader: Reader, ref: str) -> str:
     """A run id from an id, a unique prefix or 'latest' (QueryError if none or ambiguous)."""
     return reader.resolve_run(ref)
