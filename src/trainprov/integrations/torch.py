@@ -305,7 +305,7 @@ class LearningRateWatcher:
     def _record(self, epoch: int, step: int | None) -> None:
         pending, self._pending = self._pending, {}
         for index, changes in sorted(pending.items()):
-            for old, new, cause, metric, _setter in changes:
+            for old, new, cause, metric, _by in changes:
                 if old == new:
                     continue  # set and set back by the same cause
                 self.recorder.adaptation(
