@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -109,3 +110,126 @@ def test_a_store_from_before_ranks_gets_their_columns(store):
     assert tp.query("SELECT run_id, world_size, status FROM runs ORDER BY world_size", store=store)[1] == {
         "run_id": "joint", "world_size": 1, "status": "finished"}
     assert tp.query("SELECT rank FROM tasks ORDER BY task_id", store=store) == [{"rank": None}, {"rank": 0}]
+
+
+RANK_VALUES = """
+import sys, trainprov as tp
+store, run_id, rank, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+flow = tp.Dataflow("ranked", [
+    tp.Transformation("train", uses=[tp.Dataset("hyperparameters", lr=float, batch_size=int)], generates=[
+        tp.Dataset("epoch_metrics", epoch=int, loss=float, val_loss=float, epoch_time_s=float),
+        tp.Dataset("step_metrics", epoch=int, step=int, global_step=int, loss=float),
+        tp.Dataset("adaptations", epoch=int, kind=str, parameter=str, old_value=float, new_value=float, cause=str)]),
+    tp.Transformation("evaluate", generates=[tp.Dataset("test_results", loss=float)]),
+])
+with tp.start_run(flow, store, run_id=run_id, rank=rank, world_size=2, name="two ranks") as run:
+    with run.task("train") as train:
+        train.used("hyperparameters", lr=0.1 * (rank + 1), batch_size=32 * (rank + 1))
+        for epoch in range(1, epochs + 1):
+            train.generated("epoch_metrics", epoch=epoch, loss=rank + 1 / epoch, val_loss=10 * rank + 2 / epoch,
+                            epoch_time_s=1.0 + rank)
+            train.generated("step_metrics", epoch=epoch, step=1, global_step=epoch, loss=rank + 1 / epoch)
+        train.generated("adaptations", epoch=2, kind="learning_rate", parameter="learning_rate",
+                        old_value=0.1 * (rank + 1), new_value=0.01 * (rank + 1), cause=f"rank {rank}")
+    with run.task("evaluate") as evaluate:
+        evaluate.generated("test_results", loss=5.0 + rank)
+"""
+
+
+def record_two_ranks_and_one_process(store):
+    """A run of two processes whose ranks recorded different values (rank 1 first, 4 epochs; rank 0, 3), and a run of one."""
+    run_id = tp.new_run_id()
+    env = {"PYTHONPATH": os.path.dirname(__file__)}
+    run_python(RANK_VALUES, store, run_id, "1", "4", env=env)  # rank 1 first: its rows come first in the store
+    run_python(RANK_VALUES, store, run_id, "0", "3", env=env)
+    run_python(RANK_VALUES.replace("run_id=run_id, rank=rank, world_size=2, ", ""), store, "-", "0", "2", env=env)
+    assert tp.query(f"SELECT status, world_size FROM runs WHERE run_id = '{run_id}'", store=store) == [
+        {"status": "finished", "world_size": 2}]
+    one = [r["run_id"] for r in tp.query(f"SELECT run_id FROM runs WHERE run_id <> '{run_id}'", store=store)][0]
+    return run_id, one
+
+
+def test_analysis_and_the_dashboard_read_rank_zero_of_a_run_of_two_unless_asked(any_store):
+    """Each rank of one run recorded its own values: every view shows rank 0's, or rank 1's when asked."""
+    from trainprov import analysis
+    from trainprov.ui import data, listing
+
+    run_id, one = record_two_ranks_and_one_process(any_store)
+
+    def val_losses(rank_epochs, rank):
+        return [10 * rank + 2 / e for e in range(1, rank_epochs + 1)]
+
+    for rank, epochs, kwargs in ((0, 3, {}), (1, 4, {"rank": 1})):
+        overview = analysis.runs_overview(runs=[run_id], store=any_store, **kwargs).iloc[0]
+        assert (overview["epochs_run"], overview["best_val_loss"]) == (epochs, val_losses(epochs, rank)[-1])
+        assert (overview["lr"], overview["batch_size"]) == (pytest.approx(0.1 * (rank + 1)), 32 * (rank + 1))
+        best = analysis.best_runs("val_loss", "last", store=any_store, **kwargs).set_index("run_id")
+        assert (best.loc[run_id, "epoch"], best.loc[run_id, "val_loss"], best.loc[run_id, "epochs_run"]) == (
+            epochs, val_losses(epochs, rank)[-1], epochs)
+        assert best.loc[one, "val_loss"] == 1.0  # the run of one process: whole, whatever the rank asked
+        assert analysis.progress(run_id, last=10, store=any_store, **kwargs)["val_loss"].tolist() == val_losses(epochs, rank)
+        assert analysis.curves(run_id, ["val_loss"], store=any_store, **kwargs)["val_loss"].tolist() == val_losses(epochs, rank)
+        assert analysis.side_by_side([run_id, one], store=any_store, **kwargs)[run_id].dropna().tolist() == val_losses(epochs, rank)
+        assert analysis.hyperparameters(run_id, store=any_store, **kwargs).loc[run_id, "batch_size"] == 32 * (rank + 1)
+        effect = analysis.adaptation_effect("val_loss", window=1, runs=[run_id], store=any_store, **kwargs)
+        assert effect["cause"].tolist() == [f"rank {rank}"]
+        assert effect["val_loss_before"].tolist() == [val_losses(epochs, rank)[0]]
+        assert analysis.convergence("val_loss", runs=[run_id], store=any_store, **kwargs)["epochs_run"].tolist() == [epochs]
+        times = analysis.epoch_time(["batch_size"], store=any_store, **kwargs)
+        assert times[times["batch_size"] == 32 * (rank + 1)]["epochs"].tolist() == [epochs + (2 if rank == 0 else 0)]
+        tests = analysis.architecture_vs_test("loss", store=any_store, **kwargs)
+        assert tests[tests["run_id"] == run_id]["loss"].tolist() == [5.0 + rank]
+        # the dashboard's data of the run page, the runs list and the comparison
+        with tp.connect(any_store) as reader:
+            curves = data.epochs(reader, run_id, **kwargs)
+            assert curves["epochs"] == list(range(1, epochs + 1)) and curves["series"]["val_loss"] == val_losses(epochs, rank)
+            assert [a["cause"] for a in curves["adaptations"]] == [f"rank {rank}"]
+            assert data.steps(reader, run_id, **kwargs)["x"] == list(range(1, epochs + 1))
+            detail = data.run_detail(reader, run_id, **kwargs)
+            assert (detail["rank"], detail["world_size"]) == (rank, 2)
+            hp = next(t for t in detail["inputs"] if t["name"] == "hyperparameters")
+            assert hp["count"] == 1 and hp["rows"][0][hp["columns"].index("batch_size")]["text"] == str(32 * (rank + 1))
+            listed = listing.runs_list(reader, listing.RunsQuery.from_params({"rank": str(rank)} if rank else {}))
+            row = next(r for r in listed.rows if r["run_id"] == run_id)
+            assert (row["epochs_run"], row["best_val_loss"], row["batch_size"]) == (epochs, val_losses(epochs, rank)[-1], 32 * (rank + 1))
+            compared = data.compare_curves(reader, [run_id, one], **kwargs)
+            assert compared["series"][run_id]["val_loss"] == val_losses(epochs, rank)
+            # rank 0 was configured as the run of one process; rank 1 was not
+            assert compared["hyperparameters"] == ({} if rank == 0 else {"lr": [0.2, 0.1], "batch_size": [64, 32]})
+    from click.testing import CliRunner
+    from trainprov.cli import main
+
+    for rank_args, epochs in (([], 3), (["--rank", "1"], 4)):
+        done = CliRunner().invoke(main, ["--store", any_store, "analyze", "progress", run_id, "--last", "10",
+                                         "--format", "json", *rank_args], catch_exceptions=False)
+        assert [row["epoch"] for row in json.loads(done.output)] == list(range(1, epochs + 1))
+    with pytest.raises(tp.QueryError, match="recorded by 2 processes .* there is no rank 2"):
+        analysis.curves(run_id, rank=2, store=any_store)
+    with pytest.raises(tp.QueryError, match="rank must be a whole number"):
+        analysis.runs_overview(rank=-1, store=any_store)
+
+
+def test_the_dashboard_pages_show_one_rank_and_link_the_others(store):
+    from test_ui import get, start_dashboard, stop
+
+    run_id, _ = record_two_ranks_and_one_process(store)
+    proc, url = start_dashboard(store)
+    try:
+        base = url.rstrip("/")
+        for query, epochs in (("", [1, 2, 3]), ("?rank=1", [1, 2, 3, 4])):
+            status, _, body = get(f"{base}/api/runs/{run_id}/epochs{query}")
+            assert status == 200 and json.loads(body)["epochs"] == epochs
+            status, _, body = get(f"{base}/runs/{run_id}{query}")
+            page = body.decode()
+            rank = 1 if query else 0
+            assert status == 200 and f"2 ranks; showing the values of rank {rank}" in page
+            assert f'href="/runs/{run_id}{"" if rank else "?rank=1"}">rank {1 - rank}</a>' in page
+            status, _, body = get(f"{base}/api/runs{query}")
+            listed = next(r for r in json.loads(body)["runs"] if r["run_id"] == run_id)
+            assert (listed["epochs_run"], listed["batch_size"]) == (len(epochs), 32 * (rank + 1))
+        status, _, body = get(f"{base}/api/runs/{run_id}/epochs?rank=2")
+        assert status == 400 and "no rank 2" in json.loads(body)["error"]
+        status, _, body = get(f"{base}/api/runs/{run_id}/epochs?rank=first")
+        assert status == 400 and "rank must be a whole number" in json.loads(body)["error"]
+    finally:
+        stop(proc)

@@ -114,6 +114,30 @@ def test_step_scheduler_and_manual_changes_are_recorded_once_each(store):
     assert json.loads(hp["lr_schedule"]) == {"class": "StepLR", "step_size": 2, "gamma": 0.5, "base_lrs": [0.1]}
 
 
+def test_a_change_by_hand_then_by_a_scheduler_before_a_step_is_two_rows(store):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+    def by_hand_then_scheduled(epoch, seen):
+        if epoch == 2:
+            for group in opt.param_groups:
+                group["lr"] = 0.02
+            scheduler.step()  # halves the rate just set by hand, before any step used it
+
+    with Tracker(model, opt, store) as tracker:
+        seen = train(tracker, model, opt, 3, after_epoch=by_hand_then_scheduled, record_steps=False)
+    rows = tp.query(
+        "SELECT a.epoch, a.step, a.old_value, a.new_value, a.cause FROM adaptations a JOIN tasks t ON t.task_id = a.task_id "
+        "WHERE a.kind = 'learning_rate' ORDER BY t.iteration", store=store)
+    # each change with its own cause, in the order made, both first used at epoch 3's first step
+    assert rows == [
+        {"epoch": 3, "step": 1, "old_value": 0.1, "new_value": 0.02, "cause": "manual"},
+        {"epoch": 3, "step": 1, "old_value": 0.02, "new_value": 0.01, "cause": "StepLR"},
+    ]
+    assert seen["epoch_lr"] == [0.1, 0.1, 0.01]
+
+
 def test_plateau_changes_carry_the_monitored_value(store):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # slow enough to plateau at once

@@ -7,6 +7,10 @@ datasets that every integration writes (`hyperparameters`, `layers`, `epoch_metr
 `adaptations`, `test_results`), and on any dataset of yours with the same shape: metric and
 dataset names are parameters, checked against the store's catalog before they reach SQL.
 
+A run recorded by several processes (data-parallel ranks, `world_size` > 1) has rows from
+each rank; every function reads one rank's rows, rank 0 by default (`rank=K` for another),
+so that epochs of different ranks are not mixed. Runs of one process are read whole.
+
 NaN is a value a diverging training produces: it never wins a minimum or a maximum, and it
 is left out of averages (`x <> 'NaN'` filters it on both backends), but a *last* value or a
 value *at an epoch* that is NaN is reported as NaN.
@@ -148,6 +152,44 @@ def _where(reader: Reader, run_ids: list[str] | None, column: str = "run_id", **
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
 
 
+def _check_rank(rank: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise QueryError(f"rank must be a whole number of 0 or more (0 is the first process), got {rank!r}")
+    return rank
+
+
+def rank_filter(reader: Reader, rank: int = 0, column: str = "task_id",
+                runs: Sequence[str] | None = None) -> str:
+    """An SQL condition (" AND ...", or "") keeping the rows of `rank` in runs recorded by several processes.
+
+    `column` is the rows' task id column. Rows of runs of one process always pass; "" when
+    the store has no run of several processes. A run among `runs` with no such rank is a
+    QueryError.
+    """
+    rank = _check_rank(rank)
+    try:
+        several = reader.result("SELECT run_id, world_size FROM runs WHERE world_size > 1").rows
+    except QueryError:  # a store from before ranks: every run is of one process
+        return ""
+    if not several:
+        return ""
+    sizes = dict(several)
+    for run_id in runs or ():
+        if run_id in sizes and rank >= sizes[run_id]:
+            raise QueryError(f"run {run_id} was recorded by {sizes[run_id]} processes (ranks 0 .. {sizes[run_id] - 1}); "
+                             f"there is no rank {rank}")
+    # the task ids of the other ranks: a small set, built once per statement on both backends
+    return (f" AND {column} NOT IN (SELECT ot.task_id FROM tasks ot JOIN runs orr ON orr.run_id = ot.run_id "
+            f"WHERE orr.world_size > 1 AND ot.rank <> {rank})")
+
+
+def _and_where(where: str, condition: str) -> str:
+    """A WHERE clause (or '') with a rank_filter condition added."""
+    if not condition:
+        return where
+    return where + condition if where else " WHERE" + condition[len(" AND"):]
+
+
 def _not_nan(column: str) -> str:
     """A condition true for numbers, false for NaN and NULL, on SQLite (NaN is the text 'NaN') and PostgreSQL."""
     return f"{column} <> 'NaN'"
@@ -169,9 +211,11 @@ def _as_numbers(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     return frame
 
 
-def _first_rows(reader: Reader, dataset: str, run_ids: list[str] | None, columns: Sequence[str]) -> pd.DataFrame:
-    """The first recorded element of a dataset in each run, as a frame indexed by run_id."""
+def _first_rows(reader: Reader, dataset: str, run_ids: list[str] | None, columns: Sequence[str],
+                ranks: str = "") -> pd.DataFrame:
+    """The first recorded element of a dataset in each run (of one rank: `ranks` from rank_filter), indexed by run_id."""
     where, params = ("", []) if run_ids is None or len(run_ids) > 500 else _where(reader, run_ids)
+    where = _and_where(where, ranks)
     cols = "".join(f", {c}" for c in columns)
     frame = reader.df(f"SELECT run_id{cols} FROM {dataset}{where} ORDER BY run_id, recorded_at, element_seq", params)
     frame = frame.drop_duplicates("run_id", keep="first").set_index("run_id")
@@ -191,15 +235,16 @@ def _hyperparameter_columns(reader: Reader, wanted: Sequence[str] | bool | None)
     return names
 
 
-def _join_hyperparameters(frame: pd.DataFrame, reader: Reader, wanted: Sequence[str] | bool | None) -> pd.DataFrame:
-    """Append each run's (first) hyperparameters to a frame with a run_id column.
+def _join_hyperparameters(frame: pd.DataFrame, reader: Reader, wanted: Sequence[str] | bool | None,
+                          ranks: str = "") -> pd.DataFrame:
+    """Append each run's (first) hyperparameters, of one rank, to a frame with a run_id column.
 
     Chosen automatically (`wanted` None or True), columns no run of the frame recorded are left out.
     """
     columns = _hyperparameter_columns(reader, wanted)
     if not columns or frame.empty:
         return frame
-    hp = _first_rows(reader, "hyperparameters", list(frame["run_id"]), columns)
+    hp = _first_rows(reader, "hyperparameters", list(frame["run_id"]), columns, ranks)
     if wanted is None or wanted is True:
         hp = hp[[c for c in hp.columns if hp[c].notna().any()]]
     hp = hp.rename(columns={c: f"{c}_hp" for c in hp.columns if c in frame.columns})  # `epochs`, say
@@ -222,6 +267,7 @@ def runs_overview(
     runs: str | Sequence[str] | None = None,
     hyperparameters: Sequence[str] | bool | None = None,
     summary: bool = True,
+    rank: int = 0,
     store: Store = None,
 ) -> pd.DataFrame:
     """Every run (newest first) with live status, duration, epochs run, the best of each metric and its hyperparameters.
@@ -230,11 +276,13 @@ def runs_overview(
     (`higher_is_better`); columns are `best_<metric>` (NaN when the run has no number).
     `metrics` defaults to every score column of the dataset. Hyperparameters are the first
     recorded in each run. With `summary=False`, only the runs and their hyperparameters
-    (no pass over the metrics: the cheap first step of a long list).
+    (no pass over the metrics: the cheap first step of a long list). Runs of several
+    processes: the epochs and hyperparameters of `rank`.
     """
     with _reading(store) as reader:
         liveness.reap(reader.backend)  # a run whose process died shows as interrupted
         run_ids = _run_ids(reader, runs)
+        ranks = rank_filter(reader, rank)
         columns = attributes(dataset, store=reader) if summary else {}
         has_metrics = bool(columns)
         if not has_metrics:
@@ -248,6 +296,7 @@ def runs_overview(
         select = ("SELECT r.run_id, r.name, r.dataflow, r.dataflow_version, r.status, r.started_at, r.ended_at, "
                   "r.duration_s, r.host, r.user_name")
         inner, inner_params = _where(reader, run_ids)
+        inner = _and_where(inner, ranks)
         if has_metrics:
             # min() already passes NaN over on both backends unless every value is NaN ('NaN' text
             # sorts after numbers in SQLite, NaN after numbers in PostgreSQL); max() needs the filter
@@ -268,7 +317,7 @@ def runs_overview(
             now = pd.Timestamp.now(tz="UTC")
             running = frame["status"] == "running"
             frame.loc[running, "duration_s"] = (now - frame.loc[running, "started_at"]).dt.total_seconds()
-        frame = _join_hyperparameters(frame, reader, hyperparameters)
+        frame = _join_hyperparameters(frame, reader, hyperparameters, ranks)
     return frame
 
 
@@ -284,6 +333,7 @@ def best_runs(
     status: str | None = None,
     dataflow: str | None = None,
     limit: int | None = None,
+    rank: int = 0,
     store: Store = None,
 ) -> pd.DataFrame:
     """Runs ranked by a metric over its whole history: its minimum, maximum, last value, or value at an epoch.
@@ -295,7 +345,7 @@ def best_runs(
     (`higher_is_better`), else `min`. Best first: ascending for `min`, descending for
     `max`; for `last` and `at`, lower first unless higher is better (override with
     `ascending`). NaN never wins a minimum or maximum; a NaN last value (a diverged run)
-    ranks after every number.
+    ranks after every number. Runs of several processes: the values of `rank`.
     """
     if statistic is None:
         statistic = "at" if epoch is not None else "max" if higher_is_better(metric) else "min"
@@ -308,7 +358,9 @@ def best_runs(
         _check(reader, dataset, [metric], "metric", _NUMERIC)
         run_ids = _run_ids(reader, runs)
         p = reader.backend.placeholder
+        ranks = rank_filter(reader, rank, "m.task_id")
         where, params = _where(reader, run_ids, "m.run_id")
+        where = _and_where(where, ranks)
         conditions = [where[len(" WHERE "):]] if where else []
         if statistic in ("min", "max"):
             conditions.append(_not_nan(f"m.{metric}"))
@@ -325,7 +377,7 @@ def best_runs(
             f"WITH ranked AS (SELECT m.run_id, m.epoch, m.{metric}, "
             f"ROW_NUMBER() OVER (PARTITION BY m.run_id ORDER BY {order}) AS pos "
             f"FROM {dataset} m WHERE {' AND '.join(conditions)}), "
-            f"counts AS (SELECT run_id, max(epoch) AS epochs_run FROM {dataset} GROUP BY run_id) "
+            f"counts AS (SELECT run_id, max(epoch) AS epochs_run FROM {dataset} m{_and_where('', ranks)} GROUP BY run_id) "
             f"SELECT r.run_id, r.name, r.dataflow, r.status, k.{metric}, k.epoch, c.epochs_run "
             f"FROM runs r JOIN ranked k ON k.run_id = r.run_id AND k.pos = 1 "
             f"JOIN counts c ON c.run_id = r.run_id{run_where}"
@@ -337,15 +389,19 @@ def best_runs(
         frame.insert(0, "rank", range(1, len(frame) + 1))
         if limit:
             frame = frame.head(int(limit))
-        frame = _join_hyperparameters(frame, reader, hyperparameters)
+        frame = _join_hyperparameters(frame, reader, hyperparameters, rank_filter(reader, rank))
     return frame
 
 
 # ---- one run, live ------------------------------------------------------------------------
 
 
-def progress(run: str | None = None, *, last: int = 5, dataset: str = EPOCH_DATASET, store: Store = None) -> pd.DataFrame:
-    """The last `last` epochs of a run (default: the run that recorded an epoch most recently), oldest first, with its status."""
+def progress(run: str | None = None, *, last: int = 5, dataset: str = EPOCH_DATASET, rank: int = 0,
+             store: Store = None) -> pd.DataFrame:
+    """The last `last` epochs of a run (default: the run that recorded an epoch most recently), oldest first, with its status.
+
+    A run of several processes: the epochs of `rank`.
+    """
     with _reading(store) as reader:
         columns = [c for c in _columns(reader, dataset) if c != "epoch"]
         _check(reader, dataset, ["epoch"], "epoch column")
@@ -357,10 +413,11 @@ def progress(run: str | None = None, *, last: int = 5, dataset: str = EPOCH_DATA
             run_id = found[0][0]
         else:
             run_id = reader.resolve_run(run)
+        ranks = rank_filter(reader, rank, "m.task_id", [run_id])
         cols = "".join(f", m.{c}" for c in columns)
         frame = reader.df(
             f"SELECT m.run_id, m.epoch{cols}, m.recorded_at, r.status FROM {dataset} m "
-            f"JOIN runs r ON r.run_id = m.run_id WHERE m.run_id = {p} "
+            f"JOIN runs r ON r.run_id = m.run_id WHERE m.run_id = {p}{ranks} "
             f"ORDER BY m.recorded_at DESC, m.element_seq DESC LIMIT {max(1, int(last))}",
             (run_id,),
         )
@@ -377,6 +434,7 @@ def adaptation_effect(
     parameter: str = "learning_rate",
     runs: str | Sequence[str] | None = None,
     dataset: str = EPOCH_DATASET,
+    rank: int = 0,
     store: Store = None,
 ) -> pd.DataFrame:
     """For each adaptation of a parameter: the mean metric over the `window` epochs before it and from it.
@@ -384,7 +442,7 @@ def adaptation_effect(
     An adaptation's `epoch` is the first epoch trained with the new value, so "before" is
     epochs epoch-window .. epoch-1 and "after" is epoch .. epoch+window-1. NaN epochs are
     left out of the means. `change` is after minus before; `relative_change` divides it
-    by |before|.
+    by |before|. Runs of several processes: the adaptations and epochs of `rank`.
     """
     window = int(window)
     if window < 1:
@@ -398,13 +456,14 @@ def adaptation_effect(
         run_ids = _run_ids(reader, runs)
         p = reader.backend.placeholder
         mean = f"avg(CASE WHEN {_not_nan('m.' + metric)} THEN m.{metric} END)"
+        of_rank = rank_filter(reader, rank, "m.task_id", run_ids)
         sql = (
             f"SELECT a.run_id, {', '.join('a.' + c for c in shown)}, "
             f"(SELECT {mean} FROM {dataset} m WHERE m.run_id = a.run_id "
-            f"AND m.epoch BETWEEN a.epoch - {p} AND a.epoch - 1) AS {metric}_before, "
+            f"AND m.epoch BETWEEN a.epoch - {p} AND a.epoch - 1{of_rank}) AS {metric}_before, "
             f"(SELECT {mean} FROM {dataset} m WHERE m.run_id = a.run_id "
-            f"AND m.epoch BETWEEN a.epoch AND a.epoch + {p}) AS {metric}_after "
-            f"FROM adaptations a WHERE a.parameter = {p}"
+            f"AND m.epoch BETWEEN a.epoch AND a.epoch + {p}{of_rank}) AS {metric}_after "
+            f"FROM adaptations a WHERE a.parameter = {p}{rank_filter(reader, rank, 'a.task_id')}"
         )
         params: list[Any] = [window, window - 1, parameter]
         if run_ids is not None:
@@ -426,6 +485,7 @@ def convergence(
     statistic: Literal["min", "max"] | None = None,
     runs: str | Sequence[str] | None = None,
     dataset: str = EPOCH_DATASET,
+    rank: int = 0,
     store: Store = None,
 ) -> pd.DataFrame:
     """Per run: the best value, the first epoch within `tolerance` (relative) of it, and the epochs run after that.
@@ -433,7 +493,7 @@ def convergence(
     For `min`, an epoch has converged when value <= best + tolerance * |best|; for `max`,
     when value >= best - tolerance * |best|; `statistic` defaults to `max` for metrics
     where higher is better, else `min`. `epochs_after_convergence` is what early stopping
-    could have saved.
+    could have saved. Runs of several processes: the epochs of `rank`.
     """
     statistic = statistic or ("max" if higher_is_better(metric) else "min")
     if statistic not in ("min", "max"):
@@ -444,6 +504,7 @@ def convergence(
         run_ids = _run_ids(reader, runs)
         p = reader.backend.placeholder
         where, params = _where(reader, run_ids)
+        where = _and_where(where, rank_filter(reader, rank, "task_id", run_ids))
         near = (f"x.{metric} <= b.best + {p} * abs(b.best)" if statistic == "min"
                 else f"x.{metric} >= b.best - {p} * abs(b.best)")
         sql = (
@@ -452,7 +513,8 @@ def convergence(
             f"SELECT b.run_id, b.best AS best_{metric}, "
             f"min(CASE WHEN x.{metric} = b.best THEN x.epoch END) AS best_epoch, "
             f"min(x.epoch) AS converged_at_epoch, b.epochs_run "
-            f"FROM b JOIN {dataset} x ON x.run_id = b.run_id AND {_not_nan('x.' + metric)} AND {near} "
+            f"FROM b JOIN {dataset} x ON x.run_id = b.run_id AND {_not_nan('x.' + metric)} AND {near}"
+            f"{rank_filter(reader, rank, 'x.task_id')} "
             f"GROUP BY b.run_id, b.best, b.epochs_run ORDER BY b.run_id"
         )
         frame = reader.df(sql, params + [float(tolerance)])
@@ -462,12 +524,13 @@ def convergence(
 
 
 def epoch_time(
-    by: Sequence[str] | None = None, *, dataset: str = EPOCH_DATASET, column: str = "epoch_time_s", store: Store = None
+    by: Sequence[str] | None = None, *, dataset: str = EPOCH_DATASET, column: str = "epoch_time_s", rank: int = 0,
+    store: Store = None,
 ) -> pd.DataFrame:
     """Mean, fastest and slowest epoch for each configuration (hyperparameters `by`), fastest first.
 
     `by` defaults to those of optimizer, batch_size, learning_rate and trainable_params the
-    store has.
+    store has. Runs of several processes: the epochs of `rank`.
     """
     with _reading(store) as reader:
         known = _columns(reader, "hyperparameters")
@@ -482,20 +545,21 @@ def epoch_time(
             f"SELECT {keys + ', ' if keys else ''}count(DISTINCT m.run_id) AS runs, count(*) AS epochs, "
             f"avg({t}) AS mean_epoch_s, min({t}) AS fastest_epoch_s, max({t}) AS slowest_epoch_s "
             f"FROM hyperparameters h JOIN {dataset} m ON m.run_id = h.run_id AND m.task_id = h.task_id "
-            f"WHERE {_not_nan(t)}" + (f" GROUP BY {keys}" if keys else "") + " ORDER BY mean_epoch_s"
+            f"WHERE {_not_nan(t)}{rank_filter(reader, rank, 'm.task_id')}" + (f" GROUP BY {keys}" if keys else "") + " ORDER BY mean_epoch_s"
         )
         frame = reader.df(sql)
     return _as_numbers(frame, "mean_epoch_s", "fastest_epoch_s", "slowest_epoch_s")
 
 
-def architecture_vs_test(metric: str = "loss", *, store: Store = None) -> pd.DataFrame:
+def architecture_vs_test(metric: str = "loss", *, rank: int = 0, store: Store = None) -> pd.DataFrame:
     """Architecture facts of each evaluated model next to its test results, best first.
 
     One row per evaluation: the number of layers, convolutional layers (with `filters`),
     normalization layers (class name containing "norm"), the largest dropout rate, the
     parameters (from `hyperparameters` when recorded, else summed over `layers`), and every
     numeric column of `test_results`. The architecture is that of the run's last training
-    task before the evaluation.
+    task before the evaluation (of the same rank). Runs of several processes: the
+    evaluations of `rank`.
     """
     with _reading(store) as reader:
         tests = _columns(reader, "test_results")
@@ -503,9 +567,12 @@ def architecture_vs_test(metric: str = "loss", *, store: Store = None) -> pd.Dat
         results = [c for c, t in tests.items() if t in _NUMERIC]
         hp = attributes("hyperparameters", store=reader)
         layer_columns = attributes("layers", store=reader)
+        ranks = rank_filter(reader, rank, "t.task_id")
+        # same rank as the evaluation (NULL in a run of one process); no rank column before ranks existed
+        same_rank = " AND (t2.rank = e.rank OR (t2.rank IS NULL AND e.rank IS NULL))" if ranks else ""
         # the training task an evaluation judged: the latest one of its run that started before it
         train = ("(SELECT t2.task_id FROM tasks t2 WHERE t2.run_id = t.run_id AND t2.transformation = 'train' "
-                 "AND t2.started_at <= e.started_at ORDER BY t2.started_at DESC, t2.task_id DESC LIMIT 1)")
+                 f"AND t2.started_at <= e.started_at{same_rank} ORDER BY t2.started_at DESC, t2.task_id DESC LIMIT 1)")
 
         def layers(aggregate: str, condition: str = "") -> str:
             return f"(SELECT {aggregate} FROM layers l WHERE l.run_id = t.run_id AND l.task_id = {train}{condition})"
@@ -533,7 +600,7 @@ def architecture_vs_test(metric: str = "loss", *, store: Store = None) -> pd.Dat
             "SELECT t.run_id, r.name, " + "".join(f"{f}, " for f in facts)
             + ", ".join(f"t.{c}" for c in results)
             + " FROM test_results t JOIN runs r ON r.run_id = t.run_id JOIN tasks e ON e.task_id = t.task_id "
-            f"WHERE t.{metric} IS NOT NULL ORDER BY t.recorded_at"
+            f"WHERE t.{metric} IS NOT NULL{ranks} ORDER BY t.recorded_at"
         )
         frame = reader.df(sql)
     frame = _as_numbers(frame, *results)
@@ -543,12 +610,12 @@ def architecture_vs_test(metric: str = "loss", *, store: Store = None) -> pd.Dat
 # ---- comparing runs -----------------------------------------------------------------------
 
 
-def hyperparameters(runs: str | Sequence[str] | None = None, *, store: Store = None) -> pd.DataFrame:
-    """Each run's hyperparameters (its first recorded set), one row per run, indexed by run id."""
+def hyperparameters(runs: str | Sequence[str] | None = None, *, rank: int = 0, store: Store = None) -> pd.DataFrame:
+    """Each run's hyperparameters (its first recorded set; of `rank` in a run of several processes), indexed by run id."""
     with _reading(store) as reader:
         run_ids = _run_ids(reader, runs)
         columns = list(_columns(reader, "hyperparameters"))
-        frame = _first_rows(reader, "hyperparameters", run_ids, columns)
+        frame = _first_rows(reader, "hyperparameters", run_ids, columns, rank_filter(reader, rank, "task_id", run_ids))
     if run_ids is not None:
         frame = frame.reindex([r for r in run_ids if r in frame.index])
     return frame
@@ -563,9 +630,9 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def differing_hyperparameters(runs: Sequence[str], *, store: Store = None) -> pd.DataFrame:
+def differing_hyperparameters(runs: Sequence[str], *, rank: int = 0, store: Store = None) -> pd.DataFrame:
     """The hyperparameters whose values differ between runs: one row per hyperparameter, one column per run."""
-    frame = hyperparameters(runs, store=store).astype(object)
+    frame = hyperparameters(runs, rank=rank, store=store).astype(object)
     frame = frame.where(frame.notna(), None)
     differ = [c for c in frame.columns if any(not _same(a, b) for a, b in itertools.combinations(frame[c], 2))]
     out = frame[differ].T
@@ -575,15 +642,17 @@ def differing_hyperparameters(runs: Sequence[str], *, store: Store = None) -> pd
 
 
 def curves(
-    runs: str | Sequence[str], metrics: Sequence[str] | None = None, *, dataset: str = EPOCH_DATASET, store: Store = None
+    runs: str | Sequence[str], metrics: Sequence[str] | None = None, *, dataset: str = EPOCH_DATASET, rank: int = 0,
+    store: Store = None,
 ) -> pd.DataFrame:
-    """The per-epoch values of some runs, long form: run_id, epoch and one column per metric (all by default)."""
+    """The per-epoch values of some runs (of `rank` in runs of several processes), long form: run_id, epoch, one column per metric."""
     with _reading(store) as reader:
         run_ids = _run_ids(reader, runs) or []
         known = _columns(reader, dataset)
         chosen = [c for c, t in known.items() if t in _NUMERIC and c not in AXIS_COLUMNS] if metrics is None else list(metrics)
         _check(reader, dataset, ["epoch", *chosen], "column", _NUMERIC)
         where, params = _where(reader, run_ids)
+        where = _and_where(where, rank_filter(reader, rank, "task_id", run_ids))
         cols = "".join(f", {c}" for c in chosen)
         frame = reader.df(f"SELECT run_id, epoch{cols} FROM {dataset}{where} ORDER BY run_id, recorded_at, element_seq", params)
     order = {r: i for i, r in enumerate(run_ids)}
@@ -592,14 +661,14 @@ def curves(
 
 
 def side_by_side(
-    runs: Sequence[str], metric: str = "val_loss", *, dataset: str = EPOCH_DATASET, store: Store = None
+    runs: Sequence[str], metric: str = "val_loss", *, dataset: str = EPOCH_DATASET, rank: int = 0, store: Store = None
 ) -> pd.DataFrame:
     """One metric of several runs side by side: one row per epoch, one column per run.
 
     An epoch recorded twice in a run gives its last value; an epoch a run did not reach is
     NaN, like a NaN value (`divergence` tells the two apart).
     """
-    frame = curves(runs, [metric], dataset=dataset, store=store)
+    frame = curves(runs, [metric], dataset=dataset, rank=rank, store=store)
     wide = frame.drop_duplicates(["run_id", "epoch"], keep="last").pivot(index="epoch", columns="run_id", values=metric)
     order = list(dict.fromkeys(frame["run_id"]))
     wide = wide.reindex(columns=order).sort_index()
@@ -616,9 +685,10 @@ def _gap(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b))
 
 
-def _series(reader: Reader, run_ids: list[str], metric: str, dataset: str) -> dict[str, dict[int, float]]:
+def _series(reader: Reader, run_ids: list[str], metric: str, dataset: str, rank: int) -> dict[str, dict[int, float]]:
     """Each run's values of a metric by epoch (NULL left out, NaN kept; an epoch recorded twice: its last value)."""
     where, params = _where(reader, run_ids)
+    where = _and_where(where, rank_filter(reader, rank, "task_id", run_ids))
     rows = reader.result(
         f"SELECT run_id, epoch, {metric} FROM {dataset}{where} ORDER BY recorded_at, element_seq", params
     ).rows
@@ -636,6 +706,7 @@ def divergence(
     tolerance: float = DIVERGENCE_TOLERANCE,
     patience: int = DIVERGENCE_PATIENCE,
     dataset: str = EPOCH_DATASET,
+    rank: int = 0,
     store: Store = None,
 ) -> pd.DataFrame:
     """For each pair of runs, the epoch from which their curves of a metric stay apart.
@@ -644,14 +715,15 @@ def divergence(
     both NaN included; infinite when exactly one is NaN or infinite). The runs diverge at
     the first common epoch where the gap exceeds `tolerance` and keeps exceeding it for
     `patience` consecutive common epochs (or until the last common epoch, if fewer
-    remain); `diverged_at_epoch` is empty if there is none.
+    remain); `diverged_at_epoch` is empty if there is none. Runs of several processes:
+    the epochs of `rank`.
     """
     if patience < 1:
         raise QueryError(f"patience must be at least 1 epoch, got {patience}")
     with _reading(store) as reader:
         run_ids = _run_ids(reader, runs) or []
         _check(reader, dataset, ["epoch", metric], "column", _NUMERIC)
-        series = _series(reader, run_ids, metric, dataset)
+        series = _series(reader, run_ids, metric, dataset, rank)
     rows = []
     for a, b in itertools.combinations(run_ids, 2):
         epochs = sorted(set(series[a]) & set(series[b]))

@@ -22,6 +22,8 @@ _FORMAT = click.option(
     help="Output format.",
 )
 _STORE = click.option("--store", default=None, help="The store (overrides trainprov --store / $TRAINPROV_STORE).")
+_RANK = click.option("--rank", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="In runs recorded by several processes, the values of this rank.")
 
 
 def _store(ctx: click.Context, store: str | None) -> str:
@@ -71,14 +73,15 @@ def analyze() -> None:
 @click.option("--dataflow", help="Only runs of this dataflow.")
 @click.option("-m", "--metric", "metrics", multiple=True, help="Show the best of this metric (repeatable; default: all).")
 @click.option("--hp/--no-hp", "with_hp", default=True, show_default=True, help="Add the hyperparameters.")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
 def runs_command(ctx: click.Context, status: str | None, dataflow: str | None, metrics: tuple[str, ...], with_hp: bool,
-                 store: str | None, fmt: str) -> None:
+                 rank: int, store: str | None, fmt: str) -> None:
     """Every run with status, duration, epochs run, the best of each metric and hyperparameters."""
     frame = analysis.runs_overview(metrics=list(metrics) or None, status=status, dataflow=dataflow,
-                                   hyperparameters=None if with_hp else False, store=_store(ctx, store))
+                                   hyperparameters=None if with_hp else False, rank=rank, store=_store(ctx, store))
     _emit_frame(frame, fmt, empty="no runs")
 
 
@@ -95,19 +98,20 @@ def runs_command(ctx: click.Context, status: str | None, dataflow: str | None, m
 @click.option("--dataflow", help="Only runs of this dataflow.")
 @click.option("--dataset", default=analysis.EPOCH_DATASET, show_default=True, help="The metrics dataset.")
 @click.option("--limit", type=int, help="At most this many runs.")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
 def best_command(ctx: click.Context, metric: str, statistic: str | None, epoch: int | None, ascending: bool | None,
                  hps: tuple[str, ...], no_hp: bool, status: str | None, dataflow: str | None, dataset: str,
-                 limit: int | None, store: str | None, fmt: str) -> None:
+                 limit: int | None, rank: int, store: str | None, fmt: str) -> None:
     """Runs ranked by METRIC over its whole history (min, max, last, or at an epoch)."""
     if epoch is not None and statistic is not None:
         raise click.UsageError("give --by or --at, not both")
     frame = analysis.best_runs(
         metric, statistic, epoch=epoch, dataset=dataset, ascending=ascending,
         hyperparameters=False if no_hp else (list(hps) or None), status=status, dataflow=dataflow, limit=limit,
-        store=_store(ctx, store),
+        rank=rank, store=_store(ctx, store),
     )
     _emit_frame(frame, fmt, empty=f"no run has a value of {metric}")
 
@@ -115,12 +119,13 @@ def best_command(ctx: click.Context, metric: str, statistic: str | None, epoch: 
 @analyze.command("progress")
 @click.argument("run", required=False)
 @click.option("--last", type=int, default=5, show_default=True, help="How many epochs.")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
-def progress_command(ctx: click.Context, run: str | None, last: int, store: str | None, fmt: str) -> None:
+def progress_command(ctx: click.Context, run: str | None, last: int, rank: int, store: str | None, fmt: str) -> None:
     """The last epochs of RUN (default: the run that recorded an epoch most recently)."""
-    _emit_frame(analysis.progress(run, last=last, store=_store(ctx, store)), fmt, empty="no epochs recorded yet")
+    _emit_frame(analysis.progress(run, last=last, rank=rank, store=_store(ctx, store)), fmt, empty="no epochs recorded yet")
 
 
 @analyze.command("adaptations")
@@ -128,14 +133,15 @@ def progress_command(ctx: click.Context, run: str | None, last: int, store: str 
 @click.option("--window", type=int, default=3, show_default=True, help="Epochs before and after each change.")
 @click.option("--parameter", default="learning_rate", show_default=True, help="The adapted parameter.")
 @click.option("--run", "runs", multiple=True, help="Only this run (repeatable).")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
 def adaptations_command(ctx: click.Context, metric: str, window: int, parameter: str, runs: tuple[str, ...],
-                        store: str | None, fmt: str) -> None:
+                        rank: int, store: str | None, fmt: str) -> None:
     """Effect of each adaptation: the mean metric in the epochs before it and from it."""
     frame = analysis.adaptation_effect(metric, window=window, parameter=parameter, runs=list(runs) or None,
-                                       store=_store(ctx, store))
+                                       rank=rank, store=_store(ctx, store))
     _emit_frame(frame, fmt, empty=f"no adaptation of {parameter}")
 
 
@@ -144,48 +150,53 @@ def adaptations_command(ctx: click.Context, metric: str, window: int, parameter:
 @click.option("--tolerance", type=float, default=0.01, show_default=True, help="Relative distance to the best value.")
 @click.option("--by", "statistic", type=click.Choice(["min", "max"]), default=None,
               help="Best is the minimum or maximum [default: from the metric's name].")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
-def convergence_command(ctx: click.Context, metric: str, tolerance: float, statistic: str | None, store: str | None,
-                        fmt: str) -> None:
+def convergence_command(ctx: click.Context, metric: str, tolerance: float, statistic: str | None, rank: int,
+                        store: str | None, fmt: str) -> None:
     """The first epoch within TOLERANCE of each run's best, and the epochs run after it."""
-    frame = analysis.convergence(metric, tolerance=tolerance, statistic=statistic, store=_store(ctx, store))  # type: ignore[arg-type]
+    frame = analysis.convergence(metric, tolerance=tolerance, statistic=statistic, rank=rank, store=_store(ctx, store))  # type: ignore[arg-type]
     _emit_frame(frame, fmt, empty=f"no run has a value of {metric}")
 
 
 @analyze.command("epoch-time")
 @click.option("--by", "by", multiple=True, help="Group by this hyperparameter (repeatable; default: "
               + ", ".join(analysis.EPOCH_TIME_BY) + ").")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
-def epoch_time_command(ctx: click.Context, by: tuple[str, ...], store: str | None, fmt: str) -> None:
+def epoch_time_command(ctx: click.Context, by: tuple[str, ...], rank: int, store: str | None, fmt: str) -> None:
     """Mean, fastest and slowest epoch per configuration."""
-    _emit_frame(analysis.epoch_time(list(by) or None, store=_store(ctx, store)), fmt)
+    _emit_frame(analysis.epoch_time(list(by) or None, rank=rank, store=_store(ctx, store)), fmt)
 
 
 @analyze.command("architecture")
 @click.option("--metric", default="loss", show_default=True, help="The test metric to rank by.")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
-def architecture_command(ctx: click.Context, metric: str, store: str | None, fmt: str) -> None:
+def architecture_command(ctx: click.Context, metric: str, rank: int, store: str | None, fmt: str) -> None:
     """Architecture facts of each evaluated model next to its test results."""
-    _emit_frame(analysis.architecture_vs_test(metric, store=_store(ctx, store)), fmt, empty="no evaluation recorded")
+    _emit_frame(analysis.architecture_vs_test(metric, rank=rank, store=_store(ctx, store)), fmt, empty="no evaluation recorded")
 
 
 @analyze.command("hyperparameters")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--all", "show_all", is_flag=True, help="Every hyperparameter, not only those that differ.")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
-def hyperparameters_command(ctx: click.Context, runs: tuple[str, ...], show_all: bool, store: str | None, fmt: str) -> None:
+def hyperparameters_command(ctx: click.Context, runs: tuple[str, ...], show_all: bool, rank: int, store: str | None,
+                            fmt: str) -> None:
     """The hyperparameters that differ between RUNS (ids, unique prefixes or 'latest')."""
     store = _store(ctx, store)
-    frame = analysis.hyperparameters(list(runs), store=store).T if show_all else \
-        analysis.differing_hyperparameters(list(runs), store=store)
+    frame = analysis.hyperparameters(list(runs), rank=rank, store=store).T if show_all else \
+        analysis.differing_hyperparameters(list(runs), rank=rank, store=store)
     frame.index.name = "hyperparameter"
     _emit_frame(frame, fmt, index=True, empty="no hyperparameter differs")
 
@@ -193,12 +204,13 @@ def hyperparameters_command(ctx: click.Context, runs: tuple[str, ...], show_all:
 @analyze.command("curves")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--metric", default="val_loss", show_default=True)
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
-def curves_command(ctx: click.Context, runs: tuple[str, ...], metric: str, store: str | None, fmt: str) -> None:
+def curves_command(ctx: click.Context, runs: tuple[str, ...], metric: str, rank: int, store: str | None, fmt: str) -> None:
     """One metric of RUNS side by side, epoch by epoch."""
-    _emit_frame(analysis.side_by_side(list(runs), metric, store=_store(ctx, store)), fmt, index=True)
+    _emit_frame(analysis.side_by_side(list(runs), metric, rank=rank, store=_store(ctx, store)), fmt, index=True)
 
 
 @analyze.command("divergence")
@@ -206,13 +218,15 @@ def curves_command(ctx: click.Context, runs: tuple[str, ...], metric: str, store
 @click.option("--metric", default="val_loss", show_default=True)
 @click.option("--tolerance", type=float, default=analysis.DIVERGENCE_TOLERANCE, show_default=True, help="Relative gap that counts as apart.")
 @click.option("--patience", type=int, default=analysis.DIVERGENCE_PATIENCE, show_default=True, help="Consecutive epochs apart that make a divergence.")
+@_RANK
 @_STORE
 @_FORMAT
 @click.pass_context
 def divergence_command(ctx: click.Context, runs: tuple[str, ...], metric: str, tolerance: float, patience: int,
-                       store: str | None, fmt: str) -> None:
+                       rank: int, store: str | None, fmt: str) -> None:
     """The epoch from which each pair of RUNS stays apart (docs/analysis.md defines it)."""
-    frame = analysis.divergence(list(runs), metric, tolerance=tolerance, patience=patience, store=_store(ctx, store))
+    frame = analysis.divergence(list(runs), metric, tolerance=tolerance, patience=patience, rank=rank,
+                                store=_store(ctx, store))
     _emit_frame(frame, fmt)
 
 
@@ -222,20 +236,21 @@ def divergence_command(ctx: click.Context, runs: tuple[str, ...], metric: str, t
 @click.option("--tolerance", type=float, default=analysis.DIVERGENCE_TOLERANCE, show_default=True)
 @click.option("--patience", type=int, default=analysis.DIVERGENCE_PATIENCE, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_RANK
 @_STORE
 @click.pass_context
 def compare_command(ctx: click.Context, runs: tuple[str, ...], metric: str, tolerance: float, patience: int,
-                    fmt: str, store: str | None) -> None:
+                    fmt: str, rank: int, store: str | None) -> None:
     """Compare RUNS: differing hyperparameters, where they diverge, and METRIC side by side."""
     from .query import Reader
 
     if len(runs) < 2:
         raise click.UsageError("compare needs two runs or more")
     with Reader(_store(ctx, store)) as reader:
-        hp = analysis.differing_hyperparameters(list(runs), store=reader)
+        hp = analysis.differing_hyperparameters(list(runs), rank=rank, store=reader)
         hp.index.name = "hyperparameter"
-        div = analysis.divergence(list(runs), metric, tolerance=tolerance, patience=patience, store=reader)
-        wide = analysis.side_by_side(list(runs), metric, store=reader)
+        div = analysis.divergence(list(runs), metric, tolerance=tolerance, patience=patience, rank=rank, store=reader)
+        wide = analysis.side_by_side(list(runs), metric, rank=rank, store=reader)
     if fmt == "json":
         click.echo(json.dumps({"hyperparameters": _json_frame(hp, index=True), "divergence": _json_frame(div),
                                "curves": _json_frame(wide, index=True)}, indent=2, default=str))

@@ -205,7 +205,9 @@ class LearningRateWatcher:
 
     A change is recorded at the first optimizer step that uses it: epoch = epochs ended + 1,
     step = that step within the epoch. Its cause is the scheduler that set it (its class
-    name) or "manual".
+    name) or "manual". Changes by different causes before one step (by hand, then a
+    scheduler) are one row each, in the order they were made, as with Keras; repeated
+    settings by the same cause are one change, from its first old value.
     """
 
     def __init__(self, optimizer: Any, recorder: TrainingRecorder, *, monitor: str | None = None,
@@ -218,7 +220,8 @@ class LearningRateWatcher:
         self.step_in_epoch = 0
         self.epochs_ended = 0
         self.schedulers: list[Any] = []  # every scheduler seen setting a rate, in order
-        self._pending: dict[int, list[Any]] = {}  # group -> [old, new, cause, monitor value]
+        # group -> its changes not yet used by a step, in order: [old, new, cause, monitor value, setter]
+        self._pending: dict[int, list[list[Any]]] = {}
         self._last_setter: tuple[Any, float | None, Any] | None = None  # (scheduler, metric, its frame)
         self._known = [self._lr(g) for g in self.optimizer.param_groups]
         self._used = self._known[0] if self._known else None
@@ -271,11 +274,12 @@ class LearningRateWatcher:
             self._known[index] = new
             return
         cause = type(scheduler).__name__ if scheduler is not None else "manual"
-        pending = self._pending.get(index)
-        if pending is None:
-            self._pending[index] = [old, new, cause, metric]
-        else:  # changed twice before a step used it: one change, from the first old value
-            pending[1:] = [new, cause, metric]
+        changes = self._pending.setdefault(index, [])
+        if changes and changes[-1][4] is scheduler:
+            # the same setter again (a scheduler's own resets, a loop setting twice): one change
+            changes[-1][1:4] = [new, cause, metric]
+        else:
+            changes.append([old, new, cause, metric, scheduler])
         self._known[index] = new
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -288,9 +292,9 @@ class LearningRateWatcher:
             self._known += [self._lr(g) for g in groups[len(self._known):]]
         for index, group in enumerate(groups):
             lr = self._lr(group)
-            if lr != self._known[index] and index not in self._pending:
+            if lr != self._known[index]:
                 # changed without setting the item (a tensor filled in place, update()): cause unknown
-                self._pending[index] = [self._known[index], lr, "unknown", None]
+                self._pending.setdefault(index, []).append([self._known[index], lr, "unknown", None, None])
                 self._known[index] = lr
         self.step_in_epoch += 1
         self.steps += 1
@@ -300,15 +304,16 @@ class LearningRateWatcher:
 
     def _record(self, epoch: int, step: int | None) -> None:
         pending, self._pending = self._pending, {}
-        for index, (old, new, cause, metric) in sorted(pending.items()):
-            if old == new:
-                continue
-            self.recorder.adaptation(
-                epoch, "learning_rate", cause, step=step,
-                parameter="learning_rate" if index == 0 else f"learning_rate_group{index}",
-                old_value=old, new_value=new, monitor=self.monitor if metric is not None else None,
-                monitor_value=metric,
-            )
+        for index, changes in sorted(pending.items()):
+            for old, new, cause, metric, _by in changes:
+                if old == new:
+                    continue  # set and set back by the same cause
+                self.recorder.adaptation(
+                    epoch, "learning_rate", cause, step=step,
+                    parameter="learning_rate" if index == 0 else f"learning_rate_group{index}",
+                    old_value=old, new_value=new, monitor=self.monitor if metric is not None else None,
+                    monitor_value=metric,
+                )
 
     def find_schedulers(self) -> list[Any]:
         """The schedulers of this optimizer: those seen setting a rate, and any made before the watcher."""

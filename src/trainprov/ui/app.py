@@ -149,12 +149,15 @@ def routes(board: Dashboard) -> list[Any]:
     def run_page(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
         if run_id != request.path_params["run"]:
-            return RedirectResponse(f"/runs/{run_id}", status_code=303)
-        return board.page(request, "run.html", detail=data.run_detail(reader, run_id), run_id=run_id, nav="runs")
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(f"/runs/{run_id}{query}", status_code=303)
+        return board.page(request, "run.html", detail=data.run_detail(reader, run_id, data.rank_of(request.query_params)),
+                          run_id=run_id, nav="runs")
 
     def run_details(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
-        return board.page(request, "_run_details.html", detail=data.run_detail(reader, run_id), run_id=run_id)
+        return board.page(request, "_run_details.html", detail=data.run_detail(reader, run_id, data.rank_of(request.query_params)),
+                          run_id=run_id)
 
     def run_graph_page(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
@@ -175,7 +178,7 @@ def routes(board: Dashboard) -> list[Any]:
     def compare_page(request: Request, reader: Reader) -> Response:
         refs = request.query_params.getlist("runs")
         refs = [r for ref in refs for r in ref.split(",") if r]
-        comparison = data.compare(reader, refs, request.query_params.get("metric"))
+        comparison = data.compare(reader, refs, request.query_params.get("metric"), data.rank_of(request.query_params))
         return board.page(request, "compare.html", comparison=comparison, nav="compare")
 
     def sql_page(request: Request, reader: Reader) -> Response:
@@ -203,21 +206,21 @@ def routes(board: Dashboard) -> list[Any]:
                 "runs": records(runs.frame.head(runs.query.limit))}
 
     def api_run(request: Request, reader: Reader) -> Any:
-        return data.run_detail(reader, _run_ref(request, reader))
+        return data.run_detail(reader, _run_ref(request, reader), data.rank_of(request.query_params))
 
     def api_epochs(request: Request, reader: Reader) -> Any:
-        return data.epochs(reader, _run_ref(request, reader))
+        return data.epochs(reader, _run_ref(request, reader), data.rank_of(request.query_params))
 
     def api_steps(request: Request, reader: Reader) -> Any:
         try:
             points = int(request.query_params.get("points", data.STEP_POINTS))
         except ValueError:
             points = data.STEP_POINTS
-        return data.steps(reader, _run_ref(request, reader), points)
+        return data.steps(reader, _run_ref(request, reader), points, data.rank_of(request.query_params))
 
     def api_compare(request: Request, reader: Reader) -> Any:
         refs = [r for ref in request.query_params.getlist("runs") for r in ref.split(",") if r]
-        return data.compare_curves(reader, refs)
+        return data.compare_curves(reader, refs, data.rank_of(request.query_params))
 
     def api_schema(request: Request, reader: Reader) -> Any:
         return data.schema(reader)

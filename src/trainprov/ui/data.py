@@ -1,7 +1,8 @@
 """What a run's page, the comparison and the SQL console show, read from the store (no HTML here).
 
 Everything goes through the read-only Reader: one short statement at a time, so the
-dashboard never holds a transaction open while a training writes.
+dashboard never holds a transaction open while a training writes. A run recorded by several
+processes is shown one rank at a time: rank 0 unless a `rank` is given.
 """
 
 from __future__ import annotations
@@ -31,16 +32,32 @@ STEP_POINTS = 2000
 # ---- one run --------------------------------------------------------------------------------
 
 
+def rank_of(params: Any) -> int:
+    """The rank a page or API call asks for (`?rank=K`), 0 when not given."""
+    text = params.get("rank", "") or "0"
+    try:
+        rank = int(text)
+    except ValueError:
+        raise QueryError(f"rank must be a whole number of 0 or more (0 is the first process), got {text!r}") from None
+    if rank < 0:
+        raise QueryError(f"rank must be a whole number of 0 or more (0 is the first process), got {text!r}")
+    return rank
+
+
 def resolve(reader: Reader, ref: str) -> str:
     """A run id from an id, a unique prefix or 'latest' (QueryError if none or ambiguous)."""
     return reader.resolve_run(ref)
 
 
-def _dataset_table(reader: Reader, dataset: str, run_id: str, limit: int = TABLE_ROWS) -> dict[str, Any]:
-    """A dataset's rows of one run for display: element columns and columns without any value left out."""
+def _dataset_table(reader: Reader, dataset: str, run_id: str, limit: int = TABLE_ROWS, ranks: str = "") -> dict[str, Any]:
+    """A dataset's rows of one run (of one rank: `ranks` from analysis.rank_filter) for display.
+
+    Element columns and columns without any value are left out.
+    """
     p = reader.backend.placeholder
     result = reader.result(
-        f"SELECT * FROM {dataset} WHERE run_id = {p} ORDER BY recorded_at, element_seq LIMIT {int(limit) + 1}", (run_id,)
+        f"SELECT * FROM {dataset} WHERE run_id = {p}{ranks} ORDER BY recorded_at, element_seq LIMIT {int(limit) + 1}",
+        (run_id,),
     )
     rows = result.rows[:limit]
     keep = [j for j, c in enumerate(result.columns)
@@ -75,14 +92,20 @@ def _agent_details(text: Any) -> list[tuple[str, str]]:
 CURVE_DATASETS = (analysis.EPOCH_DATASET, analysis.STEP_DATASET)
 
 
-def run_detail(reader: Reader, run_id: str) -> dict[str, Any]:
-    """A run page's static parts: the run, its inputs and outputs, tasks, agents, files."""
+def run_detail(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
+    """A run page's static parts: the run, its inputs and outputs (of `rank` in a run of several processes), tasks, agents, files."""
+    ranks = analysis.rank_filter(reader, rank, runs=[run_id])
     info = reader.show(run_id)
+    several = (info["run"].get("world_size") or 1) > 1
+    if several:
+        p = reader.backend.placeholder
+        for name, entry in info["datasets"].items():  # the rows of the rank shown
+            entry["rows"] = reader.result(f"SELECT count(*) FROM {name} WHERE run_id = {p}{ranks}", (run_id,)).rows[0][0]
     inputs, outputs = [], []
     for name, entry in info["datasets"].items():
         if not entry["rows"] or name in CURVE_DATASETS:
             continue
-        table = _dataset_table(reader, name, run_id)
+        table = _dataset_table(reader, name, run_id, ranks=ranks)
         table["count"] = entry["rows"]
         if name == "hyperparameters" and entry["rows"] <= 3:
             table["transpose"] = True
@@ -90,7 +113,8 @@ def run_detail(reader: Reader, run_id: str) -> dict[str, Any]:
     for agent in info["agents"]:
         agent["facts"] = _agent_details(agent.get("details"))
     curves = {name: info["datasets"].get(name, {}).get("rows", 0) for name in CURVE_DATASETS}
-    return {**info, "inputs": inputs, "outputs": outputs, "curve_rows": curves}
+    shown = {"rank": rank if several else None, "world_size": info["run"].get("world_size") if several else None}
+    return {**info, "inputs": inputs, "outputs": outputs, "curve_rows": curves, **shown}
 
 
 def _run_state(reader: Reader, run_id: str) -> dict[str, Any]:
@@ -107,14 +131,18 @@ def _run_state(reader: Reader, run_id: str) -> dict[str, Any]:
             "ended_at": when(run["ended_at"])}
 
 
-def epochs(reader: Reader, run_id: str) -> dict[str, Any]:
-    """A run's per-epoch curves (every metric with a value), adaptations and live state, for drawing."""
+def epochs(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
+    """A run's per-epoch curves (every metric with a value), adaptations and live state, for drawing.
+
+    A run of several processes: the epochs and adaptations of `rank`.
+    """
     out: dict[str, Any] = {"run_id": run_id, **_run_state(reader, run_id), "epochs": [], "series": {}, "adaptations": []}
     p = reader.backend.placeholder
+    ranks = analysis.rank_filter(reader, rank, runs=[run_id])
     names = analysis.metrics(analysis.EPOCH_DATASET, store=reader)
     if names and "epoch" in analysis.attributes(analysis.EPOCH_DATASET, store=reader):
         result = reader.result(
-            f"SELECT epoch, {', '.join(names)} FROM {analysis.EPOCH_DATASET} WHERE run_id = {p} "
+            f"SELECT epoch, {', '.join(names)} FROM {analysis.EPOCH_DATASET} WHERE run_id = {p}{ranks} "
             "ORDER BY recorded_at, element_seq", (run_id,))
         out["epochs"] = [r[0] for r in result.rows]
         for j, name in enumerate(names, start=1):
@@ -127,7 +155,7 @@ def epochs(reader: Reader, run_id: str) -> dict[str, Any]:
                               "monitor_value", "best_epoch", "best_value") if c in adaptation_columns]
         out["adaptations"] = [
             {k: jsonable(v) for k, v in row.items()}
-            for row in reader.rows(f"SELECT {', '.join(wanted)} FROM adaptations WHERE run_id = {p} "
+            for row in reader.rows(f"SELECT {', '.join(wanted)} FROM adaptations WHERE run_id = {p}{ranks} "
                                    "ORDER BY recorded_at, element_seq", (run_id,))
         ]
     out["count"] = len(out["epochs"])
@@ -138,11 +166,12 @@ def _nan(value: Any) -> Any:
     return math.nan if value == "NaN" else value
 
 
-def steps(reader: Reader, run_id: str, points: int = STEP_POINTS) -> dict[str, Any]:
+def steps(reader: Reader, run_id: str, points: int = STEP_POINTS, rank: int = 0) -> dict[str, Any]:
     """A run's per-step curves, downsampled for drawing to about `points` buckets of global steps.
 
     Each bucket gives its first step, and the mean, minimum and maximum of each metric in
     it, so that spikes stay visible; runs with fewer steps than `points` are drawn whole.
+    A run of several processes: the steps of `rank`.
     """
     out: dict[str, Any] = {"run_id": run_id, "x": [], "series": {}, "rows": 0, "bucket": 1}
     columns = analysis.attributes(analysis.STEP_DATASET, store=reader)
@@ -150,9 +179,10 @@ def steps(reader: Reader, run_id: str, points: int = STEP_POINTS) -> dict[str, A
     if not names or "global_step" not in columns:
         return out
     p = reader.backend.placeholder
+    ranks = analysis.rank_filter(reader, rank, runs=[run_id])
     count, first, last = reader.result(
         f"SELECT count(*), min(global_step), max(global_step) FROM {analysis.STEP_DATASET} "
-        f"WHERE run_id = {p} AND global_step IS NOT NULL", (run_id,)).rows[0]
+        f"WHERE run_id = {p} AND global_step IS NOT NULL{ranks}", (run_id,)).rows[0]
     out["rows"] = int(count or 0)
     if not count:
         return out
@@ -160,7 +190,7 @@ def steps(reader: Reader, run_id: str, points: int = STEP_POINTS) -> dict[str, A
     if count <= points:
         result = reader.result(
             f"SELECT global_step, {', '.join(names)} FROM {analysis.STEP_DATASET} WHERE run_id = {p} "
-            "AND global_step IS NOT NULL ORDER BY global_step, recorded_at", (run_id,))
+            f"AND global_step IS NOT NULL{ranks} ORDER BY global_step, recorded_at", (run_id,))
         out["x"] = [r[0] for r in result.rows]
         for j, name in enumerate(names, start=1):
             values = [r[j] for r in result.rows]
@@ -175,7 +205,7 @@ def steps(reader: Reader, run_id: str, points: int = STEP_POINTS) -> dict[str, A
         aggregates += [f"avg({value})", f"min({value})", f"max({value})"]
     result = reader.result(
         f"SELECT {group} AS bucket, min(global_step), {', '.join(aggregates)} FROM {analysis.STEP_DATASET} "
-        f"WHERE run_id = {p} AND global_step IS NOT NULL GROUP BY {group} ORDER BY bucket", (run_id,))
+        f"WHERE run_id = {p} AND global_step IS NOT NULL{ranks} GROUP BY {group} ORDER BY bucket", (run_id,))
     out["bucket"] = bucket
     out["x"] = [r[1] for r in result.rows]
     for j, name in enumerate(names):
@@ -197,17 +227,17 @@ def _runs(reader: Reader, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     return {r["run_id"]: {"name": r["name"], "status": r["status"]} for r in rows}
 
 
-def compare(reader: Reader, refs: Sequence[str], metric: str | None) -> dict[str, Any]:
-    """The comparison page: the runs, their differing hyperparameters and where they diverge."""
+def compare(reader: Reader, refs: Sequence[str], metric: str | None, rank: int = 0) -> dict[str, Any]:
+    """The comparison page: the runs, their differing hyperparameters and where they diverge (of `rank` in runs of several processes)."""
     run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in refs))
     scores = display_metrics(analysis.metrics(analysis.EPOCH_DATASET, scores_only=True, store=reader)) \
         if analysis.attributes(analysis.EPOCH_DATASET, store=reader) else []
     metric = metric if metric in scores else (scores[0] if scores else None)
     known = _runs(reader, run_ids)
     runs = [{"run_id": r, **known.get(r, {"name": None, "status": None})} for r in run_ids]
-    hp = analysis.differing_hyperparameters(run_ids, store=reader) if len(run_ids) > 1 and \
+    hp = analysis.differing_hyperparameters(run_ids, rank=rank, store=reader) if len(run_ids) > 1 and \
         analysis.attributes("hyperparameters", store=reader) else pd.DataFrame()
-    div = analysis.divergence(run_ids, metric, store=reader) if metric and len(run_ids) > 1 else pd.DataFrame()
+    div = analysis.divergence(run_ids, metric, rank=rank, store=reader) if metric and len(run_ids) > 1 else pd.DataFrame()
     labels = {r["run_id"]: (f"{r['name']} ({r['run_id'][-6:]})" if r["name"] else r["run_id"]) for r in runs}
     divergence = [{**row, "label_a": labels[row["run_a"]], "label_b": labels[row["run_b"]]}
                   for row in div.astype(object).to_dict("records")] if not div.empty else []
@@ -219,12 +249,12 @@ def compare(reader: Reader, refs: Sequence[str], metric: str | None) -> dict[str
     }
 
 
-def compare_curves(reader: Reader, refs: Sequence[str]) -> dict[str, Any]:
-    """Per-epoch curves of several runs and their differing hyperparameters, for overlaid drawing."""
+def compare_curves(reader: Reader, refs: Sequence[str], rank: int = 0) -> dict[str, Any]:
+    """Per-epoch curves of several runs and their differing hyperparameters (of `rank` in runs of several processes), for overlaid drawing."""
     run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in refs))
     out: dict[str, Any] = {"runs": [], "series": {}, "hyperparameters": {}, "higher_is_better": {}}
     for run_id in run_ids:
-        data = epochs(reader, run_id)
+        data = epochs(reader, run_id, rank)
         out["runs"].append({"run_id": run_id, "status": data["status"]})
         out["series"][run_id] = {"epochs": data["epochs"], **data["series"]}
         for name in data["series"]:
@@ -233,7 +263,7 @@ def compare_curves(reader: Reader, refs: Sequence[str]) -> dict[str, Any]:
     for entry in out["runs"]:
         entry["name"] = known.get(entry["run_id"], {}).get("name")
     if len(run_ids) > 1 and analysis.attributes("hyperparameters", store=reader):
-        hp = analysis.differing_hyperparameters(run_ids, store=reader)
+        hp = analysis.differing_hyperparameters(run_ids, rank=rank, store=reader)
         out["hyperparameters"] = {name: [jsonable(v) for v in row]
                                   for name, row in zip(hp.index, hp.astype(object).itertuples(index=False, name=None))}
     out["running"] = any(r["status"] == "running" for r in out["runs"])

@@ -2,6 +2,7 @@
 
 The list reads the runs and their hyperparameters first, filters and sorts them, and only
 then summarises the metrics, of the rows it shows (or of all runs when sorted by a metric).
+Runs recorded by several processes show the values of one rank (`?rank=K`, rank 0 by default).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class RunsQuery:
     sort: str = "started_at"
     order: str = "desc"
     limit: int = 100
+    rank: int = 0
 
     @classmethod
     def from_params(cls, params: Any) -> "RunsQuery":
@@ -58,6 +60,10 @@ class RunsQuery:
             limit = max(1, min(int(params.get("limit", 100)), 100_000))
         except ValueError:
             limit = 100
+        try:
+            rank = max(0, int(params.get("rank", 0)))
+        except ValueError:
+            rank = 0
         return cls(
             status=status if status in STATUSES else "",
             dataflow=params.get("dataflow", ""),
@@ -65,12 +71,14 @@ class RunsQuery:
             sort=params.get("sort", "") or "started_at",
             order=order if order in ("asc", "desc") else ("desc" if params.get("sort", "") in ("", "started_at") else "asc"),
             limit=limit,
+            rank=rank,
         )
 
     def link(self, **change: Any) -> str:
         """The query string of this list with some parameters changed."""
         values = {"status": self.status, "dataflow": self.dataflow, "q": self.q, "sort": self.sort,
-                  "order": self.order, "limit": self.limit, **change}
+                  "order": self.order, "limit": self.limit, "rank": self.rank,
+                  **change}
         defaults = RunsQuery()
         kept = {k: v for k, v in values.items() if v not in ("", None) and v != getattr(defaults, k)}
         if values["sort"] != defaults.sort:
@@ -140,7 +148,7 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
     The metrics are summarised only for the rows shown, unless the list is sorted by one
     of them: the default list costs one pass over the shown runs' epochs, not the store's.
     """
-    frame = analysis.runs_overview(summary=False, store=reader)
+    frame = analysis.runs_overview(summary=False, rank=query.rank, store=reader)
     total = len(frame)
     counts = {s: int((frame["status"] == s).sum()) for s in STATUSES} if total else dict.fromkeys(STATUSES, 0)
     dataflows = sorted(frame["dataflow"].dropna().unique().tolist()) if total else []
@@ -169,20 +177,20 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
     summarised = [c.key for c in columns if c.key == "epochs_run" or c.key.startswith("best_")]
     by_summary = query.sort in summarised
     if by_summary and not frame.empty:
-        frame = _with_summary(reader, frame, metrics, total)
+        frame = _with_summary(reader, frame, metrics, total, query.rank)
     frame = _sorted(frame, query)
     matched = len(frame)
     shown = frame.head(query.limit)
     if has_epochs and not by_summary and not shown.empty:
-        shown = _with_summary(reader, shown, metrics, total)
+        shown = _with_summary(reader, shown, metrics, total, query.rank)
     rows = [dict(zip(shown.columns, row)) for row in shown.astype(object).itertuples(index=False, name=None)]
     return RunsList(query, columns, rows, total, matched, counts, dataflows, shown)
 
 
-def _with_summary(reader: Reader, frame: pd.DataFrame, metrics: list[str], total: int) -> pd.DataFrame:
-    """The frame with epochs run, last epoch time and best metrics of its runs."""
+def _with_summary(reader: Reader, frame: pd.DataFrame, metrics: list[str], total: int, rank: int = 0) -> pd.DataFrame:
+    """The frame with epochs run, last epoch time and best metrics of its runs (of `rank` in runs of several processes)."""
     runs = None if len(frame) == total else list(frame["run_id"])
-    summary = analysis.runs_overview(metrics=metrics, runs=runs, hyperparameters=False, store=reader)
+    summary = analysis.runs_overview(metrics=metrics, runs=runs, hyperparameters=False, rank=rank, store=reader)
     wanted = ["run_id", "status", "duration_s", "ended_at", "epochs_run", "last_epoch_at", *(f"best_{m}" for m in metrics)]
     summary = summary[[c for c in wanted if c in summary.columns]].set_index("run_id")
     # statuses and durations as of this later read

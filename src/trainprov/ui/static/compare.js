@@ -62,7 +62,8 @@
   async function refresh() {
     let d = null;
     try {
-      d = await TP.json("/api/compare?runs=" + runs.map(encodeURIComponent).join(","));
+      const rank = new URLSearchParams(location.search).get("rank");  // runs of several processes: this rank
+      d = await TP.json("/api/compare?runs=" + runs.map(encodeURIComponent).join(",") + (rank ? "&rank=" + encodeURIComponent(rank) : ""));
       draw(d);
     } catch (e) {
       box.textContent = "cannot read the runs: " + e.message;

@@ -4,6 +4,7 @@
 (function () {
   const box = document.getElementById("charts");
   const runId = box.dataset.run;
+  const rank = box.dataset.rank ? `?rank=${encodeURIComponent(box.dataset.rank)}` : "";  // a run of several processes
   let status = box.dataset.status;
   let hasSteps = Number(box.dataset.steps) > 0;
   const stepBox = document.getElementById("step-charts");
@@ -90,7 +91,7 @@
   async function refresh() {
     let d = null;
     try {
-      d = await TP.json(`/api/runs/${encodeURIComponent(runId)}/epochs`);
+      d = await TP.json(`/api/runs/${encodeURIComponent(runId)}/epochs${rank}`);
       draw(d);
       showState(d);
       const now = `${d.status} ${d.count} ${d.adaptations.length}`;
@@ -128,7 +129,7 @@
   async function refreshSteps() {
     let s = null;
     try {
-      s = await TP.json(`/api/runs/${encodeURIComponent(runId)}/steps`);
+      s = await TP.json(`/api/runs/${encodeURIComponent(runId)}/steps${rank}`);
       if (s.rows) drawSteps(s);
     } catch (e) { /* shown by the epoch poll */ }
     if (status === "running") setTimeout(refreshSteps, 5 * TP.poll);
