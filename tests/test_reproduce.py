@@ -180,6 +180,7 @@ def test_reproduce_check_finds_no_difference_then_exactly_the_changed_package(tm
     assert other.returncode == 1, other.stdout + other.stderr
     differences = [line for line in other.stdout.splitlines() if line.startswith("  ")]
     assert differences == ["  package tpfakepkg: '1.0' -> '2.0'"], other.stdout
+    assert other.stdout.startswith("1 difference between the record")
 
 
 def test_secrets_in_the_environment_never_reach_the_store(tmp_path):

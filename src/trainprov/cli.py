@@ -354,6 +354,7 @@ def diff_command(ctx: click.Context, run_a: str, run_b: str, store_a: str | None
 def reproduce_command(ctx: click.Context, run: str, store_opt: str | None, output: str | None, check: bool, fmt: str) -> None:
     """What reproduces RUN: command, code and patch, pinned packages, data digests, seeds, environment."""
     from . import reproduce
+    from .rundiff import plural
 
     store = store_opt or ctx.obj
     if check:
@@ -363,9 +364,9 @@ def reproduce_command(ctx: click.Context, run: str, store_opt: str | None, outpu
         elif not changes:
             click.echo(f"no difference: this machine matches the record of run {run}")
         else:
-            click.echo(f"{len(changes)} differences between the record of run {run} and this machine:")
+            click.echo(f"{plural(len(changes), 'difference')} between the record of run {run} and this machine:")
             for change in changes:
-                click.echo("  " + change.describe())
+                click.echo("  " + change.describe(("the record", "this machine")))
         ctx.exit(1 if changes else 0)
     plan = reproduce.plan(run, store=store)
     if fmt == "json":

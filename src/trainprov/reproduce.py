@@ -58,7 +58,8 @@ class Reproduction:
 
     def script(self, patch_file: str = "run.patch") -> str:
         """A shell script that checks out the code, installs the packages and runs the command."""
-        lines = ["#!/bin/sh", f"# Reproduces trainprov run {self.run_id} (from {self.store}).", "set -e"]
+        lines = ["#!/bin/sh", f"# Reproduces trainprov run {self.run_id} (from {self.store}).", "set -e",
+                 'here="$(cd "$(dirname "$0")" && pwd)"']
         if self.git.get("git_commit"):
             remote = self.git.get("git_remote")
             if remote:
@@ -68,8 +69,8 @@ class Reproduction:
             lines.append(f"git checkout {self.git['git_commit']}")
             if self.patch:
                 cut = " (TRUNCATED in the record: incomplete)" if self.patch.get("truncated") else ""
-                lines.append(f"git apply \"$(dirname \"$0\")/{patch_file}\"   # the uncommitted changes{cut}")
-        lines.append("python -m pip install -r \"$(dirname \"$0\")/requirements.txt\"")
+                lines.append(f"git apply \"$here/{patch_file}\"   # the uncommitted changes{cut}")
+        lines.append("python -m pip install -r \"$here/requirements.txt\"")
         for name, value in self.environment.items():
             lines.append(f"export {name}={shlex.quote(value)}")
         if self.working_dir and not self.git.get("git_commit"):

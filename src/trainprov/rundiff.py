@@ -40,13 +40,13 @@ class Change:
     a: Any = None
     b: Any = None
 
-    def describe(self) -> str:
-        """One line for a person."""
+    def describe(self, sides: tuple[str, str] = ("A", "B")) -> str:
+        """One line for a person; `sides` names the two sides (A and B, or the record and this machine)."""
         if self.kind == "changed":
             return f"{self.path}: {_show(self.a)} -> {_show(self.b)}"
         if self.kind in ("added", "inserted"):
-            return f"{self.path}: {self.kind} in B: {_show(self.b)}"
-        return f"{self.path}: {self.kind} from A: {_show(self.a)}"
+            return f"{self.path}: {self.kind}, only in {sides[1]}: {_show(self.b)}"
+        return f"{self.path}: {self.kind}, only in {sides[0]}: {_show(self.a)}"
 
 
 @dataclass
@@ -117,7 +117,7 @@ class RunDiff:
                 if s.name == "outcome":
                     continue
                 lines.append("")
-                state = "not recorded by both runs" if not s.recorded else ("same" if s.same else f"{len(s.changes)} differences")
+                state = "not recorded by both runs" if not s.recorded else ("same" if s.same else plural(len(s.changes), "difference"))
                 lines.append(f"## {s.name}: {state}" + (f" ({s.note})" if s.note else ""))
                 lines.extend("  " + c.describe() for c in s.changes)
         return "\n".join(lines)
@@ -125,6 +125,11 @@ class RunDiff:
     def _repr_html_(self) -> str:  # notebooks
         import html
         return "<pre>" + html.escape(self.report()) + "</pre>"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 difference', '2 differences'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _show(value: Any, width: int = 80) -> str:
@@ -324,7 +329,8 @@ def _set_seeds(record: RunRecord) -> dict[str, Any]:
 
 def _adaptation_line(row: Mapping[str, Any]) -> str:
     where = f"epoch {row.get('epoch')}" + (f" step {row['step']}" if row.get("step") is not None else "")
-    what = f"{row.get('kind')} {row.get('parameter') or ''}".strip()
+    kind, parameter = row.get("kind"), row.get("parameter")
+    what = str(kind) if not parameter or parameter == kind else f"{kind} {parameter}"
     values = f" {_num(row.get('old_value'))} -> {_num(row.get('new_value'))}" if row.get("new_value") is not None else ""
     return f"{where}: {what}{values} ({row.get('cause')})"
 

@@ -27,7 +27,8 @@ SOURCE_PATTERNS = ("*.py", "*.ipynb", "*.pyx", "*.c", "*.cc", "*.cpp", "*.h", "*
                    "*.ini", "*.yaml", "*.yml", "*.json", "*.txt", "*.md", "Makefile", "Dockerfile")
 #: environment variables kept (shell patterns): what changes how training computes
 ENV_ALLOW = ("CUDA_*", "CUBLAS_*", "CUDNN_*", "NCCL_*", "NVIDIA_*", "OMP_*", "MKL_*", "OPENBLAS_*",
-             "KMP_*", "KERAS_*", "TF_*", "TORCH_*", "PYTORCH_*", "PL_*", "LIGHTNING_*", "HF_*",
+             "KMP_*", "KERAS_*", "TF_CPP_*", "TF_ENABLE_*", "TF_DETERMINISTIC_*", "TF_CUDNN_*", "TF_GPU_*",
+             "TF_FORCE_*", "TF_XLA_*", "TF_NUM_*", "TF_USE_*", "TF_INTRA_OP_*", "TF_INTER_OP_*", "TORCH_*", "PYTORCH_*", "PL_*", "LIGHTNING_*", "HF_*",
              "TRANSFORMERS_*", "TOKENIZERS_*", "ACCELERATE_*", "XLA_*", "JAX_*", "PYTHONHASHSEED",
              "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "TRAINPROV_RUN_ID", "VIRTUAL_ENV", "CONDA_DEFAULT_ENV")
