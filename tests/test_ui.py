@@ -333,6 +333,10 @@ def test_a_comparison_of_two_runs_shows_both(dashboard, store, page, shots):
     expect(page.locator("#divergence tbody tr")).to_have_count(1)
     expect(page.locator("#divergence tbody td").nth(3)).to_have_text("4")
     expect(page.locator("#chart-hp-learning_rate")).to_be_visible()
+    # the provenance diff: the two runs differ in their hyperparameters, and the rows say which
+    why = page.locator("section.provenance-diff")
+    expect(why).to_contain_text("They differ in hyperparameters")
+    expect(why.locator("tr", has_text="optimizer")).to_contain_text("sgd")
     page.screenshot(path=os.path.join(shots, "compare.png"), full_page=True)
 
 

@@ -7,6 +7,7 @@ store with SQL while the training runs.
 from .capture import Element, FileRef, Run, SignalInterrupt, Task, new_run_id, start_run
 from .errors import CaptureError, QueryError, SpecError, StoreError, TrainprovError, ValueTypeError
 from .query import Reader, connect, query, query_df
+from .rundiff import diff
 from .spec import Attribute, Dataflow, Dataset, Transformation
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "Transformation",
     "ValueTypeError",
     "connect",
+    "diff",
     "new_run_id",
     "query",
     "query_df",

@@ -699,6 +699,17 @@ def _series(reader: Reader, run_ids: list[str], metric: str, dataset: str, rank:
     return out
 
 
+def first_divergence(
+    a: Sequence[float], b: Sequence[float], *, tolerance: float = DIVERGENCE_TOLERANCE,
+    patience: int = DIVERGENCE_PATIENCE,
+) -> tuple[int | None, float | None]:
+    """Where two aligned series start to stay apart (see `divergence`): (index or None, gap there)."""
+    gaps = [_gap(x, y) for x, y in zip(a, b)]
+    apart = [g > tolerance for g in gaps]
+    at = next((i for i in range(len(apart)) if all(apart[i : i + patience])), None)
+    return at, (gaps[at] if at is not None else None)
+
+
 def divergence(
     runs: Sequence[str],
     metric: str = "val_loss",
@@ -728,8 +739,8 @@ def divergence(
     for a, b in itertools.combinations(run_ids, 2):
         epochs = sorted(set(series[a]) & set(series[b]))
         gaps = [_gap(series[a][e], series[b][e]) for e in epochs]
-        apart = [g > tolerance for g in gaps]
-        at = next((i for i in range(len(apart)) if all(apart[i : i + patience])), None)
+        at, _ = first_divergence([series[a][e] for e in epochs], [series[b][e] for e in epochs],
+                                 tolerance=tolerance, patience=patience)
         rows.append({
             "run_a": a, "run_b": b, "metric": metric, "common_epochs": len(epochs),
             "diverged_at_epoch": epochs[at] if at is not None else None,

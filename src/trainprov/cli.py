@@ -323,6 +323,61 @@ def copy_command(src: str, dst: str, run_refs: tuple[str, ...], since: str | Non
         click.echo(line)
 
 
+@main.command("diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--store", "store_a", help="The store of both runs (default: the group's --store).")
+@click.option("--store-b", help="The store of RUN_B, when it is in another store.")
+@click.option("--metric", help="The metric whose curves are compared (default: val_loss, else loss).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--short", is_flag=True, help="Only the summary, not every change.")
+@click.pass_context
+def diff_command(ctx: click.Context, run_a: str, run_b: str, store_a: str | None, store_b: str | None,
+                 metric: str | None, fmt: str, short: bool) -> None:
+    """Why runs RUN_A and RUN_B differ: configuration, architecture, data, code, environment, outcome."""
+    from .rundiff import diff
+
+    result = diff(run_a, run_b, store=store_a or ctx.obj, store_b=store_b, metric=metric)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, default=_json_value))
+    else:
+        click.echo(result.report(details=not short))
+
+
+@main.command("reproduce")
+@click.argument("run")
+@click.option("--store", "store_opt", help="The store (default: the group's --store).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Write the script, requirements, patch and digests into this folder.")
+@click.option("--check", is_flag=True, help="Compare this machine with the record; exit status 1 if anything differs.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def reproduce_command(ctx: click.Context, run: str, store_opt: str | None, output: str | None, check: bool, fmt: str) -> None:
+    """What reproduces RUN: command, code and patch, pinned packages, data digests, seeds, environment."""
+    from . import reproduce
+    from .rundiff import plural
+
+    store = store_opt or ctx.obj
+    if check:
+        changes = reproduce.check(run, store=store)
+        if fmt == "json":
+            click.echo(json.dumps([c.__dict__ for c in changes], indent=2, default=_json_value))
+        elif not changes:
+            click.echo(f"no difference: this machine matches the record of run {run}")
+        else:
+            click.echo(f"{plural(len(changes), 'difference')} between the record of run {run} and this machine:")
+            for change in changes:
+                click.echo("  " + change.describe(("the record", "this machine")))
+        ctx.exit(1 if changes else 0)
+    plan = reproduce.plan(run, store=store)
+    if fmt == "json":
+        click.echo(json.dumps(plan.to_dict(), indent=2, default=_json_value))
+    else:
+        click.echo(plan.text())
+    if output:
+        for path in plan.write(output):
+            click.echo(f"wrote {path}", err=True)
+
+
 from .cli_ui import analyze, ui  # noqa: E402  (defined apart; they take the helpers above when run)
 
 main.add_command(analyze)

@@ -10,9 +10,12 @@ import socket
 import subprocess
 import sys
 from importlib import metadata
-from typing import Any
+from typing import Any, Mapping
 
-# Packages whose versions say what produced a model; only installed ones are recorded.
+from . import reproduction
+
+# Packages whose versions say what produced a model: `key_packages` in the software agent,
+# beside the full list of installed distributions in `packages`.
 KEY_PACKAGES = (
     "trainprov",
     "numpy",
@@ -81,29 +84,17 @@ def _gpus() -> list[dict[str, Any]]:
     return []
 
 
-def _packages() -> dict[str, str]:
-    found = {}
-    for name in KEY_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+def _script() -> tuple[str | None, str, dict[str, Any] | None]:
+    """The program's script (None when there is none), its name, and the notebook facts in Jupyter."""
+    notebook = reproduction.notebook()
+    if notebook is not None:
+        path = notebook["notebook"]
+        return path, os.path.basename(path) if path else "unknown notebook", notebook
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else None
+    return script, os.path.basename(script) if script else "python", None
 
 
-def _git(cwd: str) -> dict[str, Any]:
-    commit = _run(["git", "rev-parse", "HEAD"], cwd)
-    if not commit:
-        return {}
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd)
-    return {
-        "git_commit": commit,
-        "git_dirty": bool(status),
-        "git_branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd),
-    }
-
-
-def collect(run_id: str) -> list[tuple]:
+def collect(run_id: str, seeds: Mapping[str, int] | None = None) -> list[tuple]:
     """Rows for the agents table: (run_id, agent_id, kind, name, details, acted_on_behalf_of)."""
     user = _user()
     host = socket.gethostname()
@@ -128,13 +119,20 @@ def collect(run_id: str) -> list[tuple]:
         "implementation": platform.python_implementation(),
         "python_version": platform.python_version(),
         "executable": sys.executable,
-        "packages": _packages(),
     }
-    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else None
-    program = os.path.basename(script) if script else "python"
+    installed = reproduction.packages()
+    software_details["key_packages"] = {
+        name: installed[reproduction.normal_name(name)] for name in KEY_PACKAGES if reproduction.normal_name(name) in installed}
+    software_details["packages"] = installed
+    script, program, notebook = _script()
     # the code's commit is the one of the script's repository, wherever it is started from
-    code_dir = os.path.dirname(script) if script else cwd
-    program_details = {"command": " ".join(sys.argv), "argv": list(sys.argv), "working_dir": cwd, "script": script, **_git(code_dir)}
+    # (a notebook's kernel starts in the notebook's folder)
+    code_dir = os.path.dirname(script) if script and notebook is None else cwd
+    program_details = {
+        "command": " ".join(sys.argv), "argv": list(sys.argv), "working_dir": cwd, "script": script,
+        **(notebook or {}), **reproduction.git_state(code_dir),
+        "seeds": reproduction.seeds(seeds), "environment": reproduction.environment(),
+    }
     return [
         (run_id, person, "person", user, person_details, None),
         (run_id, machine, "machine", host, machine_details, person),

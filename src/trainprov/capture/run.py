@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from ..errors import CaptureError, SpecError
 from ..spec import Dataflow
@@ -304,6 +304,7 @@ class Run:
         run_id: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        seeds: Mapping[str, int] | None = None,
     ) -> None:
         if not isinstance(dataflow, Dataflow):
             raise SpecError(f"start_run needs a Dataflow, got {type(dataflow).__name__}")
@@ -359,7 +360,7 @@ class Run:
         if ranked:
             self._writer.put((_RANK, (self.id, self.rank, host, pid, "running", self.started, None, None, None)))
         if record_agents and (not ranked or self.rank == 0):
-            for row in agents.collect(self.id):
+            for row in agents.collect(self.id, seeds=seeds):
                 self._writer.put((_AGENT, row))
         self._writer.watch_run(self.id, True)
         self._writer.flush()
@@ -454,15 +455,18 @@ def start_run(
     run_id: str | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    seeds: Mapping[str, int] | None = None,
 ) -> Run:
     """Declare the dataflow in the store and start a run of it, or join one as a rank.
 
     Several processes record one run (a data-parallel training) when each is given the same
     `run_id` (or TRAINPROV_RUN_ID) with its `rank` and the `world_size` (or RANK and
-    WORLD_SIZE, as torchrun sets them); the run ends when its last rank ends.
+    WORLD_SIZE, as torchrun sets them); the run ends when its last rank ends. `seeds` declares
+    random seeds the program set that trainprov cannot see (it finds Keras', Lightning's and
+    torch's itself).
     """
     return Run(dataflow, store, name=name, record_agents=record_agents, handle_signals=handle_signals,
-               run_id=run_id, rank=rank, world_size=world_size)
+               run_id=run_id, rank=rank, world_size=world_size, seeds=seeds)
 
 
 # ---- process-wide state -------------------------------------------------------------------

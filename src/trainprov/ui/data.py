@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .. import analysis
+from .. import analysis, record, rundiff
 from ..errors import QueryError
 from ..query import Reader
 from ..spec import ELEMENT_COLUMNS
@@ -241,8 +241,11 @@ def compare(reader: Reader, refs: Sequence[str], metric: str | None, rank: int =
     labels = {r["run_id"]: (f"{r['name']} ({r['run_id'][-6:]})" if r["name"] else r["run_id"]) for r in runs}
     divergence = [{**row, "label_a": labels[row["run_a"]], "label_b": labels[row["run_b"]]}
                   for row in div.astype(object).to_dict("records")] if not div.empty else []
+    first = record.read(reader, run_ids[0]) if len(run_ids) > 1 else None
+    diffs = [{"label_a": labels[run_ids[0]], "label_b": labels[other],
+              "diff": rundiff.compare(first, record.read(reader, other), metric=metric)} for other in run_ids[1:]]
     return {
-        "run_ids": run_ids, "runs": runs, "metric": metric, "metrics": scores, "divergence": divergence,
+        "run_ids": run_ids, "runs": runs, "metric": metric, "metrics": scores, "divergence": divergence, "diffs": diffs,
         "hyperparameters": [{"name": name, "values": [_shown(v) for v in row]}
                             for name, row in zip(hp.index, hp.astype(object).itertuples(index=False, name=None))],
         "tolerance": analysis.DIVERGENCE_TOLERANCE, "patience": analysis.DIVERGENCE_PATIENCE,
