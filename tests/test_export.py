@@ -554,7 +554,7 @@ def test_dot_always_and_a_clear_message_without_graphviz(example, monkeypatch):
     doc = ex.build_document(run_id, store=store)
     dot = ex.serialize(doc, "dot").decode()
     assert dot.startswith("digraph") and "train #1" in dot
-    monkeypatch.setattr(ex.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ex.GraphvizMissing, match="needs Graphviz's `dot` program.*--format dot"):
         ex.serialize(doc, "svg")
 
@@ -622,9 +622,11 @@ def test_a_missing_serializer_package_is_named(example, monkeypatch):
     store, run_id = example
     doc = ex.build_document(run_id, store=store)
 
-    def missing(name):
-        raise ex.prov_serializers.DoNotExist(name)
+    from prov import serializers as prov_serializers
 
-    monkeypatch.setattr(ex.prov_serializers, "get", missing)
+    def missing(name):
+        raise prov_serializers.DoNotExist(name)
+
+    monkeypatch.setattr(prov_serializers, "get", missing)
     with pytest.raises(ex.ExportError, match="the xml format needs the lxml package"):
         ex.serialize(doc, "xml")

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from .errors import QueryError
-from .export import ADAPTATIONS, CHECKPOINT_ROLES, element_identifier, file_identifier, parse_identifier
+from .export.identifiers import ADAPTATIONS, CHECKPOINT_ROLES, element_identifier, file_identifier, parse_identifier
 from .query import Reader
 from .spec import ELEMENT_COLUMNS
 
