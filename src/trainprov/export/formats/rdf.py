@@ -43,7 +43,9 @@ def write(document: ProvDocument, fmt: Any) -> bytes:
 def sorted_copy(container: Any, *, plain: bool = False) -> Any:
     """The same RDF dataset with blank nodes labelled from their content and triples added in sorted order.
 
-    `plain`: a single graph (rdflib.Graph) when the dataset has no named graphs.
+    `plain`: a single graph (rdflib.Graph) when the dataset has no named graphs. TriG keeps the
+    dataset: its writer sorts subjects itself; with several named graphs (bundles, which
+    trainprov does not make) their order is rdflib's.
     """
     from rdflib import BNode, Graph
 
@@ -58,18 +60,20 @@ def sorted_copy(container: Any, *, plain: bool = False) -> Any:
         ((term(s), p, term(o), g.identifier if hasattr(g, "identifier") else g) for s, p, o, g in quads),
         key=lambda q: (str(q[3]), q[0].n3(), q[1].n3(), q[2].n3()),
     )
-    if plain and not any(g != default and g is not None for *_, g in renamed):
+    named = any(g != default and g is not None for *_, g in renamed)
+    if plain and not named:
         # one graph, in a store that yields triples in the order they were added (rdflib's
         # default store keeps them in a set, whose order changes from one process to the next)
         out = Graph(store="SimpleMemory")
-        add = lambda s, p, o, g: out.add((s, p, o))  # noqa: E731
     else:
         out = type(container)()
-        add = lambda s, p, o, g: (out.default_context if g == default or g is None else out.graph(g)).add((s, p, o))  # noqa: E731
     for prefix, namespace in sorted(container.namespaces()):
         out.bind(prefix, namespace, override=True, replace=True)
-    for quad in renamed:
-        add(*quad)
+    for s, p, o, g in renamed:
+        if isinstance(out, Graph) and not hasattr(out, "default_context"):
+            out.add((s, p, o))
+        else:
+            (out.default_context if g == default or g is None else out.graph(g)).add((s, p, o))
     return out
 
 
