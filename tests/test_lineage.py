@@ -170,9 +170,9 @@ def test_the_lineage_command(example):
     assert result.exit_code == 1 and "has no element where epoch > 99" in result.output
 
 
-def test_a_checkpoint_derives_from_the_adaptations_in_force_in_its_epoch(tmp_path):
+def test_a_checkpoint_derives_from_the_adaptations_in_force_in_its_epoch(any_store, tmp_path):
     """Keras and the schedulers record an LR change for epoch N+1 before the epoch-N checkpoint is written."""
-    store = str(tmp_path / "epochs.db")
+    store = any_store
     with tp.start_run(FLOW, store) as run:
         with run.task("train") as train:
             train.used("hyperparameters", lr=0.1)
