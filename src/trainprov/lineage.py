@@ -6,8 +6,10 @@ the ones the PROV export draws:
 
 - an element or file that a task *generated* derives from what that task *used* before
   it was recorded (elements of its `uses` datasets, elements of other tasks it used,
-  files it read), and from the latest adaptation of that task before it (an adaptation
-  recorded by the task itself or by a task that depends on it);
+  files it read), and from the latest adaptation of that task in force for it (an
+  adaptation recorded by the task itself or by a task that depends on it, recorded before
+  it and, when both have an `epoch`, holding from its epoch or earlier: a change for epoch
+  N+1 recorded before the epoch-N checkpoint is not that checkpoint's);
 - a checkpoint derives from the previous checkpoint of its task;
 - a file derives from the files recorded as its sources (`file_derivations`).
 
