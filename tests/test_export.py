@@ -633,6 +633,7 @@ def test_export_writes_the_format_its_file_names(example, tmp_path):
         data = ex.export(run_id, tmp_path / name, store=store)
         assert (tmp_path / name).read_bytes() == data and check(data), name
     assert ex.get_format("TTL").name == "turtle" and ex.format_for_path("x.provn") == "provn"
+    assert set(ex.MIME_TYPES) == set(ex.FORMATS) and ex.MIME_TYPES["turtle"] == "text/turtle"
 
 
 def test_a_task_of_a_transformation_without_datasets_is_exported(tmp_path):
