@@ -22,6 +22,7 @@ import trainprov as tp
 from trainprov import export as ex
 from trainprov.cli import main
 from conftest import ROOT
+from prov_constraints import violations
 
 # rdflib's own deprecations, raised inside prov's RDF reader
 pytestmark = pytest.mark.filterwarnings("ignore:.* is deprecated, use .* instead:DeprecationWarning")
@@ -343,6 +344,7 @@ def test_each_serialization_reads_back_with_the_same_records(example, steps, fmt
         assert kinds(back) == kinds(doc)
         assert signatures(back) == signatures(doc)
         assert ids(back, "Entity") == ids(doc, "Entity") and ids(back, "Agent") == ids(doc, "Agent")
+        assert violations(back) == [], "what a reader gets back meets PROV-CONSTRAINTS"
 
 
 # which PROV-O predicates state each relation, directly or through its qualification node
@@ -359,12 +361,16 @@ PROV_O = {
 }
 
 
-def test_prov_o_read_with_rdflib_has_the_same_entities_activities_agents_and_relations(example, steps):
+@pytest.mark.parametrize("fmt, rdf_format", [("turtle", "turtle"), ("trig", "trig"), ("rdfxml", "xml"), ("jsonld", "json-ld")])
+def test_prov_o_read_with_rdflib_has_the_same_entities_activities_agents_and_relations(example, steps, fmt, rdf_format):
     prov = rdflib.Namespace(PROV_NS)
     for store, run_id in (example, steps):
         doc = ex.build_document(run_id, store=store)
-        graph = rdflib.Graph()
-        graph.parse(data=ex.serialize(doc, "turtle").decode(), format="turtle")
+        graph = rdflib.Dataset() if fmt == "trig" else rdflib.Graph()
+        graph.parse(data=ex.serialize(doc, fmt).decode(), format=rdf_format)
+        if fmt == "trig":
+            graph = graph.default_context
+        assert not list(graph.triples((None, rdflib.URIRef("https://openprovenance.org/ns/provext#qualifiedMembership"), None)))
         for kind in ("Entity", "Activity", "Agent"):
             assert {str(s) for s in graph.subjects(rdflib.RDF.type, prov[kind])} == ids(doc, kind), kind
         checked = Counter()
@@ -375,14 +381,17 @@ def test_prov_o_read_with_rdflib_has_the_same_entities_activities_agents_and_rel
             # the first two identifiers: a start's are its activity and starter (it has no trigger)
             subject, obj = [rdflib.URIRef(v.uri) for _, v in r.formal_attributes if isinstance(v, QualifiedName)][:2]
             direct, qualified, via = PROV_O[kind]
+            alternatives = [qualified]
             if kind == "Derivation" and any(canon(v) == ("id", PROV_NS + "Revision") for _, v in r.attributes):
-                direct, qualified = "wasRevisionOf", "qualifiedRevision"
+                # PROV-O: qualifiedRevision; PROV-JSONLD's context: qualifiedDerivation typed prov:Revision
+                direct, alternatives = "wasRevisionOf", ["qualifiedRevision", "qualifiedDerivation"]
             found = direct is not None and (subject, prov[direct], obj) in graph
-            if not found and qualified:
-                found = any((node, prov[via], obj) in graph for node in graph.objects(subject, prov[qualified]))
+            for qualified in alternatives if not found and qualified else []:
+                found = found or any((node, prov[via], obj) in graph for node in graph.objects(subject, prov[qualified]))
             assert found, (kind, subject, obj)
             checked[kind] += 1
-        assert set(checked) >= {"Generation", "Usage", "Association", "Delegation", "Derivation", "Start", "Communication"}
+        assert set(checked) >= {"Generation", "Usage", "Association", "Delegation", "Derivation", "Start", "Communication",
+                                "Membership", "Alternate"}
         # and SPARQL over it: every checkpoint derived from the hyperparameters
         rows = graph.query(
             """SELECT DISTINCT ?ckpt WHERE {
@@ -408,6 +417,29 @@ def test_two_exports_of_a_run_have_the_same_identifiers_and_bytes(example, steps
         assert ex.serialize(first, "provn") == ex.serialize(second, "provn")
 
 
+def test_re_exports_are_byte_identical_in_every_format(example, steps, tmp_path):
+    # two processes with different hash seeds: set and dict orders, random blank-node labels would show
+    script = (
+        "import sys\nfrom trainprov.export import build_document, serialize\n"
+        "store, run, folder = sys.argv[1:]\ndoc = build_document(run, store=store)\n"
+        "for fmt in ('json', 'provn', 'xml', 'jsonld', 'turtle', 'trig', 'rdfxml', 'dot'):\n"
+        "    open(f'{folder}/{fmt}', 'wb').write(serialize(doc, fmt))\n"
+    )
+    for store, run_id in (example, steps):
+        outputs = []
+        for seed in ("1", "2"):
+            folder = tmp_path / f"{run_id}-{seed}"
+            folder.mkdir()
+            done = subprocess.run([sys.executable, "-c", script, store, run_id, str(folder)], capture_output=True,
+                                  text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": seed})
+            assert done.returncode == 0, done.stderr
+            outputs.append({f.name: f.read_bytes() for f in folder.iterdir()})
+        assert len(outputs[0]) == 8
+        assert [f for f in outputs[0] if outputs[0][f] != outputs[1][f]] == []
+        doc = ex.build_document(run_id, store=store)
+        assert ex.serialize(doc, "turtle") == outputs[0]["turtle"], "and the same in this process"
+
+
 def test_several_runs_and_a_whole_dataflow_in_one_document(tmp_path, example):
     store = str(tmp_path / "two.db")
     first, second = run_example(store, "--epochs", "3"), run_example(store, "--epochs", "4", "--lr", "0.01")
@@ -431,6 +463,8 @@ def test_several_runs_and_a_whole_dataflow_in_one_document(tmp_path, example):
     open_backend(store).declare(empty)
     plan_only = ex.build_document(store=store, dataflow="planned")
     assert [u.rsplit(".", 1)[0] for u in ids(plan_only) if u.startswith(TPID + "plan.")] == [TPID + "plan.planned"]
+    for shape in (both, flow, merged.unified(), plan_only):
+        assert violations(shape) == []
 
 
 # ---- size control -----------------------------------------------------------------------------
@@ -465,6 +499,8 @@ def test_per_step_rows_are_summarised_by_default_and_exported_with_members(steps
     # an element of a summarised dataset that something refers to is still exported, as a member
     referenced = [u for u in ids(small) if u.startswith(TPID + "el.checkpoints.")]
     assert len(referenced) == 3 and not dangling(small)
+    for shape in (default, full, small):
+        assert violations(shape) == []
 
 
 # ---- mid-run ------------------------------------------------------------------------------------
@@ -497,6 +533,7 @@ def test_a_mid_run_export_is_a_snapshot_whose_identifiers_stay(tmp_path):
     epochs = [u for u in ids(middle) if u.startswith(TPID + "el.epoch_metrics.")]
     assert 3 <= len(epochs) < 16
     final = ex.build_document("latest", store=store)
+    assert violations(middle) == [] and violations(final) == []
     assert ids(middle) <= ids(final), "what a mid-run export names keeps its name"
     merged = ProvDocument()
     merged.update(middle)
@@ -538,7 +575,7 @@ def test_exports_taken_while_tasks_and_elements_appear_never_dangle(tmp_path):
             seen = []
             while writer.is_alive() or len(seen) < 3:
                 doc = ex.build_document(run.id, store=store)
-                assert not dangling(doc)
+                assert not dangling(doc) and violations(doc) == []
                 seen.append(len([u for u in ids(doc) if u.startswith(TPID + "task.")]))
         finally:
             stop.set()
@@ -554,7 +591,7 @@ def test_dot_always_and_a_clear_message_without_graphviz(example, monkeypatch):
     doc = ex.build_document(run_id, store=store)
     dot = ex.serialize(doc, "dot").decode()
     assert dot.startswith("digraph") and "train #1" in dot
-    monkeypatch.setattr(ex.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ex.GraphvizMissing, match="needs Graphviz's `dot` program.*--format dot"):
         ex.serialize(doc, "svg")
 
@@ -596,6 +633,7 @@ def test_export_writes_the_format_its_file_names(example, tmp_path):
         data = ex.export(run_id, tmp_path / name, store=store)
         assert (tmp_path / name).read_bytes() == data and check(data), name
     assert ex.get_format("TTL").name == "turtle" and ex.format_for_path("x.provn") == "provn"
+    assert set(ex.MIME_TYPES) == set(ex.FORMATS) and ex.MIME_TYPES["turtle"] == "text/turtle"
 
 
 def test_a_task_of_a_transformation_without_datasets_is_exported(tmp_path):
@@ -609,7 +647,7 @@ def test_a_task_of_a_transformation_without_datasets_is_exported(tmp_path):
             train.generated("epoch_metrics", epoch=1)
     doc = ex.build_document(run.id, store=store)
     assert TPID + ex.task_identifier(prepare.id) in ids(doc, "Activity")
-    assert not dangling(doc)
+    assert not dangling(doc) and violations(doc) == []
     # no agents recorded: the run is still associated with its plan
     assert [(a, ag) for a, ag, _ in relations(doc, "Association") if a == TPID + ex.run_identifier(run.id)] == [
         (TPID + ex.run_identifier(run.id), None)]
@@ -622,9 +660,105 @@ def test_a_missing_serializer_package_is_named(example, monkeypatch):
     store, run_id = example
     doc = ex.build_document(run_id, store=store)
 
-    def missing(name):
-        raise ex.prov_serializers.DoNotExist(name)
+    from prov import serializers as prov_serializers
 
-    monkeypatch.setattr(ex.prov_serializers, "get", missing)
+    def missing(name):
+        raise prov_serializers.DoNotExist(name)
+
+    monkeypatch.setattr(prov_serializers, "get", missing)
     with pytest.raises(ex.ExportError, match="the xml format needs the lxml package"):
         ex.serialize(doc, "xml")
+
+
+# ---- a dataflow that grows during the run ---------------------------------------------------
+
+
+def test_identifiers_of_a_mid_run_export_stay_when_the_dataflow_gets_a_new_version(tmp_path):
+    """As Keras's evaluate() adds test_results.accuracy: the run's dataflow goes to a new version mid-run."""
+    store = str(tmp_path / "grow.db")
+    hyper = tp.Dataset("hyperparameters", lr=float)
+    metrics = tp.Dataset("epoch_metrics", epoch=int, loss=float)
+    adaptations = tp.Dataset("adaptations", epoch=int, parameter=str, old_value=float, new_value=float, cause=str)
+    flow = tp.Dataflow("growing", [
+        tp.Transformation("train", uses=[hyper], generates=[metrics, adaptations]),
+        tp.Transformation("evaluate", generates=[tp.Dataset("test_results", loss=float)]),
+    ])
+    grown = tp.Dataflow("growing", [
+        tp.Transformation("train", uses=[hyper], generates=[metrics, adaptations]),
+        tp.Transformation("evaluate", generates=[tp.Dataset("test_results", loss=float, accuracy=float)]),
+    ])
+    with tp.start_run(flow, store, record_agents=False, handle_signals=False) as run:
+        with run.task("train") as train:
+            train.used("hyperparameters", lr=0.1)
+            train.generated("epoch_metrics", epoch=1, loss=0.5)
+            train.generated("adaptations", epoch=2, parameter="lr", old_value=0.1, new_value=0.01, cause="plateau")
+            run.flush()
+            middle = ex.build_document(run.id, store=store)
+            train.generated("epoch_metrics", epoch=2, loss=0.4)
+        assert run.evolve(grown) == 2
+        with run.task("evaluate", depends_on=[train]) as evaluate:
+            evaluate.generated("test_results", loss=0.4, accuracy=0.9)
+    final = ex.build_document(run.id, store=store)
+    old_plan = [u for u in ids(middle) if u.startswith(TPID + "plan.")]
+    assert len(old_plan) == 1 and TPID + "dataset.growing." + old_plan[0].rsplit(".", 1)[1] + ".adaptations" in ids(middle)
+    assert ids(middle) <= ids(final), sorted(ids(middle) - ids(final))
+    new_plan = [u for u in ids(final) if u.startswith(TPID + "plan.") and u != old_plan[0]]
+    assert len(new_plan) == 1
+    revisions = {(n, o) for n, o, *_ in relations(final, "Derivation")}
+    assert (new_plan[0], old_plan[0]) in revisions, "the new version is a revision of the old"
+    old_fp, new_fp = old_plan[0].rsplit(".", 1)[1], new_plan[0].rsplit(".", 1)[1]
+    for part in ("dataset.growing.{}.test_results", "dataset.growing.{}.adaptations", "transformation.growing.{}.evaluate"):
+        assert (TPID + part.format(new_fp), TPID + part.format(old_fp)) in revisions, part
+    # the run and its tasks follow the version it runs now
+    run_uri = TPID + ex.run_identifier(run.id)
+    assert {p for a, _, p in relations(final, "Association") if a == run_uri} == {new_plan[0]}
+    assert violations(middle) == [] and violations(final) == []
+    for fmt, reader_format, options in (("json", "json", {}), ("turtle", "rdf", {"rdf_format": "turtle"})):
+        back = ProvDocument.deserialize(content=ex.serialize(final, fmt).decode(), format=reader_format, **options)
+        assert ids(middle) <= ids(back) and violations(back) == []
+
+
+def test_the_checkpoint_of_epoch_n_does_not_derive_from_the_change_for_epoch_n_plus_1(tmp_path):
+    """An LR change recorded at the end of epoch 2 holds from epoch 3, though it is recorded before checkpoint 2."""
+    store = str(tmp_path / "order.db")
+    with tp.start_run(STEP_FLOW, store, record_agents=False, handle_signals=False) as run:
+        with run.task("train") as train:
+            train.used("hyperparameters", lr=0.1, optimizer="sgd", started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                       config={}, augment=False)
+            checkpoints = {}
+            for epoch in (1, 2, 3):
+                if epoch == 2:  # the scheduler's on_epoch_end runs before the checkpoint callback's
+                    with run.task("adapt", depends_on=[train]) as adapt:
+                        adapt.generated("adaptations", epoch=3, kind="learning_rate", parameter="lr", old_value=0.1,
+                                        new_value=0.01, cause="schedule")
+                path = tmp_path / f"ckpt{epoch}.bin"
+                path.write_bytes(bytes([epoch]))
+                checkpoints[epoch] = train.generated("checkpoints", epoch=epoch, path=path).files[0].file_id
+    doc = ex.build_document(run.id, store=store)
+    derived = {}
+    for new, old, *_ in relations(doc, "Derivation"):
+        derived.setdefault(new, set()).add(old)
+    value = lambda e: {u for u in derived[TPID + ex.file_identifier(checkpoints[e])] if u.startswith(TPID + "value.")}  # noqa: E731
+    assert value(2) == set(), "checkpoint 2 was computed with the old learning rate"
+    assert len(value(3)) == 1
+    assert violations(doc) == []
+
+
+def test_the_constraint_checker_finds_what_breaks_prov():
+    """The checker the export tests rely on does catch each kind of violation."""
+    doc = ProvDocument()
+    ns = doc.add_namespace("x", "urn:x:")
+    t = [dt.datetime(2026, 1, 1, 0, 0, s, tzinfo=dt.timezone.utc) for s in range(10)]
+    a = doc.activity(ns["a"], t[5], t[2])  # ends before it starts
+    b = doc.activity(ns["b"], t[1], t[3])
+    e = doc.entity(ns["e"])
+    doc.generation(e, b, t[3])
+    doc.usage(b, e, t[2])  # used before generated
+    doc.usage(a, ns["missing"], t[5])  # an entity nobody declared
+    doc.entity(ns["both"])
+    doc.activity(ns["both"])
+    doc.membership(e, doc.entity(ns["m"]))  # e is no prov:Collection
+    found = "\n".join(violations(doc))
+    for words in ("ends", "before it was generated", "missing is not a declared entity", "both an entity and an activity",
+                  "not typed prov:Collection"):
+        assert words in found, words

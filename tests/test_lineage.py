@@ -168,3 +168,29 @@ def test_the_lineage_command(example):
     assert result.exit_code == 1 and "unknown entity 'no_such_thing'" in result.output and "datasets: adaptations" in result.output
     result = runner.invoke(main, ["--store", store, "lineage", "epoch_metrics", "--where", "epoch > 99"])
     assert result.exit_code == 1 and "has no element where epoch > 99" in result.output
+
+
+def test_a_checkpoint_derives_from_the_adaptations_in_force_in_its_epoch(any_store, tmp_path):
+    """Keras and the schedulers record an LR change for epoch N+1 before the epoch-N checkpoint is written."""
+    store = any_store
+    with tp.start_run(FLOW, store) as run:
+        with run.task("train") as train:
+            train.used("hyperparameters", lr=0.1)
+            files = {}
+            for epoch in (1, 2, 3):
+                if epoch == 2:
+                    with run.task("adapt", depends_on=[train]) as adapt:
+                        adapt.generated("adaptations", epoch=3, parameter="lr", old_value=0.1, new_value=0.01,
+                                        cause="schedule")
+                (tmp_path / f"c{epoch}.bin").write_bytes(bytes([epoch]))
+                files[epoch] = train.generated("checkpoints", epoch=epoch, path=tmp_path / f"c{epoch}.bin").files[0].file_id
+    second = lineage(files[2], store=store)
+    assert "adaptations" not in {n.dataset for n in second.ancestors}, "computed with the old learning rate"
+    third = lineage(files[3], store=store)
+    assert [(n.values["epoch"], n.relation) for n in third.ancestors if n.dataset == "adaptations"] == [(3, "adapted by")]
+    # the export draws the same edges
+    doc = ex.build_document(run.id, store=store)
+    derived = {(r.formal_attributes[0][1].uri, r.formal_attributes[1][1].uri) for r in doc.get_records()
+               if r.get_type().localpart == "Derivation"}
+    from_value = {n for n, o in derived if o.startswith(ex.TPID_NS + "value.") and n.startswith(ex.TPID_NS + "file.")}
+    assert from_value == {ex.TPID_NS + ex.file_identifier(files[3])}

@@ -23,3 +23,7 @@ class QueryError(TrainprovError, ValueError):
 
 class CaptureError(TrainprovError, RuntimeError):
     """A capture call was made on an ended run or task, or captured rows could not be written."""
+
+
+class ExportError(TrainprovError, ValueError):
+    """An export was asked for something that cannot be done (unknown format, no runs)."""

@@ -6,8 +6,10 @@ the ones the PROV export draws:
 
 - an element or file that a task *generated* derives from what that task *used* before
   it was recorded (elements of its `uses` datasets, elements of other tasks it used,
-  files it read), and from the latest adaptation of that task before it (an adaptation
-  recorded by the task itself or by a task that depends on it);
+  files it read), and from the latest adaptation of that task in force for it (an
+  adaptation recorded by the task itself or by a task that depends on it, recorded before
+  it and, when both have an `epoch`, holding from its epoch or earlier: a change for epoch
+  N+1 recorded before the epoch-N checkpoint is not that checkpoint's);
 - a checkpoint derives from the previous checkpoint of its task;
 - a file derives from the files recorded as its sources (`file_derivations`).
 
@@ -27,9 +29,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from .errors import QueryError
-from .export import ADAPTATIONS, CHECKPOINT_ROLES, element_identifier, file_identifier, parse_identifier
+from .export.identifiers import ADAPTATIONS, CHECKPOINT_ROLES, EPOCH, element_identifier, file_identifier, parse_identifier
 from .query import Reader
 from .spec import ELEMENT_COLUMNS
+
+# an unknown epoch, typed: PostgreSQL must see one column type in every branch of a UNION
+_NO_EPOCH = "CAST(NULL AS BIGINT)"
+
 
 @dataclass
 class Node:
@@ -202,19 +208,25 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
     )
     usage_datasets = sorted({r[0] for r in reader.result("SELECT DISTINCT dataset FROM usages").rows} & datasets)
     has_adaptations = ADAPTATIONS in datasets
+    # datasets whose rows say their epoch: an adaptation counts for a node only from the epoch it holds in
+    with_epoch = {r[0] for r in reader.result(
+        f"SELECT dataset FROM attributes WHERE name = '{EPOCH}' AND type = 'int'").rows} & datasets
+
+    def epoch_of(dataset: str, alias: str) -> str:
+        return f"{alias}.{EPOCH}" if dataset in with_epoch else _NO_EPOCH
     ckpt_roles = ", ".join(f"'{r}'" for r in CHECKPOINT_ROLES)
 
     file_nodes = [
         f"SELECT f.file_id, f.task_id, f.role, 'e' AS kind, f.task_id AS a, f.element_seq AS b, f.dataset AS dataset, "
-        f"x.recorded_at AS at, f.element_seq AS ord, CASE WHEN ro.role = 'uses' THEN 0 ELSE 1 END AS generated "
-        f"FROM files f JOIN {d} x ON x.run_id = f.run_id AND x.task_id = f.task_id AND x.element_seq = f.element_seq "
+        f"x.recorded_at AS at, f.element_seq AS ord, CASE WHEN ro.role = 'uses' THEN 0 ELSE 1 END AS generated, "
+        f"{epoch_of(d, 'x')} AS epoch FROM files f JOIN {d} x ON x.run_id = f.run_id AND x.task_id = f.task_id AND x.element_seq = f.element_seq "
         f"LEFT JOIN roles ro ON ro.task_id = f.task_id AND ro.dataset = f.dataset WHERE f.dataset = '{d}'"
         for d in file_datasets
     ]
     file_nodes.append(
         "SELECT f.file_id, f.task_id, f.role, 'f', f.file_id, 0, NULL, f.recorded_at, 0, "
         f"CASE WHEN f.role IN ({ckpt_roles}) OR EXISTS (SELECT 1 FROM file_derivations fd WHERE fd.file_id = f.file_id) "
-        "THEN 1 ELSE 0 END FROM files f WHERE f.element_seq IS NULL"
+        f"THEN 1 ELSE 0 END, {_NO_EPOCH} FROM files f WHERE f.element_seq IS NULL"
     )
     # Each step: by_task (1: an input of a task, applying to what the task recorded after it; 0: a
     # step of one node), the task, the child node (by_task 0), when and in what order the input
@@ -224,14 +236,14 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
         f"SELECT 1 AS by_task, x.task_id AS task_id, '' AS child_kind, '' AS child_a, 0 AS child_b, x.recorded_at AS at, "
         f"x.element_seq AS ord, 'e' AS kind, x.task_id AS a, x.element_seq AS b, x.task_id AS p_task, '{d}' AS dataset, "
         f"x.recorded_at AS p_at, x.element_seq AS p_ord, 0 AS generated, 'used' AS relation, "
-        f"x.recorded_at AS next_at, x.element_seq AS next_ord "
+        f"x.recorded_at AS next_at, x.element_seq AS next_ord, {epoch_of(d, 'x')} AS p_epoch, {_NO_EPOCH} AS next_epoch "
         f"FROM {d} x JOIN roles ro ON ro.task_id = x.task_id AND ro.dataset = '{d}' AND ro.role = 'uses'"
         for d in used_datasets
     ]
     steps += [
         "SELECT 1, u.task_id, '', '', 0, u.used_at, 0, 'e', u.source_task_id, u.source_element_seq, u.source_task_id, "
-        "u.dataset, x.recorded_at, x.element_seq, CASE WHEN ro.role = 'uses' THEN 0 ELSE 1 END, 'used', u.used_at, 0 "
-        f"FROM usages u JOIN {d} x ON x.run_id = u.run_id AND x.task_id = u.source_task_id "
+        "u.dataset, x.recorded_at, x.element_seq, CASE WHEN ro.role = 'uses' THEN 0 ELSE 1 END, 'used', u.used_at, 0, "
+        f"{epoch_of(d, 'x')}, {_NO_EPOCH} FROM usages u JOIN {d} x ON x.run_id = u.run_id AND x.task_id = u.source_task_id "
         "AND x.element_seq = u.source_element_seq "
         f"LEFT JOIN roles ro ON ro.task_id = u.source_task_id AND ro.dataset = u.dataset WHERE u.dataset = '{d}'"
         for d in usage_datasets
@@ -240,16 +252,17 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
         steps.append(
             "SELECT 1, ao.task_id, '', '', 0, ao.recorded_at, ao.ord, 'e', ao.rec_task, ao.element_seq, ao.rec_task, "
             f"'{ADAPTATIONS}', ao.recorded_at, ao.element_seq, 1, 'adapted by', "
-            "LEAD(ao.recorded_at) OVER w, LEAD(ao.ord) OVER w FROM adapt_of ao "
+            "LEAD(ao.recorded_at) OVER w, LEAD(ao.ord) OVER w, ao.epoch, LEAD(ao.epoch) OVER w FROM adapt_of ao "
             "WINDOW w AS (PARTITION BY ao.task_id ORDER BY ao.recorded_at, ao.ord)"
         )
     steps += [
-        "SELECT 1, fn.task_id, '', '', 0, fn.at, 0, 'f', fn.a, 0, fn.task_id, fn.dataset, fn.at, 0, 0, 'used', fn.at, 0 "
+        "SELECT 1, fn.task_id, '', '', 0, fn.at, 0, 'f', fn.a, 0, fn.task_id, fn.dataset, fn.at, 0, 0, 'used', fn.at, 0, "
+        f"{_NO_EPOCH}, {_NO_EPOCH} "
         "FROM file_nodes fn WHERE fn.kind = 'f' AND fn.generated = 0",
         "SELECT 0, c.task_id, c.kind, c.a, c.b, c.at, c.ord, c.p_kind, c.p_a, c.p_b, c.task_id, c.p_dataset, c.p_at, "
-        "c.p_ord, 1, 'previous checkpoint', c.at, c.ord FROM checkpoints_ c WHERE c.p_kind IS NOT NULL",
+        f"c.p_ord, 1, 'previous checkpoint', c.at, c.ord, c.p_epoch, {_NO_EPOCH} FROM checkpoints_ c WHERE c.p_kind IS NOT NULL",
         "SELECT 0, c.task_id, c.kind, c.a, c.b, c.at, c.ord, pn.kind, pn.a, pn.b, pn.task_id, pn.dataset, pn.at, pn.ord, "
-        "pn.generated, 'derived from', c.at, c.ord FROM file_derivations d JOIN file_nodes c ON c.file_id = d.file_id "
+        f"pn.generated, 'derived from', c.at, c.ord, pn.epoch, {_NO_EPOCH} FROM file_derivations d JOIN file_nodes c ON c.file_id = d.file_id "
         "JOIN file_nodes pn ON pn.file_id = d.derived_from",
     ]
     ctes = [
@@ -259,7 +272,8 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
         "file_nodes AS (" + " UNION ALL ".join(file_nodes) + ")",
         # consecutive checkpoints a task generated: each derives from the one before it
         "checkpoints_ AS (SELECT task_id, kind, a, b, at, ord, LAG(kind) OVER w AS p_kind, LAG(a) OVER w AS p_a, "
-        "LAG(b) OVER w AS p_b, LAG(dataset) OVER w AS p_dataset, LAG(at) OVER w AS p_at, LAG(ord) OVER w AS p_ord "
+        "LAG(b) OVER w AS p_b, LAG(dataset) OVER w AS p_dataset, LAG(at) OVER w AS p_at, LAG(ord) OVER w AS p_ord, "
+        "LAG(epoch) OVER w AS p_epoch "
         f"FROM file_nodes WHERE role IN ({ckpt_roles}) AND generated = 1 "
         "WINDOW w AS (PARTITION BY task_id ORDER BY at, ord, file_id))",
     ]
@@ -268,16 +282,19 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
         ctes.append(
             # adaptations, with the task each adapts: the one recording it, and those that task depends on
             "adapt_of AS (SELECT x.task_id AS task_id, x.task_id AS rec_task, x.element_seq, x.recorded_at, "
-            f"x.element_seq AS ord FROM {ADAPTATIONS} x JOIN roles ro ON ro.task_id = x.task_id "
+            f"x.element_seq AS ord, {epoch_of(ADAPTATIONS, 'x')} AS epoch FROM {ADAPTATIONS} x JOIN roles ro ON ro.task_id = x.task_id "
             f"AND ro.dataset = '{ADAPTATIONS}' AND ro.role = 'generates' "
-            "UNION ALL SELECT d.depends_on, x.task_id, x.element_seq, x.recorded_at, 0 "
+            f"UNION ALL SELECT d.depends_on, x.task_id, x.element_seq, x.recorded_at, 0, {epoch_of(ADAPTATIONS, 'x')} "
             f"FROM {ADAPTATIONS} x JOIN roles ro ON ro.task_id = x.task_id AND ro.dataset = '{ADAPTATIONS}' "
             "AND ro.role = 'generates' JOIN task_dependencies d ON d.task_id = x.task_id)"
         )
-        # only the latest adaptation before the node: the next one came at or after it
+        # only the latest adaptation in force for the node: recorded before it and holding from
+        # its epoch or earlier (a change for epoch N+1 is often recorded before the epoch-N
+        # checkpoint); the next one came at or after the node, or holds only from a later epoch
         latest_adaptation = (
-            "(s.relation <> 'adapted by' OR s.next_at IS NULL OR l.at < s.next_at "
-            "OR (l.at = s.next_at AND l.ord <= s.next_ord))"
+            "(s.relation <> 'adapted by' OR ((s.p_epoch IS NULL OR l.epoch IS NULL OR s.p_epoch <= l.epoch) "
+            "AND (s.next_at IS NULL OR l.at < s.next_at OR (l.at = s.next_at AND l.ord <= s.next_ord) "
+            "OR (s.next_epoch IS NOT NULL AND l.epoch IS NOT NULL AND s.next_epoch > l.epoch))))"
         )
     ctes.append("steps AS (" + " UNION ALL ".join(steps) + ")")
 
@@ -285,12 +302,12 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
         d = start["dataset"]
         seed = (
             f"SELECT 'e', x.task_id, x.element_seq, x.task_id, '{d}', x.recorded_at, x.element_seq, "
-            f"CASE WHEN ro.role = 'uses' THEN 0 ELSE 1 END FROM {d} x LEFT JOIN roles ro ON ro.task_id = x.task_id "
+            f"CASE WHEN ro.role = 'uses' THEN 0 ELSE 1 END, {epoch_of(d, 'x')} FROM {d} x LEFT JOIN roles ro ON ro.task_id = x.task_id "
             f"AND ro.dataset = '{d}' WHERE x.run_id = {p} AND x.task_id = {p} AND x.element_seq = {p}"
         )
         params: list[Any] = [start["run_id"], start["task_id"], start["seq"]]
     else:
-        seed = f"SELECT kind, a, b, task_id, dataset, at, ord, generated FROM file_nodes WHERE file_id = {p}"
+        seed = f"SELECT kind, a, b, task_id, dataset, at, ord, generated, epoch FROM file_nodes WHERE file_id = {p}"
         params = [start["file_id"]]
     # an edge of the lineage: a task's earlier inputs, or a step recorded for this very node
     joined = (
@@ -300,8 +317,9 @@ def _lineage_sql(reader: Reader, start: dict[str, Any]) -> tuple[str, list[Any]]
     )
     # UNION keeps each node once, so the walk ends even where equal timestamps would make a cycle
     ctes.append(
-        "ancestors (kind, a, b, task_id, dataset, at, ord, generated) AS (" + seed + " UNION "
-        f"SELECT s.kind, s.a, s.b, s.p_task, s.dataset, s.p_at, s.p_ord, s.generated FROM ancestors l JOIN steps s ON {joined})"
+        "ancestors (kind, a, b, task_id, dataset, at, ord, generated, epoch) AS (" + seed + " UNION "
+        "SELECT s.kind, s.a, s.b, s.p_task, s.dataset, s.p_at, s.p_ord, s.generated, s.p_epoch "
+        f"FROM ancestors l JOIN steps s ON {joined})"
     )
     sql = (
         "WITH RECURSIVE " + ",\n".join(ctes) + "\n"

@@ -29,6 +29,7 @@ from starlette.templating import Jinja2Templates
 from .. import __version__
 from ..errors import StoreError, TrainprovError
 from ..export import FORMATS, ExportError, build_document, serialize
+from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import resolve_url
 from . import data, graphs, listing
@@ -191,9 +192,7 @@ def routes(board: Dashboard) -> list[Any]:
         if fmt is None:
             raise ExportError(f"unknown export format {request.path_params['format']!r}; formats: {', '.join(FORMATS)}")
         body = serialize(build_document([run_id], store=reader), fmt.name)
-        media = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf", "json": "application/json",
-                 "jsonld": "application/ld+json", "xml": "application/xml", "rdfxml": "application/rdf+xml",
-                 "turtle": "text/turtle"}.get(fmt.name, "text/plain; charset=utf-8")
+        media = MIME_TYPES[fmt.name]
         inline = request.query_params.get("inline") == "1"
         disposition = "inline" if inline else f'attachment; filename="run-{run_id}{fmt.extension}"'
         return Response(body, media_type=media, headers={"Content-Disposition": disposition})
