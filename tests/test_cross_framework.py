@@ -131,3 +131,10 @@ def test_one_query_returns_the_three_frameworks_side_by_side(store, tmp_path):
          "name": f, "status": "finished"}
         for f in ("keras", "lightning", "pytorch")
     ]
+    # why the Keras and the PyTorch run differ: the framework, not the data or the machine
+    runs = {r["name"]: r["run_id"] for r in tp.query("SELECT name, run_id FROM runs", store=store)}
+    result = tp.diff(runs["keras"], runs["pytorch"], store=store)
+    framework = [c for c in result.section("hyperparameters").changes if c.path == "framework"]
+    assert [(c.a, c.b) for c in framework] == [("keras", "pytorch")]
+    assert result.section("machine").same and result.section("environment").same
+    assert result.outcome["divergence"]["common_epochs"] == EPOCHS

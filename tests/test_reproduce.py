@@ -227,3 +227,51 @@ def test_diff_across_stores_of_a_copied_run_finds_no_difference(tmp_path):
     copy_runs(laptop, team)
     result = tp.diff(run_id, run_id, store=laptop, store_b=team)
     assert result.differing == [] and "no difference" in result.report()
+
+
+NOTEBOOK_CELLS = [
+    "import os\nos.environ['KERAS_BACKEND'] = 'torch'\nimport numpy as np, keras\nfrom trainprov.keras import ProvenanceCallback",
+    "x = np.random.default_rng(0).normal(size=(32, 3)).astype('float32')\ny = x.sum(axis=1, keepdims=True)\n"
+    "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])\n"
+    "model.compile(optimizer='sgd', loss='mse')",
+    "with ProvenanceCallback(store=STORE, name='from a notebook') as prov:\n"
+    "    model.fit(x, y, epochs=2, verbose=0, callbacks=[prov])\nprint(prov.run.id)",
+]
+
+
+def _run_notebook(path, store, env):
+    import nbclient
+    import nbformat
+    from jupyter_client.manager import KernelManager
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"STORE = {store!r}")] + [nbformat.v4.new_code_cell(c) for c in NOTEBOOK_CELLS]
+    nbformat.write(nb, path)
+    nb = nbformat.read(path, as_version=4)
+    # the kernel gets the environment a Jupyter server gives it (JPY_SESSION_NAME: the notebook's path)
+    manager = KernelManager(kernel_name="python3")
+    client = nbclient.NotebookClient(nb, km=manager, timeout=300, resources={"metadata": {"path": str(path.parent)}})
+    with client.setup_kernel(env=dict(os.environ, **env)):
+        client.execute_cell(nb.cells[0], 0)
+        for index, cell in enumerate(nb.cells[1:], 1):
+            client.execute_cell(cell, index)
+    return nb.cells[-1].outputs[0]["text"].strip()
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["jupyter-server", "no-path"])
+def test_a_run_from_a_notebook_records_the_notebook_not_ipykernel(tmp_path, known):
+    path = tmp_path / "explore.ipynb"
+    store = str(tmp_path / "nb.db")
+    env = {"JPY_SESSION_NAME": str(path)} if known else {}
+    run_id = _run_notebook(path, store, env)
+    program = tp.query("SELECT name, details FROM agents WHERE run_id = ? AND agent_id LIKE 'software:program:%'",
+                       [run_id], store=store)[0]
+    details = json.loads(program["details"])
+    assert "ipykernel" not in program["name"]
+    assert details["cells_run"] == 4 and len(details["cells_sha256"]) == 64
+    if known:
+        assert program["name"] == "explore.ipynb" and details["notebook"] == str(path)
+        assert details["notebook_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        assert program["name"] == "unknown notebook" and details["notebook"] is None
+    assert "notebook" in reproduce.plan(run_id, store=store).text()
