@@ -23,3 +23,11 @@ class QueryError(TrainprovError, ValueError):
 
 class CaptureError(TrainprovError, RuntimeError):
     """A capture call was made on an ended run or task, or captured rows could not be written."""
+
+
+class DashboardError(TrainprovError):
+    """The dashboard cannot start: it cannot listen on the address it was given."""
+
+
+class DashboardSettingError(DashboardError, ValueError):
+    """A dashboard setting refused for safety: a non-loopback address without consent, a weak token."""
