@@ -314,3 +314,21 @@ def test_commands_never_print_the_postgresql_password():
         assert done.exit_code == 1 and "trainprov:***@" in done.output and password not in done.output, args
     done = CliRunner().invoke(main, ["copy", store, store + "x"])
     assert done.exit_code == 1 and password not in done.output
+
+
+def test_ui_serve_refuses_unsafe_settings_and_a_busy_address(tmp_path):
+    from trainprov.errors import DashboardError, DashboardSettingError
+    from trainprov.ui import serve
+
+    store = str(tmp_path / "store.db")
+    with pytest.raises(DashboardSettingError, match="allow_remote"):
+        serve(store, host="0.0.0.0", port=0)
+    with pytest.raises(DashboardSettingError, match="at least 8 characters"):
+        serve(store, port=0, token="abc")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        with pytest.raises(DashboardError, match=f"cannot listen on 127.0.0.1:{busy.getsockname()[1]}"):
+            serve(store, port=busy.getsockname()[1])
+    done = CliRunner().invoke(main, ["ui", "--store", store, "--host", "0.0.0.0"])
+    assert done.exit_code == 2 and "--allow-remote" in done.output
