@@ -6,9 +6,14 @@ import csv
 import io
 import json
 import math
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -137,3 +142,193 @@ def test_schema_lists_every_dataset_column_with_types(store, recorded):
 def test_the_installed_command_runs(store, recorded):
     done = subprocess.run([sys.executable, "-m", "trainprov.cli", "--store", store, "runs"], capture_output=True, text=True)
     assert done.returncode == 0 and recorded.id in done.stdout
+
+
+# ---- one --store for every command ------------------------------------------------------------
+
+#: commands that name their stores as arguments (SRC and DST) and so take no --store
+STORES_AS_ARGUMENTS = {("copy",)}
+
+
+def every_command(group: click.Group = main, path: tuple[str, ...] = ()):
+    """Every command and subcommand of the CLI with its path, found from the click group itself."""
+    for name, command in sorted(group.commands.items()):
+        yield path + (name,), command
+        if isinstance(command, click.Group):
+            yield from every_command(command, path + (name,))
+
+
+def store_option(command: click.Command) -> click.Option | None:
+    return next((p for p in command.params if "--store" in getattr(p, "opts", ())), None)
+
+
+def required_arguments(command: click.Command) -> list[str]:
+    """Placeholder values for the arguments a command needs before it runs."""
+    needed = [p for p in command.params if isinstance(p, click.Argument) and p.required]
+    return [value for p in needed for value in (["x", "y"] if p.nargs == -1 else ["x"] * p.nargs)]
+
+
+COMMANDS = [path for path, _ in every_command()]
+#: arguments for commands that need more than placeholders to get as far as reading the store
+EXAMPLE_ARGUMENTS = {("query",): ["SELECT 1"]}
+
+
+def test_every_command_declares_the_one_shared_store_option():
+    assert ("runs",) in COMMANDS and ("analyze", "best") in COMMANDS and ("ui",) in COMMANDS
+    reference = store_option(main)
+    assert reference is not None
+    for path, command in every_command():
+        option = store_option(command)
+        if path in STORES_AS_ARGUMENTS:
+            assert option is None, path
+            continue
+        assert option is not None, f"trainprov {' '.join(path)} has no --store"
+        assert option.to_info_dict() == reference.to_info_dict() and option.callback is reference.callback, path
+
+
+def parsed_store(path: tuple[str, ...], *, before: list[str], after: list[str]) -> str:
+    """The store a command would read, parsed as `trainprov BEFORE PATH... AFTER ARGS`."""
+    ctx = main.make_context("trainprov", [*before, path[0]])
+    command: click.Command = main
+    for i, name in enumerate(path):
+        command = command.get_command(ctx, name)
+        last = i == len(path) - 1
+        if not last:
+            args = [path[i + 1]]
+        elif isinstance(command, click.Group):  # a group parses its options only with a subcommand after them
+            args = [*after, sorted(command.commands)[0]]
+        else:
+            args = [*after, *required_arguments(command)]
+        ctx = command.make_context(name, args, parent=ctx)
+    return ctx.params["store"]
+
+
+@pytest.mark.parametrize("path", [p for p in COMMANDS if p not in STORES_AS_ARGUMENTS], ids=" ".join)
+def test_every_command_takes_store_the_same_way(path, monkeypatch):
+    monkeypatch.delenv("TRAINPROV_STORE", raising=False)
+    assert parsed_store(path, before=[], after=[]) == "trainprov.db"
+    monkeypatch.setenv("TRAINPROV_STORE", "env.db")
+    assert parsed_store(path, before=[], after=[]) == "env.db"
+    assert parsed_store(path, before=["--store", "group.db"], after=[]) == "group.db"
+    assert parsed_store(path, before=[], after=["--store", "command.db"]) == "command.db"
+    # the command's own --store wins over the group's
+    assert parsed_store(path, before=["--store", "group.db"], after=["--store", "command.db"]) == "command.db"
+
+
+@pytest.mark.parametrize("path", [p for p, c in every_command() if p not in STORES_AS_ARGUMENTS
+                                  and not isinstance(c, click.Group)], ids=" ".join)
+def test_every_command_reads_the_store_its_store_option_names(path, tmp_path, monkeypatch):
+    import trainprov.ui
+
+    served = []
+    # the dashboard waits for a store that does not exist yet: record what it would serve instead
+    monkeypatch.setattr(trainprov.ui, "serve", lambda store, **options: served.append(store))
+    monkeypatch.setenv("TRAINPROV_STORE", str(tmp_path / "env.db"))
+    arguments = EXAMPLE_ARGUMENTS.get(path) or required_arguments(dict(every_command())[path])
+    for where in ("command", "group"):
+        missing = str(tmp_path / f"{where}.db")
+        store = ["--store", missing]
+        args = [*path, *arguments, *store] if where == "command" else [*store, *path, *arguments]
+        done = CliRunner().invoke(main, ["--store", str(tmp_path / "other.db"), *args] if where == "command" else args)
+        if path == ("ui",):
+            assert done.exit_code == 0 and served[-1] == missing, done.output
+        else:
+            assert done.exit_code == 1 and f"no trainprov store at {missing}" in done.output, done.output
+
+
+def test_runs_takes_store_after_the_command(store, recorded):
+    # the bug report: `trainprov runs --store x.db` said "No such option"
+    done = CliRunner().invoke(main, ["runs", "--store", store], catch_exceptions=False)
+    assert done.exit_code == 0 and recorded.id in done.output
+    done = CliRunner().invoke(main, ["analyze", "--store", store, "runs", "--format", "json"], catch_exceptions=False)
+    assert done.exit_code == 0 and json.loads(done.output)[0]["run_id"] == recorded.id
+
+
+# ---- credentials are never printed or rendered ------------------------------------------------
+
+def dashboard_pages(store: str, run_id: str | None) -> tuple[str, dict[str, str]]:
+    """Start `trainprov ui` on a store, read every page and endpoint; returns its output and the bodies by path."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainprov.cli", "ui", "--store", store, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed, bodies = [], {}
+    try:
+        for line in proc.stdout:
+            printed.append(line)
+            if "serving at" in line:
+                break
+        assert "serving at" in "".join(printed), (printed, proc.poll())
+        base = "".join(printed).split("serving at ")[1].split()[0].rstrip("/")
+        run = run_id or "nope"
+        paths = ["/", "/runs/table", f"/runs/{run}", f"/runs/{run}/details", f"/runs/{run}/graph",
+                 f"/runs/{run}/export/provn", f"/runs/{run}/export/json", "/dataflows/training/1", f"/compare?runs={run}",
+                 "/sql", "/api/runs", f"/api/runs/{run}", f"/api/runs/{run}/epochs", f"/api/runs/{run}/steps",
+                 f"/api/compare?runs={run}", "/api/schema", "/api/sql.csv?sql=SELECT+1", "/runs/nope", "/health"]
+        for path in paths:
+            try:
+                with urllib.request.urlopen(base + path, timeout=60) as response:
+                    bodies[path] = response.read().decode("utf-8", "replace")
+            except urllib.error.HTTPError as exc:
+                bodies[path] = exc.read().decode("utf-8", "replace")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    return "".join(printed) + out + err, bodies
+
+
+def unreachable_postgresql(password: str) -> str:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"postgresql://trainprov:{password}@127.0.0.1:{port}/experiments"
+
+
+@pytest.mark.parametrize("where", ["server", "unreachable"])
+def test_the_dashboard_never_prints_or_shows_the_postgresql_password(where, request, flow, tmp_path):
+    if where == "server":
+        store = request.getfixturevalue("pg_store")
+        password = urllib.parse.urlsplit(store).password
+        run_id = record_run(store, flow, tmp_path).id
+    else:
+        password = "unreachable-s3cret"
+        store, run_id = unreachable_postgresql(password), None
+    assert password and password in store
+    output, bodies = dashboard_pages(store, run_id)
+    assert "reading postgresql://trainprov:***@" in output
+    assert password not in output
+    for path, body in bodies.items():
+        assert password not in body, path
+    shown = bodies["/"]
+    assert "trainprov:***@" in shown  # the store is named, masked
+    if where == "unreachable":
+        assert "Waiting for the store" in shown and "cannot connect" in shown
+    else:
+        assert run_id in shown and run_id in bodies["/api/runs"]
+
+
+def test_commands_never_print_the_postgresql_password():
+    password = "unreachable-s3cret"
+    store = unreachable_postgresql(password)
+    for args in (["runs"], ["show", "latest"], ["query", "SELECT 1"], ["schema"], ["export", "latest"],
+                 ["lineage", "epoch_metrics"], ["analyze", "best"]):
+        done = CliRunner().invoke(main, [*args, "--store", store])
+        assert done.exit_code == 1 and "trainprov:***@" in done.output and password not in done.output, args
+    done = CliRunner().invoke(main, ["copy", store, store + "x"])
+    assert done.exit_code == 1 and password not in done.output
+
+
+def test_ui_serve_refuses_unsafe_settings_and_a_busy_address(tmp_path):
+    from trainprov.errors import DashboardError, DashboardSettingError
+    from trainprov.ui import serve
+
+    store = str(tmp_path / "store.db")
+    with pytest.raises(DashboardSettingError, match="allow_remote"):
+        serve(store, host="0.0.0.0", port=0)
+    with pytest.raises(DashboardSettingError, match="at least 8 characters"):
+        serve(store, port=0, token="abc")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        with pytest.raises(DashboardError, match=f"cannot listen on 127.0.0.1:{busy.getsockname()[1]}"):
+            serve(store, port=busy.getsockname()[1])
+    done = CliRunner().invoke(main, ["ui", "--store", store, "--host", "0.0.0.0"])
+    assert done.exit_code == 2 and "--allow-remote" in done.output

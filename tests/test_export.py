@@ -608,7 +608,7 @@ def test_the_export_command(example, tmp_path):
     out = tmp_path / "run.provn"
     result = runner.invoke(main, ["--store", store, "export", run_id[:17], "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "PROV-N" in result.output and "entities" in result.output
+    assert "PROV-N" in result.output and f"to {out}" in result.output
     back = ProvDocument.deserialize(str(out), format="provn")
     assert ids(back) == ids(ex.build_document(run_id, store=store))
     result = runner.invoke(main, ["--store", store, "export", "latest", "--format", "json"])

@@ -27,3 +27,11 @@ class CaptureError(TrainprovError, RuntimeError):
 
 class ExportError(TrainprovError, ValueError):
     """An export was asked for something that cannot be done (unknown format, no runs)."""
+
+
+class DashboardError(TrainprovError):
+    """The dashboard cannot start: it cannot listen on the address it was given."""
+
+
+class DashboardSettingError(DashboardError, ValueError):
+    """A dashboard setting refused for safety: a non-loopback address without consent, a weak token."""

@@ -3,8 +3,11 @@ dataflow and provenance graphs, a read-only SQL console and PROV exports, served
 
 Needs the `ui` extra (starlette, uvicorn, jinja2, plotly). It reads the store only through
 the read-only Reader, one short statement at a time, so it never blocks a training's writer.
+`serve(store, host=..., port=..., token=..., allow_remote=...)` checks the settings, binds
+the address and serves (ui/server.py); `create_app(store)` is the ASGI application alone.
 """
 
-from .app import create_app, serve
+from .app import create_app
+from .server import serve
 
 __all__ = ["create_app", "serve"]

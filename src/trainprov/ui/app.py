@@ -31,7 +31,7 @@ from ..errors import StoreError, TrainprovError
 from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
-from ..store import resolve_url
+from ..store import hide_password, resolve_url
 from . import data, graphs, listing
 from .present import duration, exact, is_missing, jsonable, number, records, when
 from .security import LOOPBACK_HOSTS, Guard
@@ -86,7 +86,8 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        return self._reader.url if self._reader is not None else self.store
+        """The store as pages and messages show it: never with its password."""
+        return self._reader.url if self._reader is not None else hide_password(self.store)
 
     def close(self) -> None:
         with self._lock:
