@@ -204,7 +204,11 @@ def query(ctx: click.Context, sql: str | None, sql_file: Any, params: tuple[str,
         raise click.UsageError("give one statement: as an argument or with --file (one of the two)")
     if sql_file is not None:
         sql = sql_file.read()
-    result = _reader(ctx).result(sql, [_param(p) for p in params])
+    try:
+        result = _reader(ctx).result(sql, [_param(p) for p in params])
+    except KeyboardInterrupt:  # the library has stopped the statement in the database
+        click.echo("trainprov query: interrupted (Ctrl-C); the statement was stopped", err=True)
+        ctx.exit(130)
     _emit(result.columns, result.rows, fmt)
     if fmt == "table":
         click.echo(f"({len(result.rows)} row{'s' * (len(result.rows) != 1)})", err=True)

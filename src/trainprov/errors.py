@@ -23,3 +23,7 @@ class QueryError(TrainprovError, ValueError):
 
 class CaptureError(TrainprovError, RuntimeError):
     """A capture call was made on an ended run or task, or captured rows could not be written."""
+
+
+class QueryTimeout(QueryError):
+    """A read query ran longer than its time limit and was stopped."""
