@@ -269,9 +269,11 @@ def _is_loopback(host: str) -> bool:
               help="Allow listening on an address other than loopback; a token is then required "
                    "(one is generated if --token is not given).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in the default web browser.")
+@click.option("--sql-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop a SQL console statement after this many seconds (default: 30).")
 @click.pass_context
 def ui(ctx: click.Context, store: str | None, host: str, port: int, token: str | None, allow_remote: bool,
-       open_browser: bool) -> None:
+       open_browser: bool, sql_timeout: float | None) -> None:
     """Serve the live dashboard: runs, curves, comparisons, graphs, a read-only SQL console."""
     try:
         from .ui import serve
@@ -297,4 +299,5 @@ def ui(ctx: click.Context, store: str | None, host: str, port: int, token: str |
     bound = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
     url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
-    serve(_store(ctx, store), sock=sock, token=token, url=url, open_browser=open_browser)
+    limits = {} if sql_timeout is None else {"sql_timeout": sql_timeout}
+    serve(_store(ctx, store), sock=sock, token=token, url=url, open_browser=open_browser, **limits)
