@@ -189,11 +189,11 @@ def page(browser):
     assert not errors, f"the page reported errors: {errors}"
 
 
-def get(url: str, *, headers: dict | None = None, opener=None) -> tuple[int, object, bytes]:
+def get(url: str, *, headers: dict | None = None, opener=None, timeout: float = 60) -> tuple[int, object, bytes]:
     """Status, headers (case-insensitive) and body of a GET."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with (opener or urllib.request.build_opener()).open(request, timeout=60) as response:
+        with (opener or urllib.request.build_opener()).open(request, timeout=timeout) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
