@@ -128,11 +128,12 @@ class _Watch:
     statement, and `interrupted` tells the query that it must raise KeyboardInterrupt again.
     """
 
-    __slots__ = ("deadline", "timed_out")
+    __slots__ = ("deadline", "timed_out", "closed")
 
     def __init__(self) -> None:
         self.deadline: float | None = None
         self.timed_out = False
+        self.closed = False  # the backend was closed: its connections were interrupted
 
     def __call__(self) -> int:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -146,7 +147,8 @@ class _Watch:
 
     def interrupted(self, exc: BaseException) -> bool:
         """True if SQLite aborted the statement because Ctrl-C came during it (not because of the deadline)."""
-        return isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted" and not self.timed_out
+        return (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted" and not self.timed_out
+                and not self.closed)
 
 
 class SQLiteBackend(SQLBackend):
@@ -167,6 +169,7 @@ class SQLiteBackend(SQLBackend):
         super().__init__(url=self.path)
         self.wal_limit_bytes = wal_limit_bytes
         self._readers = threading.local()
+        self._reader_connections: list[tuple[sqlite3.Connection, _Watch]] = []
 
     # ---- connections -----------------------------------------------------------------
 
@@ -226,9 +229,17 @@ class SQLiteBackend(SQLBackend):
         self._readers.conn = conn
         with self._lock:
             self._connections.append(conn)
+            self._reader_connections.append((conn, self._readers.watch))
         return conn
 
     def close(self) -> None:
+        # a statement still running on another thread (a console's) ends now, not at its time limit
+        with self._lock:
+            readers = list(self._reader_connections)
+            self._reader_connections.clear()
+        for conn, watch in readers:
+            watch.closed = True
+            conn.interrupt()
         super().close()
         self._readers = threading.local()
 
@@ -376,6 +387,8 @@ class SQLiteBackend(SQLBackend):
 
     def _failure(self, exc: BaseException, watch: _Watch, timeout: float | None) -> BaseException:
         """The error to raise for a statement SQLite refused or stopped."""
+        if watch.closed:
+            return StoreError(f"the store {self.path} was closed while the statement ran")
         if watch.interrupted(exc):
             return KeyboardInterrupt()
         if watch.timed_out:
