@@ -255,6 +255,8 @@ def test_head_and_stream_read_only_what_is_asked(tmp_path):
         with pytest.raises(tp.QueryError, match="time limit of 0.5 s"):
             reader.result(RUNAWAY, timeout=0.5)
         assert reader.rows("SELECT count(*) AS n FROM runs") == [{"n": 3}]
+    with pytest.raises(tp.QueryTimeout):
+        tp.query(RUNAWAY, store=store, timeout=0.5)
 
 
 # ---- Ctrl-C (issue 18, item 14) --------------------------------------------------------------

@@ -236,13 +236,15 @@ def connect(store: str | os.PathLike | None = None) -> Reader:
     return Reader(store)
 
 
-def query(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Run one read-only SQL statement on a store; returns a list of dicts."""
+def query(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None, *,
+          timeout: float | None = None) -> list[dict[str, Any]]:
+    """Run one read-only SQL statement on a store (stopped after `timeout` seconds, if given); returns a list of dicts."""
     with Reader(store) as reader:
-        return reader.rows(sql, params)
+        return reader.rows(sql, params, timeout=timeout)
 
 
-def query_df(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Run one read-only SQL statement on a store; returns a pandas DataFrame."""
+def query_df(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None, *,
+             timeout: float | None = None) -> pd.DataFrame:
+    """Run one read-only SQL statement on a store (stopped after `timeout` seconds, if given); returns a pandas DataFrame."""
     with Reader(store) as reader:
-        return reader.df(sql, params)
+        return reader.df(sql, params, timeout=timeout)
