@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
 
@@ -188,24 +189,42 @@ def page(browser):
     assert not errors, f"the page reported errors: {errors}"
 
 
-def get(url: str, *, headers: dict | None = None, opener=None) -> tuple[int, object, bytes]:
+def get(url: str, *, headers: dict | None = None, opener=None, timeout: float = 60) -> tuple[int, object, bytes]:
     """Status, headers (case-insensitive) and body of a GET."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with (opener or urllib.request.build_opener()).open(request, timeout=60) as response:
+        with (opener or urllib.request.build_opener()).open(request, timeout=timeout) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
 
 
-def post_sql(base: str, sql: str) -> tuple[int, dict]:
-    request = urllib.request.Request(base + "/api/sql", data=json.dumps({"sql": sql}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+def sql_session(base: str) -> tuple[urllib.request.OpenerDirector, str]:
+    """What the SQL page gives a browser: a session cookie (kept by the opener) and the page's SQL token."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    status, _, body = get(base + "/sql", opener=opener)
+    assert status == 200
+    return opener, re.search(r'data-token="([0-9a-f]+)"', body.decode()).group(1)
+
+
+def post(url: str, body: bytes, headers: dict, opener=None, timeout: float = 60) -> tuple[int, object, bytes]:
+    """Status, headers and body of a POST."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+        with (opener or urllib.request.build_opener()).open(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return exc.code, exc.headers, exc.read()
+
+
+def post_sql(base: str, sql: str, session: tuple | None = None, headers: dict | None = None,
+             timeout: float = 60) -> tuple[int, dict]:
+    """POST /api/sql as the SQL page does (its session and token), unless `session` is given; JSON answer."""
+    opener, token = session or sql_session(base)
+    status, _, body = post(base + "/api/sql", json.dumps({"sql": sql}).encode(),
+                           {"Content-Type": "application/json", "X-Trainprov-Token": token, **(headers or {})},
+                           opener, timeout)
+    return status, json.loads(body)
 
 
 def points(page, chart: str) -> int:
@@ -414,7 +433,9 @@ def test_the_sql_api_cannot_modify_the_store_whatever_it_is_sent(dashboard, stor
     assert status == 200 and body["columns"] == ["n"] and body["rows"] == [[before[1][before[0].index("runs")]]]
     status, body = post_sql(dashboard, "SELECT name FROM pragma_table_info('runs') ORDER BY cid LIMIT 2")
     assert body["rows"] == [["run_id"], ["dataflow"]]
-    status, _, text = get(dashboard + "/api/sql.csv?sql=" + urllib.request.quote("DELETE FROM runs"))
+    opener, token = sql_session(dashboard)
+    status, _, text = post(dashboard + "/api/sql.csv", urllib.parse.urlencode({"sql": "DELETE FROM runs", "token": token}).encode(),
+                           {"Content-Type": "application/x-www-form-urlencoded"}, opener)
     assert status == 400 and b"read-only" in text
 
 

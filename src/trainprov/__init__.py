@@ -5,7 +5,7 @@ store with SQL while the training runs.
 """
 
 from .capture import Element, FileRef, Run, SignalInterrupt, Task, new_run_id, start_run
-from .errors import CaptureError, QueryError, SpecError, StoreError, TrainprovError, ValueTypeError
+from .errors import CaptureError, QueryError, QueryTimeout, SpecError, StoreError, TrainprovError, ValueTypeError
 from .query import Reader, connect, query, query_df
 from .rundiff import diff
 from .spec import Attribute, Dataflow, Dataset, Transformation
@@ -20,6 +20,7 @@ __all__ = [
     "Element",
     "FileRef",
     "QueryError",
+    "QueryTimeout",
     "Reader",
     "Run",
     "SignalInterrupt",

@@ -35,3 +35,7 @@ class DashboardError(TrainprovError):
 
 class DashboardSettingError(DashboardError, ValueError):
     """A dashboard setting refused for safety: a non-loopback address without consent, a weak token."""
+
+
+class QueryTimeout(QueryError):
+    """A read query ran longer than its time limit and was stopped."""

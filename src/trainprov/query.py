@@ -5,10 +5,11 @@ Everything here is read-only and safe to use from another process while a run wr
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -16,6 +17,7 @@ from .capture import liveness
 from .errors import QueryError, StoreError
 from .spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS
 from .store import Backend, Result, open_backend
+from .store.base import Rows
 from .store.catalog import TABLES
 
 _ELEMENT_DOCS = {
@@ -56,17 +58,37 @@ class Reader:
 
     # ---- SQL ---------------------------------------------------------------------------
 
-    def result(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
-        """Run one read-only SQL statement; returns columns and rows."""
-        return self.backend.query(sql, params)
+    def result(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Result:
+        """Run one read-only SQL statement; returns columns and rows.
 
-    def rows(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        A statement still running after `timeout` seconds is stopped (QueryTimeout); Ctrl-C
+        stops it too (KeyboardInterrupt, once the database has let go of it).
+        """
+        return self.backend.query(sql, params, timeout=timeout)
+
+    def rows(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> list[dict[str, Any]]:
         """Run one read-only SQL statement; returns a list of dicts."""
-        return self.result(sql, params).dicts()
+        return self.result(sql, params, timeout=timeout).dicts()
 
-    def df(self, sql: str, params: Sequence[Any] | dict = ()) -> pd.DataFrame:
+    def df(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> pd.DataFrame:
         """Run one read-only SQL statement; returns a pandas DataFrame."""
-        return to_dataframe(self.result(sql, params))
+        return to_dataframe(self.result(sql, params, timeout=timeout))
+
+    @contextlib.contextmanager
+    def stream(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Iterator[Rows]:
+        """Run one read-only SQL statement and read its rows in batches (`rows.batches(n)`), never all at once.
+
+        The `timeout` covers the statement and the reading of every batch.
+        """
+        with self.backend.stream(sql, params, timeout=timeout) as rows:
+            yield rows
+
+    def head(self, sql: str, n: int, params: Sequence[Any] | dict = (), *,
+             timeout: float | None = None) -> tuple[Result, bool]:
+        """The first `n` rows of one read-only statement, and whether it has more; the rest is never read."""
+        with self.stream(sql, params, timeout=timeout) as rows:
+            first = rows.fetch(n + 1)
+        return Result(rows.columns, first[:n]), len(first) > n
 
     # ---- runs --------------------------------------------------------------------------
 
@@ -214,13 +236,15 @@ def connect(store: str | os.PathLike | None = None) -> Reader:
     return Reader(store)
 
 
-def query(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Run one read-only SQL statement on a store; returns a list of dicts."""
+def query(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None, *,
+          timeout: float | None = None) -> list[dict[str, Any]]:
+    """Run one read-only SQL statement on a store (stopped after `timeout` seconds, if given); returns a list of dicts."""
     with Reader(store) as reader:
-        return reader.rows(sql, params)
+        return reader.rows(sql, params, timeout=timeout)
 
 
-def query_df(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Run one read-only SQL statement on a store; returns a pandas DataFrame."""
+def query_df(sql: str, params: Sequence[Any] | dict = (), store: str | os.PathLike | None = None, *,
+             timeout: float | None = None) -> pd.DataFrame:
+    """Run one read-only SQL statement on a store (stopped after `timeout` seconds, if given); returns a pandas DataFrame."""
     with Reader(store) as reader:
-        return reader.df(sql, params)
+        return reader.df(sql, params, timeout=timeout)

@@ -97,14 +97,19 @@ def _param(text: str) -> Any:
               help="A value for the next ? placeholder (repeatable); numbers are bound as numbers.")
 @rows_format
 @store_option
-def query(sql: str | None, sql_file: Any, params: tuple[str, ...], fmt: str, store: str) -> None:
+@click.pass_context
+def query(ctx: click.Context, sql: str | None, sql_file: Any, params: tuple[str, ...], fmt: str, store: str) -> None:
     """Run one read-only SQL statement (SELECT or WITH ... SELECT) on the store."""
     if (sql is None) == (sql_file is None):
         raise click.UsageError("give one statement: as an argument or with --file (one of the two)")
     if sql_file is not None:
         sql = sql_file.read()
-    with Reader(store) as reader:
-        result = reader.result(sql, [_param(p) for p in params])
+    try:
+        with Reader(store) as reader:
+            result = reader.result(sql, [_param(p) for p in params])
+    except KeyboardInterrupt:  # the library has stopped the statement in the database
+        click.echo("trainprov query: interrupted (Ctrl-C); the statement was stopped", err=True)
+        ctx.exit(130)
     emit(result.columns, result.rows, fmt)
     if fmt == "table":
         click.echo(f"({len(result.rows)} row{'s' * (len(result.rows) != 1)})", err=True)

@@ -17,13 +17,17 @@ from .options import store_option
               help="Allow listening on an address other than loopback; a token is then required "
                    "(one is generated if --token is not given).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in the default web browser.")
-def ui(store: str, host: str, port: int, token: str | None, allow_remote: bool, open_browser: bool) -> None:
+@click.option("--sql-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop a SQL console statement after this many seconds (default: 30).")
+def ui(store: str, host: str, port: int, token: str | None, allow_remote: bool, open_browser: bool,
+       sql_timeout: float | None) -> None:
     """Serve the live dashboard: runs, curves, comparisons, graphs, a read-only SQL console."""
     try:
         from ..ui import serve  # the ui extra is optional: the rest of the CLI works without it
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs the ui extra ({exc}): pip install 'trainprov[ui]'") from None
     try:
-        serve(store, host=host, port=port, token=token, allow_remote=allow_remote, open_browser=open_browser)
+        serve(store, host=host, port=port, token=token, allow_remote=allow_remote, open_browser=open_browser,
+              sql_timeout=sql_timeout)
     except DashboardSettingError as exc:
         raise click.UsageError(str(exc)) from None

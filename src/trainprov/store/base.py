@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import SpecError
 from ..spec import Dataflow, Dataset
@@ -32,6 +33,33 @@ class Result:
     def dicts(self) -> list[dict[str, Any]]:
         """The rows as dictionaries keyed by column name."""
         return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+class Rows:
+    """A result read a batch at a time: its column names now, its rows as they are fetched."""
+
+    def __init__(self, columns: list[str], fetch: Callable[[int], list[tuple]]) -> None:
+        self.columns = columns
+        self._fetch = fetch
+        self.done = False
+
+    def fetch(self, n: int) -> list[tuple]:
+        """Up to `n` more rows; fewer (or none) at the end of the result."""
+        if self.done:
+            return []
+        rows = self._fetch(n)
+        if len(rows) < n:
+            self.done = True
+        return rows
+
+    def batches(self, size: int = 1000) -> Iterator[list[tuple]]:
+        """The remaining rows, `size` at a time."""
+        while True:
+            rows = self.fetch(size)
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
 
 
 class Backend(ABC):
@@ -56,8 +84,23 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
-        """Run one read-only statement; refuse any statement that would modify the store."""
+    def query(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Result:
+        """Run one read-only statement; refuse any statement that would modify the store.
+
+        With `timeout` (seconds), a statement still running then is stopped (QueryTimeout).
+        Ctrl-C (KeyboardInterrupt) stops the statement too, and is raised again.
+        """
+
+    @contextlib.contextmanager
+    def stream(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Iterator[Rows]:
+        """Run one read-only statement and read its rows a batch at a time (only what is fetched is in memory).
+
+        The `timeout` covers the whole reading, from the start of the statement to the last
+        batch. Leaving the block ends the statement, read to its end or not.
+        """
+        result = self.query(sql, params, timeout=timeout)
+        rows = iter([result.rows])
+        yield Rows(result.columns, lambda n: next(rows, []))
 
     @abstractmethod
     def mark_interrupted(self, runs: Iterable[tuple[str, Any, float | None, str]]) -> None:

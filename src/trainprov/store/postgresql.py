@@ -11,12 +11,13 @@ transaction that is always rolled back, so the server itself refuses any change.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -24,10 +25,10 @@ from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.string import TextLoader
 
-from ..errors import QueryError, StoreError
+from ..errors import QueryError, QueryTimeout, StoreError
 from ..spec import Dataflow
 from . import hide_password
-from .base import Result, SQLBackend, iso_utc
+from .base import Result, Rows, SQLBackend, iso_utc
 from .catalog import TABLES, Target
 
 #: the advisory lock key that serialises declarations in one database ("trprov" in ASCII)
@@ -108,6 +109,74 @@ def _comment_end(sql: str, pos: int) -> int:
         else:
             depth, pos = depth - 1, closes + 2
     return pos
+
+# ---- what a read query may call -----------------------------------------------------------
+
+#: functions that a read-only transaction still lets run, and that act beyond the statement:
+#: session locks (trainprov's own declarations wait on one), signals to other sessions,
+#: server files, notifications, and the functions that run SQL given as text
+#: (which would hide any other call from this check)
+REFUSED_FUNCTIONS = frozenset({
+    "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "pg_promote",
+    "pg_log_backend_memory_contexts", "pg_notify", "pg_read_file", "pg_read_binary_file",
+    "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export", "query_to_xml", "query_to_xmlschema",
+    "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema", "ts_stat", "ts_rewrite",
+    "pg_import_system_collations", "pg_create_restore_point", "pg_switch_wal", "pg_backup_start", "pg_backup_stop",
+})
+REFUSED_PREFIXES = ("pg_advisory_", "pg_try_advisory_", "dblink", "pg_stat_reset", "pg_replication_", "pg_drop_replication",
+                    "pg_create_logical", "pg_create_physical", "pg_logical_", "pg_wal_replay_")
+#: statements that run code this check cannot see into, or move data outside the transaction
+REFUSED_STATEMENTS = frozenset({"do", "call", "copy", "listen", "load"})
+_WORD = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*")
+
+
+def refused_call(sql: str) -> str | None:
+    """Why a read query may not run (a function or statement in the lists above), or None.
+
+    Names are read as the server reads them: outside strings and comments, unquoted names
+    folded to lower case, "quoted" names as written, with or without a schema before them.
+    """
+    first = None
+    pos = 0
+    while pos < len(sql):
+        match = _TOKENS.search(sql, pos)
+        end = len(sql) if match is None else match.start()
+        for word in _WORD.findall(sql, pos, end):
+            first = first or word.lower()
+            why = _refused_name(word.lower())
+            if why:
+                return why
+        if match is None:
+            break
+        token, pos = match.group(), match.end()
+        if match.group("name"):  # not a parameter to the server: an array slice a[1:f(x)]
+            first = first or token[1:].lower()
+            why = _refused_name(token[1:].lower())
+            if why:
+                return why
+        elif match.group("dollar"):
+            close = sql.find(token, pos)
+            pos = len(sql) if close < 0 else close + len(token)
+        elif token == "/*":
+            pos = _comment_end(sql, pos)
+        elif token.startswith('"'):
+            if sql[max(0, match.start() - 2) : match.start()].lower() == "u&":
+                return 'names written as U&"..." are not accepted in queries; write the name itself'
+            why = _refused_name(token[1:-1].replace('""', '"'))
+            if why:
+                return why
+            first = first or token[1:-1]
+    if first in REFUSED_STATEMENTS:
+        return f"{first.upper()} statements are refused in queries (use SELECT or WITH ... SELECT)"
+    return None
+
+
+def _refused_name(name: str) -> str | None:
+    if name in REFUSED_FUNCTIONS or name.startswith(REFUSED_PREFIXES):
+        return (f"queries may not call {name}(): it acts beyond the query (locks, other sessions, settings, "
+                "server files) or runs SQL given as text, which a read-only transaction does not prevent")
+    return None
+
 
 
 class _QmarkCursor(psycopg.RawCursor):
@@ -357,37 +426,85 @@ class PostgreSQLBackend(SQLBackend):
             return False
         return bool(result.rows[0][0])
 
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
-        values = None
-        if params:
-            named = isinstance(params, dict)
-            sql, names = to_dollar(sql, named)
-            if named:
-                missing = [n for n in names if n not in params]
-                if missing:
-                    raise QueryError(f"invalid SQL: no value for the parameter(s) :{', :'.join(missing)}")
-                values = [params[n] for n in names]
-            else:
-                values = list(params)
+    def _statement_values(self, sql: str, params: Sequence[Any] | dict) -> tuple[str, list | None]:
+        """The statement with $n placeholders and its values; a refused call is a QueryError."""
+        why = refused_call(sql)
+        if why:
+            raise QueryError(why)
+        if not params:
+            return sql, None
+        named = isinstance(params, dict)
+        sql, names = to_dollar(sql, named)
+        if named:
+            missing = [n for n in names if n not in params]
+            if missing:
+                raise QueryError(f"invalid SQL: no value for the parameter(s) :{', :'.join(missing)}")
+            return sql, [params[n] for n in names]
+        return sql, list(params)
+
+    def query(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Result:
+        sql, values = self._statement_values(sql, params)
         retried = False
         while True:
             conn = self._reader()
             try:
-                return self._run(conn, sql, values)
+                return self._run(conn, sql, values, timeout)
             except psycopg.Error as exc:
                 if retried or not conn.closed:
-                    raise self._refusal(conn, exc) from None
+                    raise self._refusal(conn, exc, timeout) from None
             finally:
                 self._end_read(conn)
             retried = True  # the server dropped the connection (a restart): once more on a new one
 
+    @contextlib.contextmanager
+    def stream(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Iterator[Rows]:
+        # A query (SELECT, WITH, VALUES, TABLE) is read through a server-side cursor, a
+        # batch per FETCH; anything else (EXPLAIN, SHOW) is small and read whole.
+        if _first_word(sql) not in ("select", "with", "values", "table", "("):
+            with super().stream(sql, params, timeout=timeout) as rows:
+                yield rows
+            return
+        sql, values = self._statement_values(sql, params)
+        conn = self._reader()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cur = conn.cursor(name="trainprov_stream")  # DECLARE ... CURSOR FOR sends one statement only
+
+        def limit() -> None:
+            # every FETCH gets what is left of the time limit
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise pg_errors.QueryCanceled("canceling statement due to statement timeout")
+                conn.execute("SELECT set_config('statement_timeout', $1, true)", [f"{max(1, int(left * 1000))}ms"])
+
+        def fetch(n: int) -> list[tuple]:
+            try:
+                limit()
+                return cur.fetchall() if n < 0 else cur.fetchmany(n)
+            except psycopg.Error as exc:
+                raise self._refusal(conn, exc, timeout) from None
+
+        try:
+            try:
+                limit()
+                cur.execute(sql, values)
+            except psycopg.Error as exc:
+                raise self._refusal(conn, exc, timeout) from None
+            yield Rows([d.name for d in cur.description or ()], fetch)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                cur.close()
+            self._end_read(conn)  # closes the cursor with the transaction
+
     @staticmethod
-    def _run(conn: psycopg.Connection, sql: str, values: list | None) -> Result:
+    def _run(conn: psycopg.Connection, sql: str, values: list | None, timeout: float | None = None) -> Result:
         cur = conn.cursor()
         # In a pipeline psycopg sends the statement with the extended protocol, which
         # takes one statement only: "SELECT 1; COMMIT; DELETE ..." cannot slip out of
         # the read-only transaction.
         with conn.pipeline() as pipeline:
+            if timeout is not None:
+                conn.cursor().execute("SELECT set_config('statement_timeout', $1, true)", [f"{max(1, int(timeout * 1000))}ms"])
             cur.execute(sql, values)
             pipeline.sync()
         if cur.description is None:
@@ -402,8 +519,10 @@ class PostgreSQLBackend(SQLBackend):
         except psycopg.Error:  # the connection is gone; the next query reconnects
             pass
 
-    def _refusal(self, conn: psycopg.Connection, exc: psycopg.Error) -> Exception:
+    def _refusal(self, conn: psycopg.Connection, exc: psycopg.Error, timeout: float | None = None) -> Exception:
         text = _one_line(exc)
+        if isinstance(exc, pg_errors.QueryCanceled) and timeout is not None and "timeout" in text:
+            return QueryTimeout(f"the statement ran longer than its time limit of {timeout:g} s and was stopped")
         if conn.closed or isinstance(exc, psycopg.OperationalError) and exc.sqlstate in (None, "57P01", "57P02", "57P03"):
             return StoreError(f"lost the connection to the PostgreSQL store {self.url}: {text}")
         if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.ActiveSqlTransaction)):
@@ -422,6 +541,15 @@ class PostgreSQLBackend(SQLBackend):
                 names = []
             message += f"; datasets in this store: {', '.join(names) or '(none)'} (see `trainprov schema`)"
         return QueryError(message)
+
+
+def _first_word(sql: str) -> str:
+    """The statement's first keyword, lower case (after comments and blanks), or "(" for a parenthesis."""
+    text = re.sub(r"^(?:\s+|--[^\n]*|/\*.*?\*/)*", "", sql, flags=re.DOTALL)
+    if text.startswith("("):
+        return "("
+    match = _WORD.match(text)
+    return match.group().lower() if match else ""
 
 
 def _one_line(exc: BaseException) -> str:

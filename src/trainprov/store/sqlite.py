@@ -8,6 +8,7 @@ back as timezone-aware datetimes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -15,11 +16,11 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote
 
-from ..errors import QueryError, StoreError
-from .base import Result, SQLBackend, iso_utc
+from ..errors import QueryError, QueryTimeout, StoreError
+from .base import Result, Rows, SQLBackend, iso_utc
 from .catalog import Table
 
 # Read-side conversions by declared column type (only in connections that ask for them).
@@ -115,6 +116,41 @@ _READ_PRAGMAS = {
 }
 
 
+#: SQLite virtual-machine steps between two looks at a statement's time limit (about 0.1 ms)
+PROGRESS_STEPS = 10_000
+
+
+class _Watch:
+    """SQLite's progress handler of one reader connection: stops a statement past its deadline.
+
+    Ctrl-C cannot stop SQLite by itself (the signal waits for the C call to return), but the
+    handler runs Python code, where the KeyboardInterrupt is raised; SQLite then aborts the
+    statement, and `interrupted` tells the query that it must raise KeyboardInterrupt again.
+    """
+
+    __slots__ = ("deadline", "timed_out", "closed")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.timed_out = False
+        self.closed = False  # the backend was closed: its connections were interrupted
+
+    def __call__(self) -> int:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+            return 1
+        return 0
+
+    def start(self, timeout: float | None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timed_out = False
+
+    def interrupted(self, exc: BaseException) -> bool:
+        """True if SQLite aborted the statement because Ctrl-C came during it (not because of the deadline)."""
+        return (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted" and not self.timed_out
+                and not self.closed)
+
+
 class SQLiteBackend(SQLBackend):
     """A trainprov store in one SQLite file."""
 
@@ -133,6 +169,7 @@ class SQLiteBackend(SQLBackend):
         super().__init__(url=self.path)
         self.wal_limit_bytes = wal_limit_bytes
         self._readers = threading.local()
+        self._reader_connections: list[tuple[sqlite3.Connection, _Watch]] = []
 
     # ---- connections -----------------------------------------------------------------
 
@@ -187,12 +224,22 @@ class SQLiteBackend(SQLBackend):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a trainprov store: {exc}") from None
         conn.set_authorizer(self._authorize)
+        self._readers.watch = _Watch()
+        conn.set_progress_handler(self._readers.watch, PROGRESS_STEPS)
         self._readers.conn = conn
         with self._lock:
             self._connections.append(conn)
+            self._reader_connections.append((conn, self._readers.watch))
         return conn
 
     def close(self) -> None:
+        # a statement still running on another thread (a console's) ends now, not at its time limit
+        with self._lock:
+            readers = list(self._reader_connections)
+            self._reader_connections.clear()
+        for conn, watch in readers:
+            watch.closed = True
+            conn.interrupt()
         super().close()
         self._readers = threading.local()
 
@@ -299,26 +346,60 @@ class SQLiteBackend(SQLBackend):
         )
         return sqlite3.SQLITE_DENY
 
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> Result:
+    def query(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Result:
+        with self.stream(sql, params, timeout=timeout) as rows:
+            return Result(rows.columns, rows.fetch(-1))
+
+    @contextlib.contextmanager
+    def stream(self, sql: str, params: Sequence[Any] | dict = (), *, timeout: float | None = None) -> Iterator[Rows]:
         conn = self._reader()
+        watch: _Watch = self._readers.watch
         self._readers.refused = None
         self._readers.read = set()
+        watch.start(timeout)
+        cur = None
         try:
-            cur = conn.execute(sql, params)
-            rows = cur.fetchall()
-        except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as exc:
-            refused = getattr(self._readers, "refused", None)
-            if refused:
-                raise QueryError(
-                    f"queries are read-only: this statement would {refused}; it was refused "
-                    "(use SELECT or WITH ... SELECT)"
-                ) from None
-            raise QueryError(self._explain(exc)) from None
-        columns = [d[0] for d in cur.description or ()]
-        result = Result(columns, rows)
-        if rows:
-            _fix_nan(result, set(self._readers.read), lambda: self._attribute_types(conn))
-        return result
+            try:
+                cur = conn.execute(sql, params)
+            except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as exc:
+                raise self._failure(exc, watch, timeout) from None
+            read = set(self._readers.read)
+
+            def fetch(n: int) -> list[tuple]:
+                if watch():  # the deadline passed while nothing was fetched (a slow consumer)
+                    raise self._failure(sqlite3.OperationalError("interrupted"), watch, timeout)
+                try:
+                    rows = cur.fetchall() if n < 0 else cur.fetchmany(n)
+                except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning) as exc:
+                    raise self._failure(exc, watch, timeout) from None
+                if rows:
+                    result = Result(columns, rows)
+                    _fix_nan(result, read, lambda: self._attribute_types(conn))
+                    rows = result.rows
+                return rows
+
+            columns = [d[0] for d in cur.description or ()]
+            yield Rows(columns, fetch)
+        finally:
+            watch.start(None)
+            if cur is not None:
+                cur.close()  # ends the read transaction: an unfinished one would pin the WAL
+
+    def _failure(self, exc: BaseException, watch: _Watch, timeout: float | None) -> BaseException:
+        """The error to raise for a statement SQLite refused or stopped."""
+        if watch.closed:
+            return StoreError(f"the store {self.path} was closed while the statement ran")
+        if watch.interrupted(exc):
+            return KeyboardInterrupt()
+        if watch.timed_out:
+            return QueryTimeout(f"the statement ran longer than its time limit of {timeout:g} s and was stopped")
+        refused = getattr(self._readers, "refused", None)
+        if refused:
+            return QueryError(
+                f"queries are read-only: this statement would {refused}; it was refused "
+                "(use SELECT or WITH ... SELECT)"
+            )
+        return QueryError(self._explain(exc))
 
     @staticmethod
     def _attribute_types(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:

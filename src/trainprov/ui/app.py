@@ -16,25 +16,26 @@ import socket
 import threading
 import webbrowser
 from typing import Any, AsyncIterator, Callable
+from urllib.parse import parse_qs
 
 import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import __version__
-from ..errors import StoreError, TrainprovError
+from ..errors import QueryTimeout, StoreError, TrainprovError
 from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import hide_password, resolve_url
 from . import data, graphs, listing
+from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console, ConsoleBusy
 from .present import duration, exact, is_missing, jsonable, number, records, when
-from .security import LOOPBACK_HOSTS, Guard
+from .security import LOOPBACK_HOSTS, TOKEN_FIELD, TOKEN_HEADER, Guard, Sessions, cross_site, session_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: the PROV formats offered as export buttons on a run page, in this order
@@ -66,10 +67,13 @@ class JSON(JSONResponse):
 class Dashboard:
     """The state of one dashboard: the store it reads and its templates."""
 
-    def __init__(self, store: str | os.PathLike | None) -> None:
+    def __init__(self, store: str | os.PathLike | None, *, sql_timeout: float | None = CONSOLE_TIMEOUT,
+                 sql_limit: int = CONSOLE_LIMIT) -> None:
         self.store = resolve_url(store)
         self._reader: Reader | None = None
         self._lock = threading.Lock()
+        self.sessions = Sessions()
+        self.console = Console(self.reader, timeout=sql_timeout, limit=sql_limit)
         self.templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
         env = self.templates.env
         env.filters.update(number=number, duration=duration, when=when, exact=exact)
@@ -90,13 +94,28 @@ class Dashboard:
         return self._reader.url if self._reader is not None else hide_password(self.store)
 
     def close(self) -> None:
+        self.console.close()
         with self._lock:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
 
     def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        return self.templates.TemplateResponse(request, name, {"store": self.url, **context}, status_code=status_code)
+        session = started = session_of(request.scope) or None
+        if session is None:
+            session = self.sessions.new()
+        response = self.templates.TemplateResponse(
+            request, name, {"store": self.url, "sql_token": self.sessions.token(session), **context}, status_code=status_code)
+        if started is None:
+            response.set_cookie(self.sessions.cookie_name(request.scope), session, httponly=True, samesite="strict", path="/")
+        return response
+
+    def sql_refusal(self, request: Request, token: str | None) -> str | None:
+        """Why a request may not run SQL: sent by another site, or without its page's token; None if it may."""
+        why = cross_site(request.headers)
+        if why is None and not self.sessions.valid(session_of(request.scope), token):
+            why = "it does not carry the token of a dashboard page (reload the SQL page)"
+        return f"SQL is only run for the dashboard's own pages: {why}" if why else None
 
 
 def _page(board: Dashboard, render: Callable[[Request, Reader], Response]) -> Callable[[Request], Response]:
@@ -184,8 +203,12 @@ def routes(board: Dashboard) -> list[Any]:
         return board.page(request, "compare.html", comparison=comparison, nav="compare")
 
     def sql_page(request: Request, reader: Reader) -> Response:
+        # A statement in the address fills the editor; it runs by itself only when a page
+        # of the dashboard linked to it, never from a link on another site.
         return board.page(request, "sql.html", tables=data.schema(reader), nav="sql",
-                          initial=request.query_params.get("sql", ""))
+                          initial=request.query_params.get("sql", ""),
+                          autorun=request.headers.get("sec-fetch-site") == "same-origin",
+                          sql_rows=data.SQL_ROWS, sql_timeout=board.console.timeout and f"{board.console.timeout:g}")
 
     def export_run(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
@@ -225,31 +248,65 @@ def routes(board: Dashboard) -> list[Any]:
     def api_schema(request: Request, reader: Reader) -> Any:
         return data.schema(reader)
 
-    def api_sql_csv(request: Request, reader: Reader) -> Any:
-        text = data.sql_csv(reader, request.query_params.get("sql", ""))
-        return Response(text, media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="query.csv"', "Cache-Control": "no-store"})
-
-    async def api_sql(request: Request) -> Response:
-        try:
-            body = await request.json()
-            sql = body.get("sql", "") if isinstance(body, dict) else ""
-        except ValueError:
-            return JSON({"error": 'send {"sql": "SELECT ..."} as JSON'}, 400)
+    async def console_answer(request: Request, sql: Any, token: str | None, work: Callable[[], Any]) -> Response:
+        refusal = board.sql_refusal(request, token)
+        if refusal:
+            return JSON({"error": refusal}, 403)
         if not isinstance(sql, str):
             return JSON({"error": "sql must be text"}, 400)
         try:
-            return JSON(await run_in_threadpool(lambda: data.run_sql(board.reader(), sql)))
+            return await work()
+        except ConsoleBusy as exc:
+            busy = JSON({"error": str(exc)}, 429)
+            busy.headers["Retry-After"] = "1"
+            return busy
+        except QueryTimeout as exc:
+            return JSON({"error": f"{exc} (the SQL console's limit, set with `trainprov ui --sql-timeout`)"}, 400)
         except StoreError as exc:
             return JSON({"error": str(exc)}, 503)
         except TrainprovError as exc:
             return JSON({"error": str(exc)}, 400)
 
+    async def api_sql(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return JSON({"error": 'send {"sql": "SELECT ..."} as JSON'}, 400)
+        sql = body.get("sql", "")
+
+        async def work() -> Response:
+            return JSON(await board.console.call(lambda reader: data.run_sql(reader, sql, timeout=board.console.timeout)))
+
+        return await console_answer(request, sql, request.headers.get(TOKEN_HEADER), work)
+
+    async def api_sql_csv(request: Request) -> Response:
+        # a form of the SQL page posts it (a download the browser streams to disk)
+        fields = parse_qs((await request.body()).decode("utf-8", "replace"))
+        sql = fields.get("sql", [""])[-1]
+        token = request.headers.get(TOKEN_HEADER) or fields.get(TOKEN_FIELD, [None])[-1]
+
+        async def work() -> Response:
+            first, rest = await board.console.stream(
+                lambda reader: data.sql_csv_chunks(reader, sql, timeout=board.console.timeout))
+
+            async def body() -> Any:
+                yield first
+                async for chunk in rest:
+                    yield chunk
+
+            return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+                "Content-Disposition": 'attachment; filename="query.csv"', "Cache-Control": "no-store"})
+
+        return await console_answer(request, sql, token, work)
+
     def plotly(request: Request) -> Response:
         return FileResponse(plotly_js(), media_type="text/javascript",
                             headers={"Cache-Control": "public, max-age=86400"})
 
-    def health(request: Request) -> Response:
+    async def health(request: Request) -> Response:
+        # on the event loop, no thread: it answers while every worker is busy
         return PlainTextResponse("ok")
 
     return [
@@ -269,7 +326,7 @@ def routes(board: Dashboard) -> list[Any]:
         Route("/api/compare", _api(board, api_compare)),
         Route("/api/schema", _api(board, api_schema)),
         Route("/api/sql", api_sql, methods=["POST"]),
-        Route("/api/sql.csv", _api(board, api_sql_csv)),
+        Route("/api/sql.csv", api_sql_csv, methods=["POST"]),
         Route("/static/plotly.min.js", plotly),
         Route("/health", health),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
@@ -277,13 +334,15 @@ def routes(board: Dashboard) -> list[Any]:
 
 
 def create_app(store: str | os.PathLike | None = None, *, token: str | None = None,
-               allowed_hosts: list[str] | None = list(LOOPBACK_HOSTS)) -> Starlette:
+               allowed_hosts: list[str] | None = list(LOOPBACK_HOSTS), sql_timeout: float | None = CONSOLE_TIMEOUT,
+               sql_limit: int = CONSOLE_LIMIT) -> Starlette:
     """The dashboard as an ASGI application reading `store`.
 
     `allowed_hosts` are the Host names it answers to (None: any, for a server reached by
-    other names, which then needs a `token`).
+    other names, which then needs a `token`). The SQL console runs at most `sql_limit`
+    statements at once and stops each after `sql_timeout` seconds (None: no limit).
     """
-    board = Dashboard(store)
+    board = Dashboard(store, sql_timeout=sql_timeout, sql_limit=sql_limit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -295,18 +354,19 @@ def create_app(store: str | os.PathLike | None = None, *, token: str | None = No
 
     app = Starlette(routes=routes(board), lifespan=lifespan)
     app.state.dashboard = board
-    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts, sessions=board.sessions)
     return app
 
 
 def serve(store: str | os.PathLike | None, *, sock: socket.socket, token: str | None = None, url: str = "",
-          open_browser: bool = False) -> None:
+          open_browser: bool = False, sql_timeout: float | None = CONSOLE_TIMEOUT) -> None:
     """Serve the dashboard on an already bound socket until interrupted."""
     import uvicorn
 
     host = sock.getsockname()[0]
     loopback = host in ("127.0.0.1", "::1") or host.startswith("127.")
-    app = create_app(store, token=token, allowed_hosts=[*LOOPBACK_HOSTS, host] if loopback else None)
+    app = create_app(store, token=token, allowed_hosts=[*LOOPBACK_HOSTS, host] if loopback else None,
+                     sql_timeout=sql_timeout)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     print(f"trainprov ui: reading {app.state.dashboard.url}", flush=True)

@@ -12,7 +12,7 @@ import io
 import json
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -285,24 +285,32 @@ def schema(reader: Reader) -> list[dict[str, Any]]:
     return list(tables.values())
 
 
-def run_sql(reader: Reader, sql: str, max_rows: int = SQL_ROWS) -> dict[str, Any]:
-    """Run one read-only statement; the first `max_rows` rows, JSON-safe, with the total count and time."""
+def run_sql(reader: Reader, sql: str, max_rows: int = SQL_ROWS, *, timeout: float | None = None) -> dict[str, Any]:
+    """The first `max_rows` rows of one read-only statement, JSON-safe, whether there are more, and the time taken.
+
+    Only those rows (and one more, to know) are fetched: the rest of a big result is never read.
+    """
     if not sql.strip():
         raise QueryError("write a statement first, e.g. SELECT * FROM runs")
     start = time.perf_counter()
-    result = reader.result(sql)
+    result, more = reader.head(sql, max_rows, timeout=timeout)
     elapsed = (time.perf_counter() - start) * 1000
-    rows = result.rows[:max_rows]
-    return {"columns": result.columns, "rows": [[jsonable(v) for v in row] for row in rows],
-            "count": len(result.rows), "truncated": len(result.rows) > max_rows, "elapsed_ms": round(elapsed, 1)}
+    return {"columns": result.columns, "rows": [[jsonable(v) for v in row] for row in result.rows],
+            "count": len(result.rows), "truncated": more, "elapsed_ms": round(elapsed, 1)}
 
 
-def sql_csv(reader: Reader, sql: str) -> str:
-    """Every row of one read-only statement as CSV (NaN as NaN, NULL as an empty field)."""
-    result = reader.result(sql)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(result.columns)
-    for row in result.rows:
-        writer.writerow(["" if v is None else exact(v) if isinstance(v, float) else jsonable(v) for v in row])
-    return out.getvalue()
+def sql_csv_chunks(reader: Reader, sql: str, *, timeout: float | None = None, batch: int = 5000) -> Iterator[str]:
+    """Every row of one read-only statement as CSV text, a batch of rows per chunk (NaN as NaN, NULL as an empty field)."""
+    if not sql.strip():
+        raise QueryError("write a statement first, e.g. SELECT * FROM runs")
+    with reader.stream(sql, timeout=timeout) as rows:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(rows.columns)
+        yield out.getvalue()
+        for chunk in rows.batches(batch):
+            out.seek(0)
+            out.truncate()
+            for row in chunk:
+                writer.writerow(["" if v is None else exact(v) if isinstance(v, float) else jsonable(v) for v in row])
+            yield out.getvalue()

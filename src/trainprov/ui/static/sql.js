@@ -8,6 +8,11 @@
   const status = document.getElementById("sql-status");
   const error = document.getElementById("sql-error");
   const csv = document.getElementById("csv-link");
+  const csvSql = document.getElementById("csv-sql");
+  const note = document.getElementById("sql-note");
+  const console_ = document.getElementById("console");
+  // the page's SQL token: the server runs SQL only for requests that carry it
+  const token = console_.dataset.token;
 
   function cell(tag, text, cls) {
     const el = document.createElement(tag);
@@ -28,28 +33,31 @@
         else tr.appendChild(cell("td", typeof v === "object" ? JSON.stringify(v) : String(v), typeof v === "number" ? "num" : ""));
       }
     }
-    status.textContent = `${result.count} row${result.count === 1 ? "" : "s"} in ${result.elapsed_ms} ms` +
-      (result.truncated ? ` (the first ${result.rows.length} shown; the CSV has them all)` : "");
+    status.textContent = result.truncated
+      ? `the first ${result.count} rows in ${result.elapsed_ms} ms; there are more (Download CSV gives them all)`
+      : `${result.count} row${result.count === 1 ? "" : "s"} in ${result.elapsed_ms} ms`;
   }
 
   async function run() {
     const sql = editor.value;
     error.hidden = true;
+    note.hidden = true;
     status.textContent = "running…";
     runButton.disabled = true;
     try {
       const result = await TP.json("/api/sql", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sql }),
+        method: "POST", headers: { "Content-Type": "application/json", "X-Trainprov-Token": token },
+        body: JSON.stringify({ sql }),
       });
       show(result);
-      csv.href = "/api/sql.csv?sql=" + encodeURIComponent(sql);
-      csv.setAttribute("aria-disabled", "false");
+      csvSql.value = sql;
+      csv.disabled = false;
     } catch (e) {
       table.replaceChildren();
       status.textContent = "";
       error.textContent = e.message;
       error.hidden = false;
-      csv.setAttribute("aria-disabled", "true");
+      csv.disabled = true;
     } finally {
       runButton.disabled = false;
     }
@@ -72,5 +80,5 @@
       editor.focus();
     }
   });
-  if (editor.value.trim()) run();
+  if (editor.value.trim() && console_.dataset.autorun === "yes") run();
 })();
