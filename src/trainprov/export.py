@@ -913,7 +913,11 @@ def serialize(document: ProvDocument, format: str = "json") -> bytes:
             warnings.simplefilter("ignore", DeprecationWarning)
             serializer(document).serialize(buffer, **dict(fmt.options))
         return buffer.getvalue()
-    from prov.dot import prov_to_dot
+    try:
+        from prov.dot import prov_to_dot
+    except ImportError:  # pydot, which prov draws with, comes with the rdf extra
+        raise ExportError(f"the {fmt.name} format needs the pydot package, which is not installed "
+                          "(pip install 'trainprov[rdf]')") from None
 
     with warnings.catch_warnings():
         # prov warns that a start without a trigger entity is drawn to a blank node: that is the mapping
