@@ -333,6 +333,7 @@ def test_the_run_page_curve_gains_points_while_the_run_trains(dashboard, store, 
         graph.locator(".modebar-btn[data-title='Zoom in']").click()
         assert abs(zoom()[1] - zoom()[0]) < abs(before[1] - before[0])  # zooms
         graph.locator(".modebar-btn[data-title='Reset axes']").click()
+        page.mouse.move(5, 5)
         page.screenshot(path=os.path.join(shots, "provenance.png"), full_page=True)
         page.goto(f"{dashboard}/runs/{run_id}")
         page.click("text=Dataflow graph")
