@@ -311,7 +311,7 @@ def test_the_run_page_curve_gains_points_while_the_run_trains(dashboard, store, 
         # the graph pages, drawn with no Graphviz on the server's PATH (start_dashboard)
         page.click("text=Provenance graph")
         graph = page.locator("#graph")
-        expect(graph.locator("svg.main-svg").first).to_be_visible(timeout=SLOW)
+        expect(page.locator("#graph[data-drawn]")).to_be_visible(timeout=SLOW)  # set once plotly has drawn
         labels = graph.locator(".textpoint")
         for words in ["train #1", "adapt #1", "evaluate #1", "epoch_metrics", "14 elements", "step_metrics",
                       "350 elements", "adaptations", "test_results", "hyperparameters", "layers", "person"]:
@@ -328,16 +328,16 @@ def test_the_run_page_curve_gains_points_while_the_run_trains(dashboard, store, 
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # click: kept beside the graph
         expect(page.locator("#graph-node")).to_contain_text(f"{run_id}.")
         expect(page.locator("#graph-node")).to_contain_text("finished")
-        zoom = lambda: page.evaluate("document.getElementById('graph')._fullLayout.xaxis.range.slice()")
-        before = zoom()
+        width = "(r => Math.abs(r[1] - r[0]))(document.getElementById('graph')._fullLayout.xaxis.range)"
+        before = page.evaluate(width)
         graph.locator(".modebar-btn[data-title='Zoom in']").click()
-        assert abs(zoom()[1] - zoom()[0]) < abs(before[1] - before[0])  # zooms
+        page.wait_for_function(f"{width} < {before}", timeout=SLOW)  # zooms
         graph.locator(".modebar-btn[data-title='Reset axes']").click()
         page.mouse.move(5, 5)
         page.screenshot(path=os.path.join(shots, "provenance.png"), full_page=True)
         page.goto(f"{dashboard}/runs/{run_id}")
         page.click("text=Dataflow graph")
-        expect(page.locator("#graph svg.main-svg").first).to_be_visible(timeout=SLOW)
+        expect(page.locator("#graph[data-drawn]")).to_be_visible(timeout=SLOW)
         for words in ["train", "adapt", "evaluate", "adaptations", "epoch_metrics", "hyperparameters", "attributes"]:
             expect(page.locator("#graph .textpoint").filter(has_text=words).first).to_be_visible()
         expect(page.locator("#graph .legend")).to_contain_text("generates")
