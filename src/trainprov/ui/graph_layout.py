@@ -1,9 +1,11 @@
 """Places a graph's nodes and routes its edges with igraph's layered (Sugiyama) layout, for plotly.js to draw.
 
-igraph (a C library in a wheel) assigns layers, orders each layer to reduce crossings and
-routes long edges through bend points; this module turns that into page coordinates: nodes
-sized to their labels, layers spaced by their largest node, arrows clipped to node borders.
-No system program is involved. The result is plain JSON (static/graph.js draws it).
+Layers are assigned here (longest path from causes to effects, cycles broken with igraph's
+feedback arc set) and long edges split into chains of bend points; igraph (a C library in a
+wheel) orders each layer to reduce crossings. This module then turns that into page
+coordinates: nodes sized to their labels, layers spaced by their largest node, arrows
+clipped to node borders. No system program is involved. The result is plain JSON
+(static/graph.js draws it).
 """
 
 from __future__ import annotations
