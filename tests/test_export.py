@@ -596,10 +596,32 @@ def test_dot_always_and_a_clear_message_without_graphviz(example, monkeypatch):
         ex.serialize(doc, "svg")
 
 
-@pytest.mark.skipif(__import__("shutil").which("dot") is None, reason="Graphviz is not installed")
-def test_svg_where_graphviz_is_installed(example):  # pragma: no cover - depends on the machine
+def test_svg_where_graphviz_is_installed(example):
     store, run_id = example
+    if __import__("shutil").which("dot") is None:  # make test installs it (tools/system-deps.sh)
+        pytest.fail("this test needs Graphviz's `dot` (make system-deps, or apt-get install graphviz)", pytrace=False)
     assert b"<svg" in ex.serialize(ex.build_document(run_id, store=store), "svg")
+
+
+def test_the_export_command_without_graphviz_says_what_to_install_in_one_line(example, tmp_path):
+    store, run_id = example
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not os.access(os.path.join(d, "dot"), os.X_OK))
+    done = subprocess.run([sys.executable, "-m", "trainprov.cli", "--store", store, "export", run_id, "--format", "svg",
+                           "-o", str(tmp_path / "run.svg")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": path})
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install graphviz" in lines[0] and "--format dot" in lines[0], done.stderr
+    assert not (tmp_path / "run.svg").exists()
+
+
+def test_a_missing_pydot_is_named(example, monkeypatch):
+    store, run_id = example
+    doc = ex.build_document(run_id, store=store)
+    monkeypatch.setitem(sys.modules, "prov.dot", None)  # as if pydot were not installed
+    for fmt in ("dot", "svg"):
+        with pytest.raises(ex.ExportError, match=r"needs the pydot package.*pip install 'trainprov\[rdf\]'"):
+            ex.serialize(doc, fmt)
 
 
 def test_the_export_command(example, tmp_path):

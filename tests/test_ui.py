@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -107,11 +108,19 @@ class Lines:
         pytest.fail(f"no line matching {pattern!r} within {timeout} s; output: {seen!r}; stderr: {err}", pytrace=False)
 
 
+def path_without_graphviz() -> str:
+    """$PATH less every folder that holds a `dot` program: the dashboard must draw its graphs without Graphviz."""
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not os.access(os.path.join(d, "dot"), os.X_OK))
+    assert shutil.which("dot", path=path) is None
+    return path
+
+
 def start_dashboard(store: str, *args: str) -> tuple[subprocess.Popen, str]:
-    """Start `trainprov ui` on a free port; returns the process and the URL it printed."""
+    """Start `trainprov ui` on a free port, with no Graphviz on its PATH; returns the process and the URL it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainprov.cli", "--store", store, "ui", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PATH": path_without_graphviz()},
     )
     url = Lines(proc).wait_for(r"serving at (http://\S+)", timeout=60).group(1)
     return proc, url
@@ -318,14 +327,39 @@ def test_the_run_page_curve_gains_points_while_the_run_trains(dashboard, store, 
         page.wait_for_function("() => document.querySelectorAll('#chart-loss .scatterlayer .trace:first-child path.point').length === 14",
                                timeout=SLOW)
         page.screenshot(path=os.path.join(shots, "run.png"), full_page=True)
+        # the graph pages, drawn with no Graphviz on the server's PATH (start_dashboard)
         page.click("text=Provenance graph")
-        expect(page.locator("#graph svg")).to_be_visible(timeout=SLOW)
-        expect(page.locator("#graph")).to_contain_text("epoch_metrics")
-        expect(page.locator("#graph")).to_contain_text("14 elements")
+        graph = page.locator("#graph")
+        expect(page.locator("#graph[data-drawn]")).to_be_visible(timeout=SLOW)  # set once plotly has drawn
+        labels = graph.locator(".textpoint")
+        for words in ["train #1", "adapt #1", "evaluate #1", "epoch_metrics", "14 elements", "step_metrics",
+                      "350 elements", "adaptations", "test_results", "hyperparameters", "layers", "person"]:
+            expect(labels.filter(has_text=words).first).to_be_visible()
+        nodes = int(graph.get_attribute("data-drawn"))
+        assert nodes >= 12 and graph.locator(".shapelayer path").count() == nodes  # one PROV shape per node
+        assert page.locator("#graph .scatterlayer .trace").count() > nodes // 10  # the edges, drawn
+        expect(graph.locator(".legend")).to_contain_text("wasGeneratedBy")
+        expect(graph.locator(".legend")).to_contain_text("wasInformedBy")
+        expect(page.locator("#graph-counts")).to_contain_text("4 agents")
+        box = labels.filter(has_text="adapt #1").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # hover: the details
+        expect(page.locator(".hoverlayer")).to_contain_text(f"task: {run_id}.")
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # click: kept beside the graph
+        expect(page.locator("#graph-node")).to_contain_text(f"{run_id}.")
+        expect(page.locator("#graph-node")).to_contain_text("finished")
+        width = "(r => Math.abs(r[1] - r[0]))(document.getElementById('graph')._fullLayout.xaxis.range)"
+        before = page.evaluate(width)
+        graph.locator(".modebar-btn[data-title='Zoom in']").click()
+        page.wait_for_function(f"{width} < {before}", timeout=SLOW)  # zooms
+        graph.locator(".modebar-btn[data-title='Reset axes']").click()
+        page.mouse.move(5, 5)
         page.screenshot(path=os.path.join(shots, "provenance.png"), full_page=True)
         page.goto(f"{dashboard}/runs/{run_id}")
         page.click("text=Dataflow graph")
-        expect(page.locator("#graph")).to_contain_text("adaptations")
+        expect(page.locator("#graph[data-drawn]")).to_be_visible(timeout=SLOW)
+        for words in ["train", "adapt", "evaluate", "adaptations", "epoch_metrics", "hyperparameters", "attributes"]:
+            expect(page.locator("#graph .textpoint").filter(has_text=words).first).to_be_visible()
+        expect(page.locator("#graph .legend")).to_contain_text("generates")
         page.screenshot(path=os.path.join(shots, "dataflow.png"), full_page=True)
     finally:
         stop(proc)
@@ -497,8 +531,12 @@ def test_pages_load_nothing_from_elsewhere_and_exports_download(dashboard, store
     assert status == 200 and body.startswith(b"document") and f"run-{run_id}.provn" in headers["Content-Disposition"]
     status, headers, body = get(f"{dashboard}/runs/{run_id}/export/json")
     assert "wasGeneratedBy" in json.loads(body)
+    # no Graphviz on the dashboard's PATH: the picture export says, on one line, what to install
     status, headers, body = get(f"{dashboard}/runs/{run_id}/export/svg?inline=1")
-    assert status == 200 and headers["Content-Type"] == "image/svg+xml" and b"<svg" in body
+    message = re.search(r'<p class="problem"[^>]*>(.*?)</p>', body.decode(), re.S).group(1)
+    assert status == 400 and "apt-get install graphviz" in message and "\n" not in message.strip()
+    status, headers, body = get(f"{dashboard}/runs/{run_id}/export/dot")
+    assert status == 200 and body.startswith(b"digraph")
     status, _, _ = get(f"{dashboard}/runs/{run_id}/export/docx")
     assert status == 400
 
@@ -566,7 +604,7 @@ def test_the_dashboard_waits_for_a_store_that_does_not_exist_yet(tmp_path):
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_the_pages_read_sqlite_and_postgresql_alike(backend, tmp_path, request):
     """What the pages show, computed by the same functions on both backends."""
-    from trainprov.ui import data, graphs, listing
+    from trainprov.ui import data, graph_layout, graphs, listing
 
     store = str(tmp_path / "store.db") if backend == "sqlite" else request.getfixturevalue("pg_store")
     ids = record(store)
@@ -598,9 +636,42 @@ def test_the_pages_read_sqlite_and_postgresql_alike(backend, tmp_path, request):
         assert data.run_sql(reader, "SELECT count(*) AS n FROM epoch_metrics")["rows"] == [[15]]
         with pytest.raises(tp.QueryError, match="read-only"):
             data.run_sql(reader, "DELETE FROM runs")
-        dot = graphs.run_dot(reader, ids["adam"])
-        assert "6 elements" in dot and "wasInformedBy" in dot
+        drawn = graph_layout.layout(graphs.run_graph(reader, ids["adam"]))
+        assert ["epoch_metrics", "6 elements"] in [n["label"] for n in drawn["nodes"]]
+        assert "wasInformedBy" in {e["relation"] for e in drawn["edges"]}
         version = reader.rows("SELECT dataflow_version AS v FROM runs WHERE run_id = ?", [ids["adam"]])[0]["v"]
-        flow_svg = graphs.render_svg(graphs.dataflow_dot(reader, "test_training", version))
-        assert "<svg" in flow_svg and "epoch_metrics" in flow_svg and "evaluate" in flow_svg
+        flow = graph_layout.layout(graphs.dataflow_graph(reader, "test_training", version))
+        assert {"epoch_metrics", "evaluate"} <= {n["label"][0] for n in flow["nodes"]}
 
+
+
+def test_the_graph_layout_needs_no_graphviz_and_keeps_nodes_apart(monkeypatch):
+    """igraph's layered layout: no node overlaps another, arrows touch their nodes, a cycle and a long edge are drawn."""
+    from trainprov.ui import graph_layout
+    from trainprov.ui.graphs import Edge, Graph, Node
+
+    monkeypatch.setenv("PATH", path_without_graphviz())
+    nodes = [Node("run", "run", ["run r1", "flow v1, finished"]), Node("hp", "entity", ["hyperparameters", "1 element"]),
+             Node("train", "activity", ["train #1", "finished 3.0 s"]), Node("person", "agent", ["person", "ada"])]
+    nodes += [Node(f"adapt{i}", "activity", [f"adapt #{i}", "finished"]) for i in range(1, 6)]
+    nodes += [Node(f"lr{i}", "entity", ["adaptations", "1 element"]) for i in range(1, 6)]
+    edges = [Edge("train", "run", "wasStartedBy"), Edge("train", "hp", "used"), Edge("run", "person", "wasAssociatedWith")]
+    edges += [Edge(f"adapt{i}", "train", "wasInformedBy") for i in range(1, 6)]
+    edges += [Edge(f"lr{i}", f"adapt{i}", "wasGeneratedBy") for i in range(1, 6)]
+    edges += [Edge("lr5", "run", "wasStartedBy"), Edge("hp", "lr1", "used"), Edge("train", "train", "used")]  # long, cycle, loop
+    drawn = graph_layout.layout(Graph("test", nodes, edges))
+    boxes = {n["id"]: (n["x"] - n["w"] / 2, n["y"] - n["h"] / 2, n["x"] + n["w"] / 2, n["y"] + n["h"] / 2) for n in drawn["nodes"]}
+    assert set(boxes) == {n.id for n in nodes} and len(drawn["edges"]) == len(edges)
+    for a, (ax0, ay0, ax1, ay1) in boxes.items():
+        for b, (bx0, by0, bx1, by1) in boxes.items():
+            assert a == b or ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, (a, b)
+    for edge in drawn["edges"]:
+        if edge["source"] == edge["target"]:
+            continue
+        for end, node in ((edge["points"][0], edge["source"]), (edge["points"][-1], edge["target"])):
+            x0, y0, x1, y1 = boxes[node]
+            assert x0 - 1 <= end[0] <= x1 + 1 and y0 - 1 <= end[1] <= y1 + 1, (edge, node)
+    long = next(e for e in drawn["edges"] if e["source"] == "lr5" and e["target"] == "run")
+    assert len(long["points"]) > 2  # bends around the layers it crosses
+    tree = graph_layout.layout(Graph("tree", nodes[1:3] + nodes[4:], edges[1:2] + edges[3:13]))
+    assert graph_layout.crossings(tree) == 0

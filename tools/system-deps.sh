@@ -1,9 +1,11 @@
 #!/bin/sh
 # System packages the test suite drives that pip cannot install (see the Makefile's system-deps).
 # Each entry: the program the tests look for, then the Debian package that provides it.
+# Graphviz is for `trainprov export --format svg/png/pdf` only (the dashboard needs none); the
+# tests of the paths without it hide `dot` from PATH.
 set -eu
 missing=""
-for pair in /usr/bin/chromium:chromium; do
+for pair in /usr/bin/chromium:chromium /usr/bin/dot:graphviz; do
   program=${pair%%:*}
   package=${pair#*:}
   [ -x "$program" ] || missing="$missing $package"

@@ -1,7 +1,7 @@
 """The dashboard's web application (Starlette): pages, JSON endpoints, downloads, and the server.
 
 Handlers are plain functions, which Starlette runs in its thread pool: a slow query or a
-Graphviz layout never stalls the other requests. Pages are rendered on the server with
+graph layout never stalls the other requests. Pages are rendered on the server with
 Jinja2; the scripts in static/ only fetch JSON and draw it with plotly.js, served from the
 plotly package itself (no CDN).
 """
@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import threading
 import webbrowser
@@ -32,7 +33,7 @@ from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import hide_password, resolve_url
-from . import data, graphs, listing
+from . import data, graph_layout, graphs, listing
 from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console, ConsoleBusy
 from .present import duration, exact, is_missing, jsonable, number, records, when
 from .security import LOOPBACK_HOSTS, TOKEN_FIELD, TOKEN_HEADER, Guard, Sessions, cross_site, session_of
@@ -126,7 +127,7 @@ def _page(board: Dashboard, render: Callable[[Request, Reader], Response]) -> Ca
             return render(request, board.reader())
         except StoreError as exc:
             return board.page(request, "problem.html", 503, title="Waiting for the store", message=str(exc), retry=True)
-        except TrainprovError as exc:  # an unknown run, a bad parameter, Graphviz missing, ...
+        except TrainprovError as exc:  # an unknown run, a bad parameter, ...
             missing = str(exc).startswith("no run")
             return board.page(request, "problem.html", 404 if missing else 400,
                               title="Not found" if missing else "Cannot show this", message=str(exc), retry=False)
@@ -182,17 +183,17 @@ def routes(board: Dashboard) -> list[Any]:
 
     def run_graph_page(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
-        dot = graphs.run_dot(reader, run_id)
-        return board.page(request, "graph.html", title=f"Provenance of run {run_id}", svg=graphs.render_svg(dot), dot=dot,
-                          run_id=run_id, nav="runs",
+        drawn = graph_layout.layout(graphs.run_graph(reader, run_id))
+        return board.page(request, "graph.html", title=f"Provenance of run {run_id}", layout=drawn, run_id=run_id,
+                          nav="runs", graphviz=shutil.which("dot") is not None,
                           note="One node per task, per dataset a task used or generated (with its number of elements), "
                                "per group of files and per agent. The full W3C PROV graph, one node per element, "
-                               "is the SVG export.")
+                               "is an export.")
 
     def dataflow_page(request: Request, reader: Reader) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        dot = graphs.dataflow_dot(reader, name, version)
-        return board.page(request, "graph.html", title=f"Dataflow {name} v{version}", svg=graphs.render_svg(dot), dot=dot,
+        drawn = graph_layout.layout(graphs.dataflow_graph(reader, name, version))
+        return board.page(request, "graph.html", title=f"Dataflow {name} v{version}", layout=drawn,
                           nav="runs", note="Transformations (blue) and the datasets (yellow) they use and generate; "
                                            "hover a dataset for its attributes.")
 

@@ -20,7 +20,11 @@ class GraphvizMissing(ExportError):
 
 def write(document: ProvDocument, fmt: Any) -> bytes:
     """The document's graph as DOT, or as an SVG, PNG or PDF picture made by Graphviz."""
-    from prov.dot import prov_to_dot
+    try:
+        from prov.dot import prov_to_dot
+    except ImportError:  # pydot, which prov draws with, comes with the rdf extra
+        raise ExportError(f"the {fmt.name} format needs the pydot package, which is not installed "
+                          "(pip install 'trainprov[rdf]')") from None
 
     with warnings.catch_warnings():
         # prov warns that a start without a trigger entity is drawn to a blank node: that is the mapping
