@@ -9,7 +9,6 @@ back as timezone-aware datetimes.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import sqlite3
@@ -20,7 +19,8 @@ from urllib.parse import quote
 
 from ..errors import QueryError, StoreError
 from .base import Result, SQLBackend, iso_utc
-from .catalog import Table
+from .catalog import TABLES, Table
+from .jsonvalues import from_stored, to_stored
 
 # Read-side conversions by declared column type (only in connections that ask for them).
 sqlite3.register_converter("TIMESTAMPTZ", lambda b: _parse_timestamp(b))
@@ -63,6 +63,35 @@ def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callab
             result.rows = [
                 r[:j] + (math.nan,) + r[j + 1 :] if r[j] == "NaN" else r for r in result.rows
             ]
+
+
+_CATALOG_JSON = {(t.name, c) for t in TABLES.values() for c, kind in t.columns if kind == "json"}
+
+
+def _fix_json(result: Result, read: set[tuple[str, str]], attribute_types: Callable[[], dict[tuple[str, str], str]]) -> None:
+    """Give back JSON read from json columns as written: non-finite numbers as NaN and Infinity.
+
+    The store keeps them as strings (store/jsonvalues.py). A result column is JSON if it is
+    named like a json column the statement read, or if the statement read json columns and
+    no text ones.
+    """
+    cols = [
+        j
+        for j in range(len(result.columns))
+        if any(isinstance(r[j], str) and ("NaN" in r[j] or "Infinity" in r[j]) for r in result.rows)
+    ]
+    if not cols:
+        return
+    types = attribute_types()
+    kinds = {pair: "json" for pair in _CATALOG_JSON}
+    kinds.update(types)
+    json_names = {name for (table, name) in read if kinds.get((table, name)) == "json"}
+    if not json_names:
+        return
+    only_json_read = not {kinds.get(pair) for pair in read} & {"str", "file"}
+    for j in cols:
+        if result.columns[j] in json_names or only_json_read:
+            result.rows = [r[:j] + (from_stored(r[j]),) + r[j + 1 :] for r in result.rows]
 
 
 # What a refused statement tried to do, by authorizer action code.
@@ -225,7 +254,8 @@ class SQLiteBackend(SQLBackend):
         return stmts
 
     # NaN cannot be bound (SQLite would store NULL): keep it as the text 'NaN'.
-    _expr_globals = {"_iso": _iso, "_json": lambda v: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)}
+    # JSON as valid JSON: non-finite numbers as strings (store/jsonvalues.py)
+    _expr_globals = {"_iso": _iso, "_json": to_stored}
 
     def _value_expr(self, kind: str, source: str) -> str:
         if kind == "float":
@@ -317,7 +347,9 @@ class SQLiteBackend(SQLBackend):
         columns = [d[0] for d in cur.description or ()]
         result = Result(columns, rows)
         if rows:
-            _fix_nan(result, set(self._readers.read), lambda: self._attribute_types(conn))
+            read = set(self._readers.read)
+            _fix_json(result, read, lambda: self._attribute_types(conn))
+            _fix_nan(result, read, lambda: self._attribute_types(conn))
         return result
 
     @staticmethod
