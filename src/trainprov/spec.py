@@ -322,9 +322,14 @@ class Attribute:
     name: str
     type: str
     description: str = ""
+    #: the name the values were captured under when it is not a safe column name (a
+    #: framework's metric key such as "acc/top1"), from which `name` was made
+    original_name: str | None = None
 
     def __post_init__(self) -> None:
         check_name("attribute", self.name)
+        if self.original_name is not None:
+            check_text(f"attribute {self.name!r}'s original name", self.original_name)
         if self.name in ELEMENT_COLUMNS:
             raise SpecError(
                 f"attribute name {self.name!r} is reserved: every dataset already has the "
@@ -403,10 +408,10 @@ class Dataset:
         return SpecError(f"dataset {self.name!r} has no attribute {key!r}; declared: {known}")
 
     def with_attributes(self, attributes: Mapping[str, object] | None = None, **attrs: object) -> "Dataset":
-        """Return a copy of this dataset with more attributes (flexible capture)."""
+        """Return a copy of this dataset with more attributes (flexible capture): name -> type or Attribute."""
         extra = dict(attributes or {}, **attrs)
         merged = [a for a in self.attributes if a.name not in extra]
-        merged += [Attribute(k, v) for k, v in extra.items()]
+        merged += [v if isinstance(v, Attribute) and v.name == k else Attribute(k, v) for k, v in extra.items()]
         return Dataset(self.name, merged, description=self.description)
 
     def to_dict(self) -> dict:
@@ -414,8 +419,11 @@ class Dataset:
         return {
             "name": self.name,
             "description": self.description,
+            # the original name only where there is one: older specifications keep their fingerprint
             "attributes": [
-                {"name": a.name, "type": a.type, "description": a.description} for a in self.attributes
+                {"name": a.name, "type": a.type, "description": a.description}
+                | ({"original_name": a.original_name} if a.original_name is not None else {})
+                for a in self.attributes
             ],
         }
 
@@ -559,7 +567,8 @@ class Dataflow:
         datasets = {
             d["name"]: Dataset(
                 d["name"],
-                [Attribute(a["name"], a["type"], a.get("description") or "") for a in d["attributes"]],
+                [Attribute(a["name"], a["type"], a.get("description") or "", a.get("original_name"))
+                 for a in d["attributes"]],
                 description=d.get("description") or "",
             )
             for d in spec["datasets"]
