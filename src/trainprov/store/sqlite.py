@@ -65,7 +65,7 @@ def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callab
             ]
 
 
-_CATALOG_JSON = {(t.name, c) for t in TABLES.values() for c, kind in t.columns if kind == "json"}
+_CATALOG_TYPES = {(t.name, c): kind for t in TABLES.values() for c, kind in t.columns}
 
 
 def _fix_json(result: Result, read: set[tuple[str, str]], attribute_types: Callable[[], dict[tuple[str, str], str]]) -> None:
@@ -73,25 +73,23 @@ def _fix_json(result: Result, read: set[tuple[str, str]], attribute_types: Calla
 
     The store keeps them as strings (store/jsonvalues.py). A result column is JSON if it is
     named like a json column the statement read, or if the statement read json columns and
-    no text ones.
+    no text ones (an expression over JSON).
     """
-    cols = [
-        j
-        for j in range(len(result.columns))
-        if any(isinstance(r[j], str) and ("NaN" in r[j] or "Infinity" in r[j]) for r in result.rows)
-    ]
-    if not cols:
+    kinds = _CATALOG_TYPES
+    if not read <= kinds.keys():  # a dataset table was read: its attributes' types say what is JSON
+        kinds = {**_CATALOG_TYPES, **attribute_types()}
+    read_kinds = {kinds.get(pair) for pair in read}
+    if "json" not in read_kinds:
         return
-    types = attribute_types()
-    kinds = {pair: "json" for pair in _CATALOG_JSON}
-    kinds.update(types)
     json_names = {name for (table, name) in read if kinds.get((table, name)) == "json"}
-    if not json_names:
-        return
-    only_json_read = not {kinds.get(pair) for pair in read} & {"str", "file"}
-    for j in cols:
-        if result.columns[j] in json_names or only_json_read:
-            result.rows = [r[:j] + (from_stored(r[j]),) + r[j + 1 :] for r in result.rows]
+    only_json_read = not read_kinds & {"str", "file"}
+    rows = result.rows
+    for j, column in enumerate(result.columns):
+        if column not in json_names and not only_json_read:
+            continue
+        if any(isinstance(v := r[j], str) and ("NaN" in v or "Infinity" in v) for r in rows):
+            rows = [r[:j] + (from_stored(r[j]),) + r[j + 1 :] for r in rows]
+    result.rows = rows
 
 
 # What a refused statement tried to do, by authorizer action code.
