@@ -37,8 +37,8 @@ def value_flow() -> tp.Dataflow:
         tp.Dataset("vals", i=int, s=str, x=float, at="datetime", config="json", path="file")])])
 
 
-def deep(levels: int) -> list:
-    value: list = []
+def deep(levels: int, leaf: object = None) -> list:
+    value: list = [] if leaf is None else [leaf]
     for _ in range(levels):
         value = [value]
     return value
@@ -115,6 +115,7 @@ def test_json_with_nan_and_infinity_is_valid_json_in_the_store_and_reads_back_th
         task.generated("vals", i=1, config=config)
         task.generated("vals", i=2, config=math.inf)
         task.generated("vals", i=3, config="NaN")  # a JSON string, not a number
+        task.generated("vals", i=4, config=deep(300, math.nan))
     extract = SQL[dialect(store)]
     # the database's JSON functions read it (they fail on the bare word NaN)
     got = tp.query(f"SELECT {extract.format('lr')} AS lr, {extract.format('up')} AS up, "
@@ -126,6 +127,10 @@ def test_json_with_nan_and_infinity_is_valid_json_in_the_store_and_reads_back_th
     assert math.isnan(back["d"]) and back["up"] == math.inf and back["down"] == -math.inf and back["lr"] == 0.1
     assert back["words"] == config["words"] and math.isnan(back["nested"][0]["x"])
     assert json.loads(rows[1]["config"]) == math.inf and json.loads(rows[2]["config"]) == "NaN"
+    leaf = json.loads(rows[3]["config"])
+    for _ in range(300):
+        leaf = leaf[0]
+    assert math.isnan(leaf[0])
     frame = tp.connect(store).dataset("vals", run.id)
     assert json.loads(frame["config"][0])["up"] == math.inf
     literals = export(run.id, store=store, format="json").decode()

@@ -13,70 +13,52 @@ never changed. See docs/schema.md.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
-_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_ESCAPED = re.compile(r"~*(?:NaN|-?Infinity)\Z")  # a real string that must be told apart
+_WORDS = ("NaN", "Infinity", "-Infinity")
+_ESCAPED = re.compile(r"~*(?:NaN|-?Infinity)")  # a real string that must be told apart
+# One pass over the JSON text, no parsing (so no depth limit): each string, with the colon
+# that makes it an object key, or a bare non-finite number.
+_TOKENS = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"(\s*:)?|(-?Infinity|NaN)')
 
 
 def _may_hold_words(text: str) -> bool:
-    # every non-finite number and every string to escape or unescape ends in one of these
+    # every non-finite number and every string to escape or unescape holds one of these
     return "NaN" in text or "Infinity" in text
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, float):
-        if value != value:
-            return "NaN"
-        if value in (math.inf, -math.inf):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, str):
-        return "~" + value if _ESCAPED.match(value) else value
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    return value
+def _encode(match: re.Match) -> str:
+    bare = match.group(3)
+    if bare is not None:
+        return f'"{bare}"'
+    inner = match.group(1)
+    if match.group(2) is None and _ESCAPED.fullmatch(inner):
+        return f'"~{inner}"'
+    return match.group(0)
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, str):
-        number = _WORDS.get(value)
-        if number is not None:
-            return number
-        return value[1:] if value.startswith("~") and _ESCAPED.match(value) else value
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
+def _decode(match: re.Match) -> str:
+    inner = match.group(1)
+    if inner is None or match.group(2) is not None:  # a bare word (an older row) or a key
+        return match.group(0)
+    if inner in _WORDS:
+        return inner
+    if inner.startswith("~") and _ESCAPED.fullmatch(inner):
+        return f'"{inner[1:]}"'
+    return match.group(0)
 
 
 def to_stored(value: Any) -> str | None:
-    """The JSON text a store keeps for a json value (Python JSON text, or an object to dump)."""
+    """The JSON text a store keeps for a json value (Python's JSON text, or an object to write as JSON)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        if not _may_hold_words(value):
-            return value  # the usual case: nothing to encode
-        try:
-            parsed = json.loads(value)
-        except ValueError:  # not JSON at all: the store or its reader says so for this row
-            return value
-        return json.dumps(_encode(parsed), sort_keys=True)
-    text = json.dumps(value, sort_keys=True, default=str)
-    return to_stored(text)
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return _TOKENS.sub(_encode, text) if _may_hold_words(text) else text
 
 
 def from_stored(text: Any) -> Any:
     """The JSON text a reader gives back for stored JSON text: NaN and Infinity as numbers again."""
     if not isinstance(text, str) or not _may_hold_words(text):
         return text
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):  # not written by trainprov: show it as it is
-        return text
-    return json.dumps(_decode(parsed))
+    return _TOKENS.sub(_decode, text)
