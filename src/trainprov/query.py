@@ -182,29 +182,41 @@ class Reader:
     # ---- schema ------------------------------------------------------------------------
 
     def schema(self, *, catalog: bool = True) -> list[dict[str, Any]]:
-        """Every table a query can use: datasets first, then the store's own tables, column by column."""
+        """Every table a query can use: datasets first, then the store's own tables, column by column.
+
+        `original_name` is the name a column's values were captured under (a framework's
+        metric key such as acc/top1) where the column's name had to differ from it, else None.
+        """
         sql_types = getattr(self.backend, "sql_types", {})
         out: list[dict[str, Any]] = []
         datasets = self.rows("SELECT name, description FROM datasets ORDER BY name")
-        attributes = self.rows("SELECT dataset, name, type, description FROM attributes ORDER BY dataset, position")
+        try:
+            attributes = self.rows(
+                "SELECT dataset, name, type, description, original_name FROM attributes ORDER BY dataset, position"
+            )
+        except QueryError:  # a store no run of this trainprov has opened yet: no original names kept
+            attributes = self.rows("SELECT dataset, name, type, description FROM attributes ORDER BY dataset, position")
         for ds in datasets:
             for column, kind in zip(ELEMENT_COLUMNS, ELEMENT_COLUMN_TYPES):
                 out.append(
                     {"table": ds["name"], "kind": "dataset", "column": column, "type": kind,
-                     "sql_type": sql_types.get(kind, ""), "description": _ELEMENT_DOCS[column]}
+                     "sql_type": sql_types.get(kind, ""), "description": _ELEMENT_DOCS[column], "original_name": None}
                 )
             for attr in attributes:
                 if attr["dataset"] == ds["name"]:
+                    # the name the values were captured under, where the column's name differs from it
+                    original = attr.get("original_name")
                     out.append(
                         {"table": ds["name"], "kind": "dataset", "column": attr["name"], "type": attr["type"],
-                         "sql_type": sql_types.get(attr["type"], ""), "description": attr["description"] or ""}
+                         "sql_type": sql_types.get(attr["type"], ""), "description": attr["description"] or "",
+                         "original_name": original if original != attr["name"] else None}
                     )
         if catalog:
             for table in TABLES.values():
                 for column, kind in table.columns:
                     out.append(
                         {"table": table.name, "kind": "catalog", "column": column, "type": kind,
-                         "sql_type": sql_types.get(kind, ""), "description": ""}
+                         "sql_type": sql_types.get(kind, ""), "description": "", "original_name": None}
                     )
         return out
 

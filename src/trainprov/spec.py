@@ -13,6 +13,7 @@ import json
 import numbers
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Callable, Iterable, Mapping
@@ -127,7 +128,10 @@ def _bad(dataset: str, attr: str, kind: str, value: object) -> ValueTypeError:
 
 
 def _short_repr(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a value nested too deeply for repr: reprlib stops at a few levels
+        text = reprlib.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -143,6 +147,35 @@ def _unwrap_scalar(value: object) -> object:
 
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what SQL's BIGINT holds
+
+
+def text_problem(text: str) -> str | None:
+    """What keeps a str from being stored as text in both stores, or None if nothing does."""
+    if "\x00" in text:
+        return "it contains a NUL character (\\x00), which PostgreSQL text cannot hold"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (
+                f"it contains a lone surrogate ({text[exc.start]!r} at index {exc.start}), "
+                "which is not valid Unicode text and cannot be stored"
+            )
+    return None
+
+
+def check_text(what: str, value: object) -> str:
+    """Return value if it is a str that a store can hold, else raise ValueTypeError naming what it is for."""
+    if not isinstance(value, str):
+        raise ValueTypeError(f"{what} must be a str, got {type(value).__name__}: {_short_repr(value)}")
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueTypeError(f"{what} cannot be stored: {problem}: {_short_repr(value)}")
+    return str.__str__(value)
+
+
+def _bad_text(dataset: str, attr: str, problem: str, value: str) -> ValueTypeError:
+    return ValueTypeError(f"dataset {dataset!r} attribute {attr!r} cannot store this text: {problem}: {_short_repr(value)}")
 
 
 def _to_int(dataset: str, attr: str, value: object) -> int:
@@ -161,12 +194,22 @@ def _to_float(dataset: str, attr: str, value: object) -> float:
     value = _unwrap_scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _bad(dataset, attr, "float", value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueTypeError(
+            f"dataset {dataset!r} attribute {attr!r} is float (64-bit), got {_short_repr(value)}, "
+            "which is too large for a 64-bit float"
+        ) from None
 
 
 def _to_str(dataset: str, attr: str, value: object) -> str:
     if isinstance(value, str):
-        return str(value)
+        value = str.__str__(value)  # the text itself: str() of a str enum would give its name
+        problem = text_problem(value)
+        if problem is not None:
+            raise _bad_text(dataset, attr, problem, value)
+        return value
     raise _bad(dataset, attr, "str", value)
 
 
@@ -187,18 +230,48 @@ def _to_datetime(dataset: str, attr: str, value: object) -> _dt.datetime:
         value = _dt.datetime(value.year, value.month, value.day, tzinfo=_dt.timezone.utc)
     if not isinstance(value, _dt.datetime):
         raise _bad(dataset, attr, "datetime", value)
-    # naive datetimes are local time, as datetime.now() gives them
-    return value.astimezone(_dt.timezone.utc)
+    try:
+        # naive datetimes are local time, as datetime.now() gives them
+        return value.astimezone(_dt.timezone.utc)
+    except OverflowError:
+        raise ValueTypeError(
+            f"dataset {dataset!r} attribute {attr!r} is datetime, got {_short_repr(value)}, which is "
+            "outside the range of datetimes in UTC (years 1 to 9999)"
+        ) from None
+
+
+# a JSON escape of NUL that is not itself an escaped backslash followed by "u0000"
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _to_json(dataset: str, attr: str, value: object) -> str:
+    # Non-finite numbers stay as Python writes them (NaN, Infinity): the store encodes
+    # them as valid JSON (store/jsonvalues.py) and its readers give them back.
     try:
-        return json.dumps(value, sort_keys=True, default=_json_default)
+        text = json.dumps(value, sort_keys=True, default=_json_default)
+        if "\\ud" in text:  # a surrogate escape: a pair (fine) or a lone one (no store takes it)
+            json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueTypeError(
+            f"dataset {dataset!r} attribute {attr!r} is json, but {_short_repr(value)} is nested too "
+            "deeply to be written as JSON"
+        ) from None
+    except UnicodeEncodeError as exc:
+        raise ValueTypeError(
+            f"dataset {dataset!r} attribute {attr!r} is json, but {_short_repr(value)} holds text with a "
+            f"lone surrogate ({exc.object[exc.start]!r}), which is not valid Unicode and cannot be stored"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise ValueTypeError(
             f"dataset {dataset!r} attribute {attr!r} is json, but {_short_repr(value)} "
             f"cannot be written as JSON: {exc}"
         ) from None
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise ValueTypeError(
+            f"dataset {dataset!r} attribute {attr!r} is json, but {_short_repr(value)} holds text with a "
+            "NUL character (\\x00), which PostgreSQL's JSON cannot hold"
+        )
+    return text
 
 
 def _json_default(value: object) -> object:
@@ -216,7 +289,13 @@ def _json_default(value: object) -> object:
 
 def _to_file(dataset: str, attr: str, value: object) -> str:
     if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
+        path = os.fspath(value)
+        if isinstance(path, str):
+            path = str.__str__(path)
+            problem = text_problem(path)
+            if problem is None:
+                return path
+            raise _bad_text(dataset, attr, problem, path)
     raise _bad(dataset, attr, "file (a path)", value)
 
 
@@ -243,9 +322,14 @@ class Attribute:
     name: str
     type: str
     description: str = ""
+    #: the name the values were captured under when it is not a safe column name (a
+    #: framework's metric key such as "acc/top1"), from which `name` was made
+    original_name: str | None = None
 
     def __post_init__(self) -> None:
         check_name("attribute", self.name)
+        if self.original_name is not None:
+            check_text(f"attribute {self.name!r}'s original name", self.original_name)
         if self.name in ELEMENT_COLUMNS:
             raise SpecError(
                 f"attribute name {self.name!r} is reserved: every dataset already has the "
@@ -307,10 +391,16 @@ class Dataset:
                     raise self._unknown(key)
                 if value is not None:
                     values[key] = self._convert[key](self.name, key, value)
-            elif kind is int and not _INT_MIN <= value <= _INT_MAX:
-                raise ValueTypeError(
-                    f"dataset {self.name!r} attribute {key!r} is int (64-bit), got {value}, which does not fit"
-                )
+            elif kind is int:
+                if not _INT_MIN <= value <= _INT_MAX:
+                    raise ValueTypeError(
+                        f"dataset {self.name!r} attribute {key!r} is int (64-bit), got {value}, which does not fit"
+                    )
+            # isascii() is O(1): only other text pays for the full check
+            elif kind is str and not (value.isascii() and "\x00" not in value):
+                problem = text_problem(value)
+                if problem is not None:
+                    raise _bad_text(self.name, key, problem, value)
         return values
 
     def _unknown(self, key: str) -> SpecError:
@@ -318,10 +408,10 @@ class Dataset:
         return SpecError(f"dataset {self.name!r} has no attribute {key!r}; declared: {known}")
 
     def with_attributes(self, attributes: Mapping[str, object] | None = None, **attrs: object) -> "Dataset":
-        """Return a copy of this dataset with more attributes (flexible capture)."""
+        """Return a copy of this dataset with more attributes (flexible capture): name -> type or Attribute."""
         extra = dict(attributes or {}, **attrs)
         merged = [a for a in self.attributes if a.name not in extra]
-        merged += [Attribute(k, v) for k, v in extra.items()]
+        merged += [v if isinstance(v, Attribute) and v.name == k else Attribute(k, v) for k, v in extra.items()]
         return Dataset(self.name, merged, description=self.description)
 
     def to_dict(self) -> dict:
@@ -329,8 +419,11 @@ class Dataset:
         return {
             "name": self.name,
             "description": self.description,
+            # the original name only where there is one: older specifications keep their fingerprint
             "attributes": [
-                {"name": a.name, "type": a.type, "description": a.description} for a in self.attributes
+                {"name": a.name, "type": a.type, "description": a.description}
+                | ({"original_name": a.original_name} if a.original_name is not None else {})
+                for a in self.attributes
             ],
         }
 
@@ -474,7 +567,8 @@ class Dataflow:
         datasets = {
             d["name"]: Dataset(
                 d["name"],
-                [Attribute(a["name"], a["type"], a.get("description") or "") for a in d["attributes"]],
+                [Attribute(a["name"], a["type"], a.get("description") or "", a.get("original_name"))
+                 for a in d["attributes"]],
                 description=d.get("description") or "",
             )
             for d in spec["datasets"]

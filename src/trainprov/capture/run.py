@@ -15,7 +15,7 @@ import warnings
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from ..errors import CaptureError, SpecError
-from ..spec import Dataflow
+from ..spec import Dataflow, check_text
 from ..store.catalog import element_target, target
 from . import agents, liveness
 from .writer import Writer, before_close, writer_for
@@ -308,6 +308,11 @@ class Run:
     ) -> None:
         if not isinstance(dataflow, Dataflow):
             raise SpecError(f"start_run needs a Dataflow, got {type(dataflow).__name__}")
+        # refused here, not by the store: a run row the writer cannot write would lose the run
+        if name is not None:
+            name = check_text("the run name", name)
+        if run_id is not None:
+            run_id = check_text("the run id", run_id)
         shared_id, self.rank, self.world_size = rank_of_process(run_id, rank, world_size)
         self._writer: Writer = writer_for(store)
         backend = self._writer.backend

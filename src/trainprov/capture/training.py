@@ -18,7 +18,7 @@ import warnings
 from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
-from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
+from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
 from .run import Element, FileRef, Run, Task, _status_for, start_run
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
@@ -163,7 +163,7 @@ class TrainingRecorder:
         self._last_checkpoint_element: Element | None = None
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
-        self._store_types: dict[str, dict[str, str]] = {}
+        self._store_types: dict[str, dict[str, tuple[str, str | None]]] = {}
         #: (run id, rank, world size) when this process is one rank of a run of several
         #: (else TRAINPROV_RUN_ID / RANK / WORLD_SIZE decide, as for start_run)
         self.rank_of_run: tuple[str, int, int] | None = None
@@ -200,11 +200,28 @@ class TrainingRecorder:
         """The column of a framework's key (a metric name, say): a safe name, unique in its dataset."""
         column = self._columns.get((dataset, key))
         if column is None:
-            column = sanitize_name(key)
-            taken = {c for (d, _), c in self._columns.items() if d == dataset} | set(ELEMENT_COLUMNS)
-            while column in taken:
-                column += "_"
-            self._columns[(dataset, key)] = column
+            column = self._columns[(dataset, key)] = self._free_column(dataset, key)
+        return column
+
+    def _free_column(self, dataset: str, key: str) -> str:
+        """The column a new key goes to: the one that holds it in the store, else a safe name no other key holds.
+
+        Keys that sanitize alike (acc/top1, acc_top1) get columns of their own, the same in
+        every run: the catalog keeps the key each column was made from (`original_name`).
+        """
+        taken = {c for (d, _), c in self._columns.items() if d == dataset} | set(ELEMENT_COLUMNS)
+        declared = {a.name: a.original_name for a in self.flow.datasets[dataset].attributes}
+        column = sanitize_name(key)
+        if column == key and column in declared and column not in taken and declared[column] in (None, key):
+            return column  # a declared name: the store need not be asked
+        known = {name: original for name, (_, original) in self._stored_attributes(dataset).items()}
+        known.update((name, original) for name, original in declared.items() if original is not None or name not in known)
+        for name, original in known.items():
+            if original == key and name not in taken:
+                return name
+        # a column with no original name was declared as it is, or made before names were kept: it is claimable
+        while column in taken or known.get(column) not in (None, key):
+            column += "_"
         return column
 
     def _columns_for(self, dataset: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,6 +238,7 @@ class TrainingRecorder:
         out: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         grow: dict[str, str] = {}
+        originals: dict[str, str] = {}  # column -> the key it is made from
         for key, value in values.items():
             column = self._column(dataset, key)
             kind = declared.get(column) or grow.get(column)
@@ -243,6 +261,7 @@ class TrainingRecorder:
                         continue
                     kind = stored
                 grow[column] = kind
+                originals[column] = key
             if kind == "float" and value is not None:
                 number = _number(value)
                 if number is None:
@@ -253,19 +272,24 @@ class TrainingRecorder:
         if extra and "extra" not in declared:
             grow["extra"] = "json"
         if grow:
-            self._grow(dataset, grow)
+            self._grow(dataset, {c: Attribute(c, kind, original_name=originals.get(c)) for c, kind in grow.items()})
         if extra:
             out["extra"] = extra
         return out
 
     def _stored_types(self, dataset: str) -> dict[str, str]:
         """The attribute types the store already has for a dataset (read once per dataset)."""
+        return {name: kind for name, (kind, _) in self._stored_attributes(dataset).items()}
+
+    def _stored_attributes(self, dataset: str) -> dict[str, tuple[str, str | None]]:
+        """The attributes the store already has for a dataset: name -> (type, original name), read once."""
         if dataset not in self._store_types:
             run = self.start()
             rows = run._writer.backend.query(
-                f"SELECT name, type FROM attributes WHERE dataset = {run._writer.backend.placeholder}", (dataset,)
+                f"SELECT name, type, original_name FROM attributes WHERE dataset = {run._writer.backend.placeholder}",
+                (dataset,),
             ).rows
-            self._store_types[dataset] = dict(rows)
+            self._store_types[dataset] = {name: (kind, original) for name, kind, original in rows}
         return self._store_types[dataset]
 
     def _flush(self) -> None:
@@ -275,7 +299,7 @@ class TrainingRecorder:
         except CaptureError as exc:
             warnings.warn(f"trainprov: {exc}; training goes on", RuntimeWarning, stacklevel=3)
 
-    def _grow(self, dataset: str, attributes: dict[str, str]) -> None:
+    def _grow(self, dataset: str, attributes: dict[str, Attribute | str]) -> None:
         self.flow = self.flow.with_attributes(dataset, attributes)
         if self.run is not None and self.run.status == "running":
             self.run.evolve(self.flow)

@@ -142,6 +142,7 @@ def schema(dataset: str | None, catalog: bool, fmt: str, store: str) -> None:
         for name in names:
             click.echo(f"\n{name}")
             click.echo(tabulate(
-                [[e["column"], e["type"], e["sql_type"], e["description"]] for e in tables[name]],
+                [[e["column"], e["type"], e["sql_type"], e["description"],
+                  f"(captured as {e['original_name']})" if e.get("original_name") else ""] for e in tables[name]],
                 tablefmt="plain"))
         click.echo()

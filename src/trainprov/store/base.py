@@ -309,8 +309,8 @@ class SQLBackend(Backend):
 
     def _declare_dataset(self, cur: Any, ds: Dataset, now: Any) -> None:
         p = self.placeholder
-        cur.execute(f"SELECT name, type, position FROM attributes WHERE dataset = {p}", (ds.name,))
-        known = {name: (kind, pos) for name, kind, pos in cur.fetchall()}
+        cur.execute(f"SELECT name, type, position, original_name FROM attributes WHERE dataset = {p}", (ds.name,))
+        known = {name: (kind, pos, original) for name, kind, pos, original in cur.fetchall()}
         cur.execute(f"SELECT 1 FROM datasets WHERE name = {p}", (ds.name,))
         created = cur.fetchone() is None
         if created:
@@ -325,7 +325,7 @@ class SQLBackend(Backend):
                 f"INSERT INTO datasets (name, description, declared_at) VALUES ({p}, {p}, {p})",
                 (ds.name, ds.description, now),
             )
-        position = max((pos for _, pos in known.values()), default=-1)
+        position = max((known_pos for _, known_pos, _ in known.values()), default=-1)
         for attr in ds.attributes:
             if attr.name in known:
                 stored = known[attr.name][0]
@@ -335,14 +335,21 @@ class SQLBackend(Backend):
                         f"but the store already has it as {stored}; use a new attribute name "
                         "(a type cannot change once rows may exist)"
                     )
+                if attr.original_name is not None and known[attr.name][2] is None:
+                    # a column made before original names were kept: the first one given is kept
+                    cur.execute(
+                        f"UPDATE attributes SET original_name = {p} WHERE dataset = {p} AND name = {p} "
+                        "AND original_name IS NULL",
+                        (attr.original_name, ds.name, attr.name),
+                    )
                 continue
             if not created:
                 cur.execute(f"ALTER TABLE {ds.name} {self.add_column} {attr.name} {self.sql_types[attr.type]}")
             position += 1
             cur.execute(
-                "INSERT INTO attributes (dataset, name, type, position, description, added_at) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
-                (ds.name, attr.name, attr.type, position, attr.description, now),
+                "INSERT INTO attributes (dataset, name, type, position, description, added_at, original_name) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+                (ds.name, attr.name, attr.type, position, attr.description, now, attr.original_name),
             )
 
     # ---- writes ----------------------------------------------------------------------

@@ -84,6 +84,9 @@ TABLES: dict[str, Table] = {
                 ("position", "int"),
                 ("description", "str"),
                 ("added_at", "datetime"),
+                # the name a value was captured under (a metric key such as acc/top1), when
+                # the column's name was made from it; NULL for a name declared as it is
+                ("original_name", "str"),
             ),
             ("dataset", "name"),
         ),

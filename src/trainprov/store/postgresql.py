@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from ..spec import Dataflow
 from . import hide_password
 from .base import Result, Rows, SQLBackend, iso_utc
 from .catalog import TABLES, Target
+from .jsonvalues import from_stored, to_stored
 
 #: the advisory lock key that serialises declarations in one database ("trprov" in ASCII)
 CATALOG_LOCK = 0x747270726F76
@@ -203,17 +203,11 @@ class _NumberLoader(Loader):
             return float(text)  # 'NaN' and 'Infinity' included
 
 
-def _json_text(value: Any) -> str | None:
-    """JSON text that jsonb takes: bare NaN and infinities become strings, as PostgreSQL's to_jsonb writes them."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    if "NaN" in text or "Infinity" in text:
-        try:
-            text = json.dumps(json.loads(text, parse_constant=str), sort_keys=True)
-        except ValueError:  # not JSON at all: the server says so for this row
-            pass
-    return text
+class _JsonLoader(TextLoader):
+    """json and jsonb results as text, as SQLite gives them, with NaN and Infinity as written (store/jsonvalues.py)."""
+
+    def load(self, data: Any) -> Any:
+        return from_stored(super().load(data))
 
 
 class PostgreSQLBackend(SQLBackend):
@@ -229,7 +223,8 @@ class PostgreSQLBackend(SQLBackend):
         "file": "TEXT",
     }
     add_column = "ADD COLUMN IF NOT EXISTS"
-    _expr_globals = {"_iso": iso_utc, "_json": _json_text}
+    # JSON as valid JSON: non-finite numbers as strings (store/jsonvalues.py), which jsonb takes
+    _expr_globals = {"_iso": iso_utc, "_json": to_stored}
 
     def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
         super().__init__(url=hide_password(url))
@@ -306,8 +301,8 @@ class PostgreSQLBackend(SQLBackend):
             )
         conn = self._connect(read_only=True)
         conn.read_only = True  # every transaction starts with BEGIN READ ONLY
-        conn.adapters.register_loader("jsonb", TextLoader)  # JSON as text, as SQLite gives it
-        conn.adapters.register_loader("json", TextLoader)
+        conn.adapters.register_loader("jsonb", _JsonLoader)
+        conn.adapters.register_loader("json", _JsonLoader)
         conn.adapters.register_loader("numeric", _NumberLoader)
         self._readers.conn = conn
         with self._lock:

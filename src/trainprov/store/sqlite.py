@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import math
 import os
 import sqlite3
@@ -21,7 +20,8 @@ from urllib.parse import quote
 
 from ..errors import QueryError, QueryTimeout, StoreError
 from .base import Result, Rows, SQLBackend, iso_utc
-from .catalog import Table
+from .catalog import TABLES, Table
+from .jsonvalues import from_stored, to_stored
 
 # Read-side conversions by declared column type (only in connections that ask for them).
 sqlite3.register_converter("TIMESTAMPTZ", lambda b: _parse_timestamp(b))
@@ -64,6 +64,33 @@ def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callab
             result.rows = [
                 r[:j] + (math.nan,) + r[j + 1 :] if r[j] == "NaN" else r for r in result.rows
             ]
+
+
+_CATALOG_TYPES = {(t.name, c): kind for t in TABLES.values() for c, kind in t.columns}
+
+
+def _fix_json(result: Result, read: set[tuple[str, str]], attribute_types: Callable[[], dict[tuple[str, str], str]]) -> None:
+    """Give back JSON read from json columns as written: non-finite numbers as NaN and Infinity.
+
+    The store keeps them as strings (store/jsonvalues.py). A result column is JSON if it is
+    named like a json column the statement read, or if the statement read json columns and
+    no text ones (an expression over JSON).
+    """
+    kinds = _CATALOG_TYPES
+    if not read <= kinds.keys():  # a dataset table was read: its attributes' types say what is JSON
+        kinds = {**_CATALOG_TYPES, **attribute_types()}
+    read_kinds = {kinds.get(pair) for pair in read}
+    if "json" not in read_kinds:
+        return
+    json_names = {name for (table, name) in read if kinds.get((table, name)) == "json"}
+    only_json_read = not read_kinds & {"str", "file"}
+    rows = result.rows
+    for j, column in enumerate(result.columns):
+        if column not in json_names and not only_json_read:
+            continue
+        if any(isinstance(v := r[j], str) and ("NaN" in v or "Infinity" in v) for r in rows):
+            rows = [r[:j] + (from_stored(r[j]),) + r[j + 1 :] for r in rows]
+    result.rows = rows
 
 
 # What a refused statement tried to do, by authorizer action code.
@@ -272,7 +299,8 @@ class SQLiteBackend(SQLBackend):
         return stmts
 
     # NaN cannot be bound (SQLite would store NULL): keep it as the text 'NaN'.
-    _expr_globals = {"_iso": _iso, "_json": lambda v: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)}
+    # JSON as valid JSON: non-finite numbers as strings (store/jsonvalues.py)
+    _expr_globals = {"_iso": _iso, "_json": to_stored}
 
     def _value_expr(self, kind: str, source: str) -> str:
         if kind == "float":
@@ -374,6 +402,7 @@ class SQLiteBackend(SQLBackend):
                     raise self._failure(exc, watch, timeout) from None
                 if rows:
                     result = Result(columns, rows)
+                    _fix_json(result, read, lambda: self._attribute_types(conn))
                     _fix_nan(result, read, lambda: self._attribute_types(conn))
                     rows = result.rows
                 return rows

@@ -281,7 +281,7 @@ def schema(reader: Reader) -> list[dict[str, Any]]:
     tables: dict[str, dict[str, Any]] = {}
     for entry in reader.schema():
         table = tables.setdefault(entry["table"], {"table": entry["table"], "kind": entry["kind"], "columns": []})
-        table["columns"].append({k: entry[k] for k in ("column", "type", "sql_type", "description")})
+        table["columns"].append({k: entry[k] for k in ("column", "type", "sql_type", "description", "original_name")})
     return list(tables.values())
 
 
