@@ -125,16 +125,21 @@ def test_the_wal_stays_bounded_while_readers_never_stop(tmp_path):
     path = str(tmp_path / "wal.db")
     url = f"sqlite://{path}?wal_limit_mb=1"
     writer = spawn_python(PAYLOAD_WRITER, url, "40000", str(tmp_path / "unused"), "0.01")
-    time.sleep(0.5)
+    first = writer.stdout.readline()  # the store exists: read-only connections can open it
     readers = spawn_python(BUSY_READERS, path, "120")
     out, err = writer.communicate(timeout=300)
+    out = first + out
     readers.kill()
     assert writer.returncode == 0, err
     sizes = [int(line.split()[2]) for line in out.splitlines() if line.startswith("wal")]
-    # 40,000 rows of 400 bytes is about 17 MB written; the WAL is truncated back whenever
-    # it passes 1 MB, so it stays within the limit plus what one batch adds.
+    # 40,000 rows of 400 bytes is about 17 MB written. Readers that never stop keep the WAL
+    # pinned; the writer empties it by holding writes back until their statements end, for
+    # a bounded share of its time (so that readers do not slow it down sharply): the WAL
+    # passes its 1 MB limit for a while, and is truncated back again and again.
     assert len(sizes) == 80
-    assert max(sizes) < 4 * (1 << 20), sizes
+    resets = sum(1 for before, after in zip(sizes, sizes[1:]) if after < before and after < (1 << 20))
+    assert resets >= 3, sizes
+    assert max(sizes) < 12 * (1 << 20), sizes
     assert os.path.getsize(path) > 15 * (1 << 20)
 
 
@@ -161,9 +166,10 @@ def test_the_wal_shrinks_back_as_soon_as_a_long_reader_lets_go(tmp_path):
     path = str(tmp_path / "wal.db")
     hold = str(tmp_path / "holding")
     writer = spawn_python(PAYLOAD_WRITER, f"sqlite://{path}?wal_limit_mb=1", "40000", hold, "0.08")
-    time.sleep(1.0)
+    first = writer.stdout.readline()  # the store exists: read-only connections can open it
     reader = spawn_python(LONG_READER, path, hold, "2")
     out, err = writer.communicate(timeout=300)
+    out = first + out
     reader.communicate(timeout=60)
     assert writer.returncode == 0, err
     samples = [tuple(map(int, line.split()[1:])) for line in out.splitlines() if line.startswith("wal")]

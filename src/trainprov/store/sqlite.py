@@ -175,9 +175,13 @@ class SQLiteBackend(SQLBackend):
     }
 
     #: the longest a checkpoint may keep the writer waiting for readers to leave the WAL
-    checkpoint_wait_s = 0.1
-    #: the share of the writer's time that such waits may take at most
+    checkpoint_wait_s = 0.5
+    #: the share of the writer's time such waits may take while they succeed (readers let go
+    #: within the wait): this much per WAL limit the log holds, up to `checkpoint_max_share`
     checkpoint_wait_share = 0.1
+    checkpoint_max_share = 0.5
+    #: the share while they fail (readers' statements outlast the wait)
+    checkpoint_failed_share = 0.1
 
     def __init__(self, path: str, *, wal_limit_bytes: int = 64 << 20, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.path = os.path.abspath(path)
@@ -185,8 +189,9 @@ class SQLiteBackend(SQLBackend):
         self.wal_limit_bytes = wal_limit_bytes
         self.lock_timeout_s = lock_timeout_s
         self._readers = threading.local()
-        self._next_wait = 0.0  # monotonic time before which no checkpoint may wait for readers
-        self._wait_backoff = 1.0  # seconds between waiting checkpoints while readers never let go
+        self._waited = 0.0  # how long the last checkpoint that waited for readers took
+        self._waited_at = 0.0  # when it ended (monotonic)
+        self._wait_backoff = 0.0  # seconds between such checkpoints while they fail (0: the last one succeeded)
 
     # ---- connections -----------------------------------------------------------------
 
@@ -341,22 +346,29 @@ class SQLiteBackend(SQLBackend):
         Past the limit, a checkpoint that does not wait copies what the readers allow and
         truncates the log if no reader is in it. Readers whose statements overlap without
         a gap keep it pinned: then a checkpoint may hold writes back until the statements
-        begun before it end (at most `checkpoint_wait_s`), but such waits take at most
-        `checkpoint_wait_share` of the time, and back off while readers never let go. The
-        WAL may then pass its limit for a while; the writer keeps its pace.
+        begun before it end (at most `checkpoint_wait_s`). Such waits take a bounded share
+        of the writer's time: while they succeed, 10% per WAL limit the log holds (so the
+        log settles a little past its limit), at most half; while they fail, 10%, backing
+        off up to 16 s apart. The writer keeps most of its pace.
         """
-        if self.wal_size() <= self.wal_limit_bytes:
+        size = self.wal_size()
+        if size <= self.wal_limit_bytes:
             return
         conn = self._writer()
         if self._checkpoint(conn, 0):
             return
         now = time.monotonic()
-        if now < self._next_wait:
+        if self._wait_backoff:  # the last wait failed
+            gap = max(self._waited / self.checkpoint_failed_share, self._wait_backoff)
+        else:  # the further past its limit the log is, the more of its time the writer gives
+            share = min(self.checkpoint_max_share, self.checkpoint_wait_share * size / self.wal_limit_bytes)
+            gap = self._waited / share
+        if now - self._waited_at < gap:
             return
         done = self._checkpoint(conn, self.checkpoint_wait_s)
-        waited = time.monotonic() - now
-        self._wait_backoff = 1.0 if done else min(self._wait_backoff * 2, 16.0)
-        self._next_wait = time.monotonic() + max(waited / self.checkpoint_wait_share, 0 if done else self._wait_backoff)
+        self._waited_at = time.monotonic()
+        self._waited = self._waited_at - now
+        self._wait_backoff = 0.0 if done else min(max(self._wait_backoff * 2, 1.0), 16.0)
 
     def _checkpoint(self, conn: sqlite3.Connection, wait_s: float) -> bool:
         """Checkpoint and truncate the WAL, waiting at most wait_s for readers; True if it was emptied."""
