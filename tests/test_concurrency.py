@@ -9,7 +9,7 @@ import time
 import pytest
 
 import trainprov as tp
-from conftest import ROOT, spawn_python
+from conftest import ROOT, spawn_python, training_flow
 
 TESTS = os.path.join(ROOT, "tests")
 
@@ -278,12 +278,18 @@ def test_a_foreign_write_lock_is_named_waits_are_bounded_and_no_row_is_lost(tmp_
         tp.start_run(tp.Dataflow("other", [tp.Transformation("t", generates=[tp.Dataset("d", x=int)])]), path)
     message = str(info.value)
     assert path in message and f"locked by process {holder.pid}" in message and "waited 5 s" in message
+    # a run of a dataflow declared before starts all the same: its rows wait for the lock
+    with pytest.warns(RuntimeWarning, match=f"locked by process {holder.pid}"):
+        second = tp.start_run(training_flow(), path, record_agents=False)
+    with second.task("train") as train:
+        train.generated("epoch_metrics", epoch=1, loss=0.5, val_loss=None)
     # the running training's flush gives up within its timeout instead of waiting for the lock ...
     open(locked, "w").close()
     assert writer.stdout.readline().split() == ["flush", "while", "locked", "False"]
     # ... and its rows are written once the other program lets go
     open(released, "w").close()
     assert writer.stdout.readline().split() == ["flush", "after", "True"]
+    second.end()
     out, err = writer.communicate(timeout=60)
     holder.communicate(timeout=30)
     assert writer.returncode == 0, err
@@ -291,3 +297,5 @@ def test_a_foreign_write_lock_is_named_waits_are_bounded_and_no_row_is_lost(tmp_
     rows = tp.query("SELECT count(*) AS n FROM epoch_metrics WHERE run_id = ?", [run_id], store=path)
     assert rows == [{"n": 100}]
     assert tp.query("SELECT status FROM runs WHERE run_id = ?", [run_id], store=path) == [{"status": "finished"}]
+    assert tp.query("SELECT status FROM runs WHERE run_id = ?", [second.id], store=path) == [{"status": "finished"}]
+    assert tp.query("SELECT loss FROM epoch_metrics WHERE run_id = ?", [second.id], store=path) == [{"loss": 0.5}]

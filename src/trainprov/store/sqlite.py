@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from ..errors import QueryError, StoreError
 from .base import Result, SQLBackend, iso_utc
-from .catalog import Table
+from .catalog import TABLES, Table
 
 # Read-side conversions by declared column type (only in connections that ask for them).
 sqlite3.register_converter("TIMESTAMPTZ", lambda b: _parse_timestamp(b))
@@ -249,6 +249,24 @@ class SQLiteBackend(SQLBackend):
             f"transaction on it; trainprov waited {self.lock_timeout_s:g} s (the store's lock_timeout_s)"
         )
 
+    def declare(self, flow: Any) -> int:
+        """Create or evolve the tables of a dataflow and record it; return its version."""
+        # Declared before (every run of a sweep): read its version without taking the write
+        # lock, so that a run starts (its rows queue) while another program holds the lock.
+        conn = self._writer()
+        try:
+            if all(
+                {c for c, _ in table.columns} <= self._existing_columns(conn, table.name) for table in TABLES.values()
+            ):
+                row = conn.execute(
+                    "SELECT version FROM dataflows WHERE name = ? AND fingerprint = ?", (flow.name, flow.fingerprint())
+                ).fetchone()
+                if row is not None:
+                    return int(row[0])
+        except sqlite3.OperationalError:  # locked exclusively (a rollback-journal writer): declare under the lock
+            pass
+        return super().declare(flow)
+
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         try:
             return super()._transaction(work)
@@ -310,8 +328,7 @@ class SQLiteBackend(SQLBackend):
         return cur.fetchone() is not None
 
     def _existing_columns(self, cur: Any, name: str) -> set[str]:
-        cur.execute(f"PRAGMA table_info({name})")
-        return {row[1] for row in cur.fetchall()}
+        return {row[1] for row in cur.execute(f"PRAGMA table_info({name})").fetchall()}
 
     def _create_table_sql(self, table: Table) -> list[str]:
         # Rows of one run sit together on disk, ordered as they were written.
