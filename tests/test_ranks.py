@@ -233,3 +233,24 @@ def test_the_dashboard_pages_show_one_rank_and_link_the_others(store):
         assert status == 400 and "rank must be a whole number" in json.loads(body)["error"]
     finally:
         stop(proc)
+
+@pytest.mark.parametrize("bad", ["my run", "../../etc", "a,b", "-x", "x" * 129, "run/1", "ünï"])
+def test_an_invalid_trainprov_run_id_is_a_clear_error(store, bad):
+    done = run_python(
+        "import sys, trainprov as tp\nfrom conftest import training_flow\ntp.start_run(training_flow(), sys.argv[1])",
+        store, env={"TRAINPROV_RUN_ID": bad, "PYTHONPATH": os.path.dirname(__file__), "RANK": "0", "WORLD_SIZE": "1"},
+        check=False)
+    assert done.returncode == 1
+    assert "trainprov.errors.CaptureError: TRAINPROV_RUN_ID=" in done.stderr
+    assert "is not a valid run id" in done.stderr
+    assert not os.path.exists(store), "nothing is written for a run that cannot start"
+    with pytest.raises(tp.CaptureError, match="run_id=.* is not a valid run id"):
+        tp.start_run(tp.Dataflow("f", [tp.Transformation("t", generates=[tp.Dataset("d", x=int)])]), store,
+                     run_id=bad, rank=0, world_size=1)
+
+
+def test_job_ids_are_valid_run_ids(store):
+    flow = tp.Dataflow("f", [tp.Transformation("t", generates=[tp.Dataset("d", x=int)])])
+    for run_id in ("4711", "4711_3", "20261204-job7", "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "exp.v2"):
+        tp.start_run(flow, store, record_agents=False, run_id=run_id, rank=0, world_size=1).end()
+    assert len(tp.query("SELECT run_id FROM runs", store=store)) == 5

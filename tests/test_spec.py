@@ -128,3 +128,28 @@ def test_flexible_capture_extends_a_dataflow():
     assert set(custom.transformations) == {"train", "augment"}
     assert len({flow.fingerprint(), grown.fingerprint(), custom.fingerprint()}) == 3
     assert flow.fingerprint() == tp.Dataflow("f", [tp.Transformation("train", generates=[tp.Dataset("metrics", loss=float)])]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "declare, words",
+    [
+        (lambda: tp.Dataset("nothing", x=int), "SQL keyword"),  # SQLite cannot take it as a table name
+        (lambda: tp.Dataset("d", nothing=int), "SQL keyword"),
+        (lambda: tp.Dataset("sqlite_stats", x=int), "starting with sqlite_"),
+        (lambda: tp.Dataset("sqlite_sequence", x=int), "starting with sqlite_"),
+        (lambda: tp.Dataset("runs_status_idx", x=int), "indexes of the store's own tables"),
+        (lambda: tp.Dataset("runs_pkey", x=int), "indexes of the store's own tables"),
+        (lambda: tp.Dataset("d", xmin=int), "system column"),
+        (lambda: tp.Dataset("d", ctid=float), "system column"),
+    ],
+)
+def test_names_a_store_cannot_take_are_refused_when_declared(declare, words):
+    with pytest.raises(tp.SpecError, match=words):
+        declare()
+
+
+def test_sanitized_names_avoid_what_the_stores_cannot_take():
+    assert sanitize_name("nothing") == "nothing_"
+    assert sanitize_name("xmin") == "xmin_"
+    for text in ("nothing", "xmin", "ctid", "tableoid"):
+        tp.Dataset("d", **{sanitize_name(text): float})

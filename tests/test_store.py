@@ -125,7 +125,9 @@ def test_incompatible_type_is_a_clear_error_and_nothing_is_lost(store):
 
 
 def test_a_table_trainprov_did_not_create_is_not_taken_over(store, flow):
-    store_execute(store, "CREATE TABLE epoch_metrics (x TEXT)")
+    other = tp.Dataflow("other", [tp.Transformation("t", generates=[tp.Dataset("notes", text=str)])])
+    tp.start_run(other, store, record_agents=False).end()  # a trainprov store ...
+    store_execute(store, "CREATE TABLE epoch_metrics (x TEXT)")  # ... where another program added a table
     with pytest.raises(tp.SpecError, match="already has a table of that name"):
         tp.start_run(flow, store)
 
@@ -188,6 +190,46 @@ def test_sqlite_store_from_environment_variable(tmp_path, monkeypatch, flow):
     url_store = tmp_path / "url.db"
     record_epochs(flow, f"sqlite://{url_store}", 1)
     assert url_store.exists()
+
+
+def test_names_next_to_the_reserved_ones_work_on_both_stores(store):
+    """What the name check lets through, the store takes: the check refuses the rest with its own error."""
+    flow = tp.Dataflow("edge_names", [tp.Transformation("t", generates=[
+        tp.Dataset("nothing_", oid=int, rowid=int, xmin_=int, first=int, range=int),
+        tp.Dataset("sqlite", x=int),
+        tp.Dataset("stats_sqlite", x=int),
+        tp.Dataset("runs_status", x=int),
+        tp.Dataset("pg_stats_copy", x=int),
+    ])])
+    with tp.start_run(flow, store, record_agents=False) as run, run.task("t") as task:
+        task.generated("nothing_", oid=1, rowid=2, xmin_=3, first=4, range=5)
+        for name in ("sqlite", "stats_sqlite", "runs_status", "pg_stats_copy"):
+            task.generated(name, x=6)
+    assert tp.query("SELECT oid, rowid, xmin_, first, range FROM nothing_", store=store) == [
+        {"oid": 1, "rowid": 2, "xmin_": 3, "first": 4, "range": 5}
+    ]
+    for name in ("sqlite", "stats_sqlite", "runs_status", "pg_stats_copy"):
+        assert tp.query(f"SELECT x FROM {name}", store=store) == [{"x": 6}]
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_unchanged(tmp_path, flow):
+    path = tmp_path / "mlflow.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, experiment_id INTEGER)")  # a `runs` of its own
+    conn.execute("INSERT INTO experiments VALUES (1, 'baseline')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(tp.StoreError) as info:
+        tp.start_run(flow, path)
+    message = str(info.value)
+    assert str(path) in message and "another program's SQLite database" in message
+    assert "experiments" in message and "runs" in message
+    assert path.read_bytes() == before  # no trainprov table added, not switched to WAL
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    check.close()
 
 
 def test_missing_unreadable_and_foreign_sqlite_stores_are_clear_errors(tmp_path, flow):

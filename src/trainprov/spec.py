@@ -74,8 +74,12 @@ SQL_RESERVED = frozenset(
     analyse any array asymmetric authorization binary both collation concurrently
     current_catalog current_role current_schema freeze grant localtime localtimestamp
     overlaps similar system_user tablesample verbose
+    nothing
     """.split()
 )
+
+# Columns PostgreSQL gives every table: no attribute may take these names.
+SYSTEM_COLUMNS = frozenset(("tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"))
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}\Z")
 
@@ -94,13 +98,31 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def check_dataset_name(name: object) -> str:
+    """Return name if a dataset (a table in the store) may take it, else raise SpecError naming the problem."""
+    check_name("dataset", name)
+    assert isinstance(name, str)
+    if name in CATALOG_TABLES:
+        raise SpecError(
+            f"dataset name {name!r} is reserved for the store's own tables "
+            f"({', '.join(CATALOG_TABLES)})"
+        )
+    if name.startswith("sqlite_"):
+        raise SpecError(f"dataset name {name!r} is reserved: SQLite keeps names starting with sqlite_ for itself")
+    if name.startswith(tuple(t + "_" for t in CATALOG_TABLES)) and name.endswith(("_idx", "_pkey")):
+        raise SpecError(
+            f"dataset name {name!r} is reserved for the indexes of the store's own tables; choose another name"
+        )
+    return name
+
+
 def sanitize_name(text: str) -> str:
     """Turn free text (a framework's metric name, say) into a safe SQL identifier."""
     name = re.sub(r"[^a-z0-9_]+", "_", text.strip().lower()).strip("_") or "value"
     if not name[0].isalpha():
         name = "m_" + name
     name = name[:63]
-    return name + "_" if name in SQL_RESERVED else name
+    return name + "_" if name in SQL_RESERVED or name in SYSTEM_COLUMNS else name
 
 
 def type_name(declared: object) -> str:
@@ -330,6 +352,11 @@ class Attribute:
         check_name("attribute", self.name)
         if self.original_name is not None:
             check_text(f"attribute {self.name!r}'s original name", self.original_name)
+        if self.name in SYSTEM_COLUMNS:
+            raise SpecError(
+                f"attribute name {self.name!r} is reserved: PostgreSQL gives every table a system "
+                f"column of that name ({', '.join(sorted(SYSTEM_COLUMNS))}); choose another name"
+            )
         if self.name in ELEMENT_COLUMNS:
             raise SpecError(
                 f"attribute name {self.name!r} is reserved: every dataset already has the "
@@ -350,12 +377,7 @@ class Dataset:
         description: str = "",
         **attrs: object,
     ) -> None:
-        check_name("dataset", name)
-        if name in CATALOG_TABLES:
-            raise SpecError(
-                f"dataset name {name!r} is reserved for the store's own tables "
-                f"({', '.join(CATALOG_TABLES)})"
-            )
+        check_dataset_name(name)
         items: list[Attribute] = []
         if isinstance(attributes, Mapping):
             items += [Attribute(k, v) for k, v in attributes.items()]

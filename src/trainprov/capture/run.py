@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import secrets
 import signal
 import socket
@@ -71,6 +72,20 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+
+def check_run_id(run_id: object, source: str = "run_id") -> str:
+    """Return run_id if it is a valid run id (what a URL, a file name and a PROV id take as is), else raise CaptureError."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        shown = repr(run_id) if len(repr(run_id)) <= 80 else repr(run_id)[:77] + "..."
+        raise CaptureError(
+            f"{source}={shown} is not a valid run id: use 1 to 128 letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (for example a job id such as 4711 or 20261204-job7)"
+        )
+    return run_id
+
+
 def _env_int(*names: str) -> int | None:
     for name in names:
         value = os.environ.get(name)
@@ -84,7 +99,12 @@ def _env_int(*names: str) -> int | None:
 
 def rank_of_process(run_id: str | None, rank: int | None, world_size: int | None) -> tuple[str | None, int | None, int | None]:
     """(run id to join, rank, world size) from the arguments, else TRAINPROV_RUN_ID / RANK / WORLD_SIZE."""
-    run_id = run_id or os.environ.get("TRAINPROV_RUN_ID") or None
+    if run_id is not None and run_id != "":
+        check_run_id(run_id)
+    else:
+        run_id = None
+    if run_id is None and os.environ.get("TRAINPROV_RUN_ID"):
+        run_id = check_run_id(os.environ["TRAINPROV_RUN_ID"], "TRAINPROV_RUN_ID")
     if run_id is None:
         return None, None, None
     rank = rank if rank is not None else _env_int("TRAINPROV_RANK", "RANK")

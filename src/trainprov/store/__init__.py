@@ -49,9 +49,18 @@ def open_backend(store: str | os.PathLike | None = None) -> Backend:
             kwargs["wal_limit_bytes"] = int(float(options["wal_limit_mb"]) * (1 << 20))
         except ValueError:
             raise StoreError(f"store URL option wal_limit_mb must be a number of megabytes, got {options['wal_limit_mb']!r}") from None
-    unknown = set(options) - {"wal_limit_mb"}
+    if "lock_timeout_s" in options:
+        try:
+            kwargs["lock_timeout_s"] = float(options["lock_timeout_s"])
+        except ValueError:
+            raise StoreError(f"store URL option lock_timeout_s must be a number of seconds, got {options['lock_timeout_s']!r}") from None
+        if not 0 <= kwargs["lock_timeout_s"] <= 3600:
+            raise StoreError(f"store URL option lock_timeout_s must be between 0 and 3600 seconds, got {options['lock_timeout_s']!r}")
+    unknown = set(options) - {"wal_limit_mb", "lock_timeout_s"}
     if unknown:
-        raise StoreError(f"unknown store URL option(s) {', '.join(sorted(unknown))} in {url!r}; known: wal_limit_mb")
+        raise StoreError(
+            f"unknown store URL option(s) {', '.join(sorted(unknown))} in {url!r}; known: wal_limit_mb, lock_timeout_s"
+        )
     return SQLiteBackend(os.path.expanduser(path), **kwargs)
 
 

@@ -177,6 +177,51 @@ class _Watch:
         return (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted" and not self.timed_out
                 and not self.closed)
 
+#: how long a write waits for another connection's write lock before it fails (and is retried)
+DEFAULT_LOCK_TIMEOUT_S = 5.0
+
+
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def lock_holder(path: str) -> str:
+    """Name the process that holds the write lock of a SQLite file, as far as the OS tells (Linux)."""
+    # WAL mode: the write lock is byte 120 of the -shm file; rollback mode: the RESERVED byte of the file
+    wanted = []
+    for name, start in ((path + "-shm", 120), (path, 0x40000001)):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        wanted.append((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino, start))
+    try:
+        with open("/proc/locks", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split()
+        if "->" in parts or len(parts) < 8 or parts[3] != "WRITE":
+            continue
+        try:
+            pid = int(parts[4])
+            major, minor, inode = parts[5].split(":")
+            start, end = int(parts[6]), parts[7]
+            key = (int(major, 16), int(minor, 16), int(inode))
+        except ValueError:
+            continue
+        for *wanted_key, byte in wanted:
+            if tuple(wanted_key) == key and start <= byte and (end == "EOF" or byte <= int(end)) and pid != os.getpid():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    command = ""
+                return f"process {pid}" + (f" ({command[:120]})" if command else "")
+    return "another connection"
+
 
 class SQLiteBackend(SQLBackend):
     """A trainprov store in one SQLite file."""
@@ -191,12 +236,25 @@ class SQLiteBackend(SQLBackend):
         "file": "TEXT",
     }
 
-    def __init__(self, path: str, *, wal_limit_bytes: int = 64 << 20) -> None:
+    #: the longest a checkpoint may keep the writer waiting for readers to leave the WAL
+    checkpoint_wait_s = 0.5
+    #: the share of the writer's time such waits may take while they succeed (readers let go
+    #: within the wait): this much per WAL limit the log holds, up to `checkpoint_max_share`
+    checkpoint_wait_share = 0.1
+    checkpoint_max_share = 0.5
+    #: the share while they fail (readers' statements outlast the wait)
+    checkpoint_failed_share = 0.1
+
+    def __init__(self, path: str, *, wal_limit_bytes: int = 64 << 20, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.path = os.path.abspath(path)
         super().__init__(url=self.path)
         self.wal_limit_bytes = wal_limit_bytes
+        self.lock_timeout_s = lock_timeout_s
         self._readers = threading.local()
         self._reader_connections: list[tuple[sqlite3.Connection, _Watch]] = []
+        self._waited = 0.0  # how long the last checkpoint that waited for readers took
+        self._waited_at = 0.0  # when it ended (monotonic)
+        self._wait_backoff = 0.0  # seconds between such checkpoints while they fail (0: the last one succeeded)
 
     # ---- connections -----------------------------------------------------------------
 
@@ -204,27 +262,81 @@ class SQLiteBackend(SQLBackend):
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
             raise StoreError(f"cannot create store {self.path}: folder {folder} does not exist")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.lock_timeout_s
         while True:
+            conn = None
             try:
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.lock_timeout_s, check_same_thread=False)
+                self._refuse_foreign(conn)  # before the switch to WAL, which would change another program's file
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 break
             except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
                 # two processes creating one new file: the switch to WAL does not wait for
                 # the busy timeout, so wait here (the other process's switch takes milliseconds)
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if not _is_busy(exc):
                     raise StoreError(f"cannot open store {self.path}: {exc}") from None
-                conn.close()
+                if time.monotonic() > deadline:
+                    raise StoreError(self._locked_message("open it")) from None
                 time.sleep(0.05)
             except sqlite3.DatabaseError as exc:
+                if conn is not None:
+                    conn.close()
                 raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            except StoreError:
+                conn.close()
+                raise
         if mode != "wal":
             raise StoreError(f"store {self.path} could not switch to WAL mode (got {mode!r})")
         # In WAL mode NORMAL loses no committed transaction when the process dies.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA journal_size_limit={self.wal_limit_bytes}")
         return conn
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Raise StoreError if the file is another program's database (tables, but no trainprov catalog)."""
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+        own = {n for n in names if not n.startswith("sqlite_")}
+        if own and not {"dataflows", "attributes", "runs"} <= own:
+            shown = ", ".join(sorted(own)[:8]) + (", ..." if len(own) > 8 else "")
+            raise StoreError(
+                f"{self.path} is another program's SQLite database (tables: {shown}), not a trainprov "
+                "store; trainprov leaves it unchanged. Name another file with store=, --store or TRAINPROV_STORE"
+            )
+
+    def _locked_message(self, doing: str) -> str:
+        """Why a write waited in vain: the store, the process holding its write lock, the timeout."""
+        return (
+            f"cannot {doing}: store {self.path} is locked by {lock_holder(self.path)}, which holds a write "
+            f"transaction on it; trainprov waited {self.lock_timeout_s:g} s (the store's lock_timeout_s)"
+        )
+
+    def declare(self, flow: Any) -> int:
+        """Create or evolve the tables of a dataflow and record it; return its version."""
+        # Declared before (every run of a sweep): read its version without taking the write
+        # lock, so that a run starts (its rows queue) while another program holds the lock.
+        conn = self._writer()
+        try:
+            if all(
+                {c for c, _ in table.columns} <= self._existing_columns(conn, table.name) for table in TABLES.values()
+            ):
+                row = conn.execute(
+                    "SELECT version FROM dataflows WHERE name = ? AND fingerprint = ?", (flow.name, flow.fingerprint())
+                ).fetchone()
+                if row is not None:
+                    return int(row[0])
+        except sqlite3.OperationalError:  # locked exclusively (a rollback-journal writer): declare under the lock
+            pass
+        return super().declare(flow)
+
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+        try:
+            return super()._transaction(work)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise StoreError(self._locked_message("write")) from None
+            raise
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._readers, "conn", None)
@@ -289,8 +401,7 @@ class SQLiteBackend(SQLBackend):
         return cur.fetchone() is not None
 
     def _existing_columns(self, cur: Any, name: str) -> set[str]:
-        cur.execute(f"PRAGMA table_info({name})")
-        return {row[1] for row in cur.fetchall()}
+        return {row[1] for row in cur.execute(f"PRAGMA table_info({name})").fetchall()}
 
     def _create_table_sql(self, table: Table) -> list[str]:
         # Rows of one run sit together on disk, ordered as they were written.
@@ -321,21 +432,45 @@ class SQLiteBackend(SQLBackend):
             return 0
 
     def maintain(self) -> None:
-        """Keep the WAL bounded: checkpoint and truncate it once it passes the limit.
+        """Keep the WAL near its limit without stalling the writer on readers.
 
-        A reader that holds a transaction pins the log; the checkpoint then waits briefly
-        and is tried again after the next batch, so the writer never stalls on a reader.
+        Past the limit, a checkpoint that does not wait copies what the readers allow and
+        truncates the log if no reader is in it. Readers whose statements overlap without
+        a gap keep it pinned: then a checkpoint may hold writes back until the statements
+        begun before it end (at most `checkpoint_wait_s`). Such waits take a bounded share
+        of the writer's time: while they succeed, 10% per WAL limit the log holds (so the
+        log settles a little past its limit), at most half; while they fail, 10%, backing
+        off up to 16 s apart. The writer keeps most of its pace.
         """
-        if self.wal_size() <= self.wal_limit_bytes:
+        size = self.wal_size()
+        if size <= self.wal_limit_bytes:
             return
         conn = self._writer()
-        conn.execute("PRAGMA busy_timeout=200")
+        if self._checkpoint(conn, 0):
+            return
+        now = time.monotonic()
+        if self._wait_backoff:  # the last wait failed
+            gap = max(self._waited / self.checkpoint_failed_share, self._wait_backoff)
+        else:  # the further past its limit the log is, the more of its time the writer gives
+            share = min(self.checkpoint_max_share, self.checkpoint_wait_share * size / self.wal_limit_bytes)
+            gap = self._waited / share
+        if now - self._waited_at < gap:
+            return
+        done = self._checkpoint(conn, self.checkpoint_wait_s)
+        self._waited_at = time.monotonic()
+        self._waited = self._waited_at - now
+        self._wait_backoff = 0.0 if done else min(max(self._wait_backoff * 2, 1.0), 16.0)
+
+    def _checkpoint(self, conn: sqlite3.Connection, wait_s: float) -> bool:
+        """Checkpoint and truncate the WAL, waiting at most wait_s for readers; True if it was emptied."""
+        conn.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.OperationalError:  # busy: a reader still needs the log
-            pass
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError:  # another connection is checkpointing
+            busy = 1
         finally:
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.lock_timeout_s * 1000)}")
+        return not busy
 
     # ---- reads -----------------------------------------------------------------------
 
