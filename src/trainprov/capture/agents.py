@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from importlib import metadata
 from typing import Any, Mapping
 
 from . import reproduction
