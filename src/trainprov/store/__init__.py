@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import StoreError
 from .base import Backend, Result, SQLBackend
 from .catalog import Target
+from .urls import hide_password
 
 DEFAULT_STORE = "trainprov.db"
 ENV_VAR = "TRAINPROV_STORE"
@@ -72,14 +72,3 @@ def _open_postgresql(url: str) -> Backend:
             f"PostgreSQL stores need psycopg 3 ({exc}); install it with: pip install 'trainprov[postgresql]'"
         ) from None
     return PostgreSQLBackend(url)
-
-
-def hide_password(url: str) -> str:
-    """The URL with its password, if any, replaced by *** (for messages and `backend.url`)."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:  # not a URL that urllib understands: show only its scheme
-        return url.split("://", 1)[0] + "://..."
-    if password:
-        url = url.replace(f":{password}@", ":***@", 1)
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)

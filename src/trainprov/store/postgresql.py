@@ -26,7 +26,7 @@ from psycopg.types.string import TextLoader
 
 from ..errors import QueryError, QueryTimeout, StoreError
 from ..spec import Dataflow
-from . import hide_password
+from .urls import hide_password
 from .base import Result, Rows, SQLBackend, iso_utc
 from .catalog import TABLES, Target
 from .jsonvalues import from_stored, to_stored

@@ -1,0 +1,124 @@
+"""The package keeps its layers: computed from the source, every import goes down or sideways, never up, and no module cycle.
+
+The layers are those of docs/architecture.md; every module of the package is in its table.
+"""
+
+import ast
+import os
+import re
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+PACKAGE = os.path.join(SRC, "trainprov")
+DOC = os.path.join(os.path.dirname(SRC), "docs", "architecture.md")
+
+#: a module's layer, by the longest matching prefix of its dotted name
+LAYERS = {
+    "trainprov.errors": 1, "trainprov.spec": 1, "trainprov.formatting": 1,
+    "trainprov.store": 2,
+    "trainprov.capture": 3,
+    "trainprov.query": 4, "trainprov.analysis": 4, "trainprov.export": 4, "trainprov.lineage": 4,
+    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
+    "trainprov.integrations": 5, "trainprov.keras": 5, "trainprov.torch": 5, "trainprov.lightning": 5,
+    "trainprov.transformers": 5,
+    "trainprov.cli": 6, "trainprov.ui": 6,
+}
+
+
+def modules() -> dict[str, str]:
+    """Every module of the package: dotted name -> file."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                dotted = os.path.relpath(path, SRC)[:-3].replace(os.sep, ".")
+                found[dotted.removesuffix(".__init__")] = path
+    return found
+
+
+def layer(module: str) -> int | None:
+    """The layer of a module (None for the package's own __init__, which re-exports the public API)."""
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len, default=None)
+    return LAYERS[best] if best else None
+
+
+def imports(module: str, path: str, known: set[str]) -> set[str]:
+    """The package's modules that a module imports, anywhere in it (inside functions too)."""
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # `from . import x` imports the module x when there is one
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    known = set(found)
+    return {m: imports(m, p, known) for m, p in found.items()}
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in modules() if m != "trainprov" and layer(m) is None] == []
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = [f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
+              for m, deps in graph().items() for d in deps
+              if m != "trainprov" and d != "trainprov" and layer(d) > layer(m)]
+    assert upward == []
+
+
+def test_there_is_no_import_cycle():
+    edges = {m: {d for d in deps if d != "trainprov"} for m, deps in graph().items() if m != "trainprov"}
+    # a package imports its own submodules to re-export them; a submodule importing its package back is the cycle
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_the_architecture_doc_lists_every_module():
+    table = open(DOC, encoding="utf-8").read()
+    listed = set(re.findall(r"^\| `(trainprov/[\w/]+\.py)` \|", table, re.M))
+    files = {os.path.relpath(p, SRC).replace(os.sep, "/") for p in modules().values()}
+    assert sorted(files - listed) == [], "modules missing from docs/architecture.md's table"
+    assert sorted(listed - files) == [], "docs/architecture.md lists modules that do not exist"
