@@ -23,7 +23,8 @@ import time
 
 import trainprov as tp
 from trainprov.spec import ELEMENT_COLUMNS
-from trainprov.store.sqlite import SQLiteBackend, _iso
+from trainprov.store.base import iso_utc
+from trainprov.store.sqlite import SQLiteBackend
 
 FLOW = tp.Dataflow(
     "bench",
@@ -101,7 +102,7 @@ def ingest(folder: str, rows: int) -> tuple[float, float, int, float]:
     conn.execute("PRAGMA synchronous=NORMAL")
     now = time.time()
     prepared = [
-        ("r1", "r1.1", i + 1, _iso(now + i * 1e-6), *row_values(i).values()) for i in range(rows)
+        ("r1", "r1.1", i + 1, iso_utc(now + i * 1e-6), *row_values(i).values()) for i in range(rows)
     ]
     start = time.perf_counter()
     for lo in range(0, rows, 5000):

@@ -22,8 +22,7 @@ import itertools
 import math
 import os
 import re
-from contextlib import contextmanager
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 import pandas as pd
 
@@ -58,16 +57,6 @@ _SCALAR = ("int", "float", "str", "bool")
 # ---- helpers ------------------------------------------------------------------------------
 
 
-@contextmanager
-def _reading(store: Any) -> Iterator[Reader]:
-    """The given Reader, or one opened (and closed after) for a store path or URL."""
-    if isinstance(store, Reader):
-        yield store
-        return
-    with Reader(store) as reader:
-        yield reader
-
-
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of a metric is better, from its name (accuracy, auc, f1, r2, ...)."""
     words = set(re.split(r"[^a-z0-9]+", metric.lower()))
@@ -76,7 +65,7 @@ def higher_is_better(metric: str) -> bool:
 
 def attributes(dataset: str, *, store: Store = None) -> dict[str, str]:
     """The attributes of a dataset (name -> trainprov type), in column order; {} if there is no such dataset."""
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         p = reader.backend.placeholder
         rows = reader.result(f"SELECT name, type FROM attributes WHERE dataset = {p} ORDER BY position", (dataset,)).rows
     return {name: kind for name, kind in rows}
@@ -279,7 +268,7 @@ def runs_overview(
     (no pass over the metrics: the cheap first step of a long list). Runs of several
     processes: the epochs and hyperparameters of `rank`.
     """
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         liveness.reap(reader.backend)  # a run whose process died shows as interrupted
         run_ids = _run_ids(reader, runs)
         ranks = rank_filter(reader, rank)
@@ -353,7 +342,7 @@ def best_runs(
         raise QueryError(f"statistic must be min, max, last or at, got {statistic!r}")
     if statistic == "at" and epoch is None:
         raise QueryError("statistic 'at' needs an epoch (epoch=K)")
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         _check(reader, dataset, ["epoch"], "epoch column")
         _check(reader, dataset, [metric], "metric", _NUMERIC)
         run_ids = _run_ids(reader, runs)
@@ -402,7 +391,7 @@ def progress(run: str | None = None, *, last: int = 5, dataset: str = EPOCH_DATA
 
     A run of several processes: the epochs of `rank`.
     """
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         columns = [c for c in _columns(reader, dataset) if c != "epoch"]
         _check(reader, dataset, ["epoch"], "epoch column")
         p = reader.backend.placeholder
@@ -447,7 +436,7 @@ def adaptation_effect(
     window = int(window)
     if window < 1:
         raise QueryError(f"window must be at least 1 epoch, got {window}")
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         _check(reader, dataset, ["epoch"], "epoch column")
         _check(reader, dataset, [metric], "metric", _NUMERIC)
         kinds = _columns(reader, "adaptations")
@@ -498,7 +487,7 @@ def convergence(
     statistic = statistic or ("max" if higher_is_better(metric) else "min")
     if statistic not in ("min", "max"):
         raise QueryError(f"statistic must be min or max, got {statistic!r}")
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         _check(reader, dataset, ["epoch"], "epoch column")
         _check(reader, dataset, [metric], "metric", _NUMERIC)
         run_ids = _run_ids(reader, runs)
@@ -532,7 +521,7 @@ def epoch_time(
     `by` defaults to those of optimizer, batch_size, learning_rate and trainable_params the
     store has. Runs of several processes: the epochs of `rank`.
     """
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         known = _columns(reader, "hyperparameters")
         _check(reader, dataset, [column], "time column", _NUMERIC)
         if by is None:
@@ -561,7 +550,7 @@ def architecture_vs_test(metric: str = "loss", *, rank: int = 0, store: Store = 
     task before the evaluation (of the same rank). Runs of several processes: the
     evaluations of `rank`.
     """
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         tests = _columns(reader, "test_results")
         _check(reader, "test_results", [metric], "metric", _NUMERIC)
         results = [c for c, t in tests.items() if t in _NUMERIC]
@@ -612,7 +601,7 @@ def architecture_vs_test(metric: str = "loss", *, rank: int = 0, store: Store = 
 
 def hyperparameters(runs: str | Sequence[str] | None = None, *, rank: int = 0, store: Store = None) -> pd.DataFrame:
     """Each run's hyperparameters (its first recorded set; of `rank` in a run of several processes), indexed by run id."""
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         run_ids = _run_ids(reader, runs)
         columns = list(_columns(reader, "hyperparameters"))
         frame = _first_rows(reader, "hyperparameters", run_ids, columns, rank_filter(reader, rank, "task_id", run_ids))
@@ -646,7 +635,7 @@ def curves(
     store: Store = None,
 ) -> pd.DataFrame:
     """The per-epoch values of some runs (of `rank` in runs of several processes), long form: run_id, epoch, one column per metric."""
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         run_ids = _run_ids(reader, runs) or []
         known = _columns(reader, dataset)
         chosen = [c for c, t in known.items() if t in _NUMERIC and c not in AXIS_COLUMNS] if metrics is None else list(metrics)
@@ -731,7 +720,7 @@ def divergence(
     """
     if patience < 1:
         raise QueryError(f"patience must be at least 1 epoch, got {patience}")
-    with _reading(store) as reader:
+    with Reader.open(store) as reader:
         run_ids = _run_ids(reader, runs) or []
         _check(reader, dataset, ["epoch", metric], "column", _NUMERIC)
         series = _series(reader, run_ids, metric, dataset, rank)

@@ -39,3 +39,15 @@ class DashboardSettingError(DashboardError, ValueError):
 
 class QueryTimeout(QueryError):
     """A read query ran longer than its time limit and was stopped."""
+
+
+class GraphvizMissing(ExportError):
+    """A picture format needs Graphviz's `dot` program, which is not installed."""
+
+
+class GraphError(TrainprovError):
+    """A graph cannot be drawn (an unknown dataflow or run)."""
+
+
+class ConsoleBusy(TrainprovError):
+    """As many console statements as allowed are running; try again when one ends."""

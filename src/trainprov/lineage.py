@@ -407,8 +407,7 @@ def lineage(
     where: str | None = None,
 ) -> Lineage:
     """What an entity (checkpoint file, metrics row, test result, ...) was derived from, from the store."""
-    reader = store if isinstance(store, Reader) else Reader(store)
-    try:
+    with Reader.open(store) as reader:
         start, note = resolve_entity(reader, entity, run=run, where=where)
         start["generated"] = _generated(reader, start)
         if start["kind"] == "e":  # the run leads every dataset table's key
@@ -438,9 +437,6 @@ def lineage(
                     reached[parent] = (relation, node)
                     queue.append(parent)
         described = _describe(reader, [(k, a, b, datasets.get((k, a, b))) for (k, a, b) in depth])
-    finally:
-        if not isinstance(store, Reader):
-            reader.close()
     if start_key not in described:
         raise QueryError(f"entity {entity!r} vanished while its lineage was read")
     first = described[start_key]

@@ -236,6 +236,22 @@ class Reader:
         """Close the connections."""
         self.backend.close()
 
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, store: "str | os.PathLike | Backend | Reader | None" = None) -> Iterator["Reader"]:
+        """The one way to read a store given as a path, URL, Backend or Reader.
+
+        A Reader or Backend given is borrowed (left open); a store opened here from a path or
+        URL is closed at the end of the `with` block.
+        """
+        if isinstance(store, Reader):
+            yield store
+        elif isinstance(store, Backend):
+            yield cls(store)
+        else:
+            with cls(store) as reader:
+                yield reader
+
     def __enter__(self) -> "Reader":
         return self
 

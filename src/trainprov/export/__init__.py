@@ -22,7 +22,7 @@ from ..errors import ExportError
 from ..query import Reader
 from .document import build_document
 from .formats import FORMATS, MIME_TYPES, Format, format_for_path, get_format, serialize
-from .formats.graph import GraphvizMissing
+from ..errors import GraphvizMissing
 from .identifiers import (
     ADAPTATION_COLUMNS,
     ADAPTATIONS,

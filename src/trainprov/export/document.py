@@ -44,7 +44,7 @@ from .identifiers import (
     transformation_identifier,
     value_identifier,
 )
-from .snapshot import Snapshot, open_reader, plan_spec, read_snapshot, select, spec_contains, timestamp
+from .snapshot import Snapshot, plan_spec, read_snapshot, select, spec_contains, timestamp
 
 # agent facts that belong to one invocation, not to the software: kept on the run instead
 _PER_INVOCATION = ("command", "argv", "working_dir")
@@ -186,6 +186,14 @@ class Builder:
         return by_run
 
     def _facts(self, details: dict[str, Any]) -> list[tuple[QualifiedName, Any]]:
+        details = dict(details)
+        if "key_packages" in details:
+            # every installed package stays in the store (trainprov reproduce); the document names
+            # the ones that say what produced a model, and how many there were in all
+            details["package_count"] = len(details.get("packages") or {})
+            details["packages"] = details.pop("key_packages")
+        if isinstance(details.get("git_patch"), dict):  # the diff's digest and size, not its text
+            details["git_patch"] = {k: v for k, v in details["git_patch"].items() if k not in ("text", "base64")}
         out = []
         for key, value in sorted(details.items()):  # sorted: the same document from any store
             name = self.tp[re.sub(r"[^A-Za-z0-9_]", "_", key)]
@@ -492,13 +500,9 @@ def build_document(
     bulky_datasets: Sequence[str] = BULKY_DATASETS,
 ) -> ProvDocument:
     """The W3C PROV document of some runs, or of every run of a dataflow, read from the store."""
-    reader, owned = open_reader(store)
-    try:
+    with Reader.open(store) as reader:
         run_ids, plans = select(reader, runs, dataflow, version)
         snap = read_snapshot(reader, run_ids, plans, members=members, threshold=bulky_threshold, bulky=tuple(bulky_datasets))
-    finally:
-        if owned:
-            reader.close()
     builder = Builder(snap)
     builder.plans()
     agents = builder.agents()

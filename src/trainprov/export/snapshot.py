@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -288,13 +287,6 @@ def spec_contains(new: dict[str, Any], old: dict[str, Any]) -> bool:
         if not {(a["name"], a["type"]) for a in d.get("attributes", [])} <= attributes:
             return False
     return True
-
-
-def open_reader(store: str | os.PathLike | Reader | None) -> tuple[Reader, bool]:
-    """A Reader for a store path or URL (owned: the caller closes it), or the Reader given (borrowed)."""
-    if isinstance(store, Reader):
-        return store, False
-    return Reader(store), True
 
 
 def select(

@@ -27,7 +27,6 @@ from .jsonvalues import from_stored, to_stored
 sqlite3.register_converter("TIMESTAMPTZ", lambda b: _parse_timestamp(b))
 sqlite3.register_converter("BOOLEAN", lambda b: b not in (b"0", b"0.0"))
 
-_iso = iso_utc  # the name benchmarks/capture_bench.py imports
 
 
 def _parse_timestamp(raw: bytes) -> Any:
@@ -411,7 +410,7 @@ class SQLiteBackend(SQLBackend):
 
     # NaN cannot be bound (SQLite would store NULL): keep it as the text 'NaN'.
     # JSON as valid JSON: non-finite numbers as strings (store/jsonvalues.py)
-    _expr_globals = {"_iso": _iso, "_json": to_stored}
+    _expr_globals = {"_iso": iso_utc, "_json": to_stored}
 
     def _value_expr(self, kind: str, source: str) -> str:
         if kind == "float":

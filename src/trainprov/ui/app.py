@@ -28,13 +28,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import __version__
-from ..errors import QueryTimeout, StoreError, TrainprovError
+from ..errors import ConsoleBusy, QueryTimeout, StoreError, TrainprovError
 from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import hide_password, resolve_url
 from . import data, graph_layout, graphs, listing
-from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console, ConsoleBusy
+from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console
 from .present import duration, exact, is_missing, jsonable, number, records, when
 from .security import LOOPBACK_HOSTS, TOKEN_FIELD, TOKEN_HEADER, Guard, Sessions, cross_site, session_of
 

@@ -14,7 +14,7 @@ import concurrent.futures
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from ..errors import TrainprovError
+from ..errors import ConsoleBusy
 from ..query import Reader
 
 #: console statements running at once, and the seconds after which the database stops one
@@ -22,10 +22,6 @@ CONSOLE_LIMIT, CONSOLE_TIMEOUT = 4, 30.0
 #: CSV chunks waiting for a slow client before the statement's thread waits too
 _BUFFERED = 4
 _END = object()
-
-
-class ConsoleBusy(TrainprovError):
-    """As many console statements as allowed are running; try again when one ends."""
 
 
 class _Gone(Exception):

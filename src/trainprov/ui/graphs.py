@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import TrainprovError
+from ..errors import GraphError
 from ..query import Reader
 
 #: PROV's conventional drawing of each kind of node: shape, fill, border
@@ -25,10 +25,6 @@ STYLES = {
     "files": ("note", "#FFFFFF", "#808080"),
 }
 STATUS_COLOURS = {"failed": "#F4A6A6", "interrupted": "#F8C98B", "running": "#CFE0FF"}
-
-
-class GraphError(TrainprovError):
-    """A graph cannot be drawn (an unknown dataflow or run)."""
 
 
 @dataclass

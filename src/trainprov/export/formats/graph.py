@@ -11,11 +11,7 @@ from typing import Any
 
 from prov.model import ProvDocument
 
-from ...errors import ExportError
-
-
-class GraphvizMissing(ExportError):
-    """A picture format needs Graphviz's `dot` program, which is not installed."""
+from ...errors import ExportError, GraphvizMissing
 
 
 def write(document: ProvDocument, fmt: Any) -> bytes:
