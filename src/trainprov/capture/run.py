@@ -25,7 +25,6 @@ _RUN_SHARED = target("runs", mode="link")  # every rank of a run inserts it; the
 _RANK = target("run_ranks")
 _RANK_END = target("run_ranks", ("run_id", "rank", "status", "ended_at", "duration_s", "error"), mode="end_rank")
 _RUN_END = target("runs", ("run_id", "status", "ended_at", "duration_s", "error"), mode="update")
-_RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 _TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at", "rank"))
 _TASK_END = target("tasks", ("task_id", "status", "ended_at", "duration_s", "error"), mode="update")
 _DEPENDENCY = target("task_dependencies", mode="link")
@@ -311,10 +310,15 @@ class Run:
         self._writer: Writer = writer_for(store)
         backend = self._writer.backend
         self.dataflow = dataflow
-        self.dataflow_version = backend.declare(dataflow)
-        liveness.reap(backend)
-        self.store = backend.url
         self.id = shared_id or new_run_id()
+        #: the version the store gave the dataflow; None while the store has not answered yet
+        self.dataflow_version: int | None = None
+        # The writer declares (no DDL here); while the store is down the run starts anyway,
+        # and its rows, the declaration first, wait in the spool.
+        declared = self._declare(dataflow, None)
+        if declared:
+            liveness.reap(backend)
+        self.store = backend.url
         # a rank's tasks and files are numbered apart from the other ranks': RUN.r1.4, RUN.r1.f2
         self._task_prefix = f"{self.id}." if self.rank is None else f"{self.id}.r{self.rank}."
         self.name = name
@@ -361,6 +365,8 @@ class Run:
         if record_agents and (not ranked or self.rank == 0):
             for row in agents.collect(self.id):
                 self._writer.put((_AGENT, row))
+        if not declared:  # the run's row gets the version once the store has the dataflow
+            self._writer.declare(dataflow, self.id)
         self._writer.watch_run(self.id, True)
         self._writer.flush()
         _open_runs.add(self)
@@ -392,13 +398,29 @@ class Run:
             missing = set(ds.types.items()) - set(dataflow.datasets[name].types.items())
             if missing:
                 raise SpecError(f"a running run's dataflow may only grow: dataset {name!r} lost or changed {sorted(missing)}")
-        self.dataflow_version = self._writer.backend.declare(dataflow)
         self.dataflow = dataflow
         self._targets = {n: element_target(ds) for n, ds in dataflow.datasets.items()}
         for task in list(self._tasks):
             task._bind(dataflow)
-        self._writer.put((_RUN_VERSION, (self.id, self.dataflow_version)))
+        self._declare(dataflow, self.id)
         return self.dataflow_version
+
+    def _declare(self, dataflow: Dataflow, run_id: str | None) -> bool:
+        """Queue the dataflow's declaration and wait for it; False while the store is down (it waits too)."""
+        declaration = self._writer.declare(dataflow, run_id, waiting=True)
+        try:
+            answered = self._writer.flush()
+        except CaptureError:  # the store is slow to answer: the declaration waits with the rows
+            answered = False
+        if not answered or not declaration.done.is_set():
+            declaration.waiting = False  # the writer says it if the store refuses it later
+            if run_id is not None:
+                self.dataflow_version = None
+            return False
+        if declaration.error is not None:
+            raise declaration.error
+        self.dataflow_version = declaration.version
+        return True
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every row captured so far is committed and visible to readers.
