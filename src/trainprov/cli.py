@@ -323,6 +323,22 @@ def copy_command(src: str, dst: str, run_refs: tuple[str, ...], since: str | Non
         click.echo(line)
 
 
+@main.command("replay")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def replay_command(ctx: click.Context, files: tuple[str, ...]) -> None:
+    """Write rows set aside while the store was down: files of unwritten rows, spool segments of killed processes.
+
+    Without FILES: every spool segment and file of unwritten rows left for the store by a
+    process that has ended. Exactly once: rows already in the store are skipped, so
+    replaying again is harmless.
+    """
+    from .capture.replay import replay
+
+    for line in replay(ctx.obj, list(files) or None).lines():
+        click.echo(line)
+
+
 from .cli_ui import analyze, ui  # noqa: E402  (defined apart; they take the helpers above when run)
 
 main.add_command(analyze)

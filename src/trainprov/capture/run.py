@@ -493,11 +493,17 @@ _open_runs: set[Run] = set()
 
 
 class _SignalHandling:
-    """Turns SIGTERM into SignalInterrupt while runs are open, unless the program handles it."""
+    """Turns SIGTERM into SignalInterrupt while runs are open, unless the program handles it.
+
+    Once a SIGTERM has started the shutdown, the handler stays until the process ends: a
+    second SIGTERM (a supervisor that insists) must not kill the process while it writes
+    its last rows. It is reported and ignored; SIGKILL still ends the process at once.
+    """
 
     def __init__(self) -> None:
         self.users = 0
         self.installed = False
+        self.stopping = False
 
     def install(self) -> None:
         self.users += 1
@@ -509,6 +515,8 @@ class _SignalHandling:
 
     def release(self) -> None:
         self.users = max(0, self.users - 1)
+        if self.stopping:  # shutting down: keep the handler until the process has written its rows
+            return
         if self.users == 0 and self.installed and threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGTERM) is self._raise:  # unless the program put its own since
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -516,6 +524,14 @@ class _SignalHandling:
 
     @staticmethod
     def _raise(signum: int, frame: Any) -> None:
+        if _signals.stopping:
+            print(
+                f"trainprov: {signal.Signals(signum).name} again while the process writes its last captured rows: "
+                "it ends once they are written or saved (SIGKILL ends it now, without them)",
+                file=sys.stderr, flush=True,
+            )
+            return
+        _signals.stopping = True
         raise SignalInterrupt(signum)
 
 
@@ -549,7 +565,7 @@ def _disown_after_fork() -> None:
             task.status = "forked"
         run.status = "forked"
     _open_runs.clear()
-    _signals.users, _signals.installed = 0, False
+    _signals.users, _signals.installed, _signals.stopping = 0, False, False
 
 
 before_close(_end_open_runs)

@@ -262,9 +262,15 @@ class TrainingRecorder:
         """The attribute types the store already has for a dataset (read once per dataset)."""
         if dataset not in self._store_types:
             run = self.start()
-            rows = run._writer.backend.query(
-                f"SELECT name, type FROM attributes WHERE dataset = {run._writer.backend.placeholder}", (dataset,)
-            ).rows
+            backend = run._writer.backend
+            try:
+                rows = backend.query(f"SELECT name, type FROM attributes WHERE dataset = {backend.placeholder}", (dataset,)).rows
+            except Exception as exc:
+                if not backend.is_outage(exc):
+                    raise
+                # The store is down: go by the declared types (asked again next time); the
+                # writer declares the column when it answers, and says so if it conflicts.
+                return {}
             self._store_types[dataset] = dict(rows)
         return self._store_types[dataset]
 

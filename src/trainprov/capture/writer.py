@@ -35,16 +35,20 @@ from .spool import Spool, SpoolFull, spool_dir
 
 HEARTBEAT_SECONDS = 5.0
 _HEARTBEAT = target("runs", ("run_id", "heartbeat_at"), mode="update")
-_RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
+RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 
 
 class _Flush:
-    """A marker in the queue: everything before it is committed when `done` is set."""
+    """A marker in the queue: everything before it is committed when `done` is set.
 
-    __slots__ = ("done",)
+    `kept` is set when the store is down and everything before it is on disk in the spool.
+    """
+
+    __slots__ = ("done", "kept")
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.kept = threading.Event()
 
     def __reduce__(self) -> tuple:
         return _Flush, ()  # a marker spooled to disk: its waiter has long given up on it
@@ -166,8 +170,10 @@ class Writer:
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = self.failures
         while not marker.done.wait(0.05):
-            if self.outage_since is not None and self.failures > failures:
-                return False  # tried again since this call, and the store is still down
+            if marker.kept.is_set():
+                return False  # the store is down; the rows are safe on disk and wait for it
+            if self._spool_error is not None and self.outage_since is not None and self.failures > failures:
+                return False  # tried again since this call, and the spool cannot take the rows
             if deadline is not None and time.monotonic() > deadline:
                 raise CaptureError(
                     f"captured rows were not written to {self.backend.url} within {timeout} s "
@@ -246,6 +252,9 @@ class Writer:
             self._spool_error = str(exc) if isinstance(exc, SpoolFull) else f"the spool cannot be written ({exc})"
             return
         self._from_spool = True
+        for marker in self._pending:
+            if isinstance(marker, _Flush):
+                marker.kept.set()
 
     def _spill(self, everything: bool = False) -> None:
         """While the store is down, keep memory bounded: the oldest queued rows go to the spool.
@@ -270,6 +279,8 @@ class Writer:
             path = self.spool.put([r for r in items if not isinstance(r, _Flush)] if markers else items)
             if markers:  # their waiters are told when this segment is written
                 self._segment_markers[path] = markers
+                for marker in markers:
+                    marker.kept.set()
         except (SpoolFull, OSError) as exc:
             self._queue.extendleft(reversed(items))  # still the oldest: back in front, in order
             self._spool_error = str(exc) if isinstance(exc, SpoolFull) else f"the spool cannot be written ({exc})"
@@ -286,7 +297,7 @@ class Writer:
             declarations = [d for d in self._pending if isinstance(d, Declaration)]
             rows = [r for r in self._pending if not isinstance(r, (_Flush, Declaration))]
             versions = self._declare(declarations) if declarations else []
-            groups = _group(rows + versions)
+            groups = group_items(rows + versions)
             now = time.time()
             beat = bool(self._active_runs) and now - self._last_heartbeat >= HEARTBEAT_SECONDS
             if beat:
@@ -357,7 +368,7 @@ class Writer:
                 self._declared[key] = version
             item.version = version
             if item.run_id is not None:
-                versions.append((_RUN_VERSION, (item.run_id, version)))
+                versions.append((RUN_VERSION, (item.run_id, version)))
         return versions
 
     def _write_isolating(self, groups: list[tuple[Target, list[tuple]]]) -> None:
@@ -559,7 +570,7 @@ def _expand(items: list[tuple]) -> list[tuple[Target, tuple]]:
     return out
 
 
-def _group(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:
+def group_items(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:
     """Queued items per target; inserts before updates, so an update finds the row it changes."""
     inserts: dict[Target, list[tuple]] = {}
     updates: dict[Target, list[tuple]] = {}

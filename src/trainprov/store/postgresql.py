@@ -409,7 +409,7 @@ class PostgreSQLBackend(SQLBackend):
     def _refusal(self, conn: psycopg.Connection, exc: psycopg.Error) -> Exception:
         text = _one_line(exc)
         if conn.closed or isinstance(exc, psycopg.OperationalError) and exc.sqlstate in (None, "57P01", "57P02", "57P03"):
-            return StoreError(f"lost the connection to the PostgreSQL store {self.url}: {text}")
+            return StoreUnreachable(f"lost the connection to the PostgreSQL store {self.url}: {text}")
         if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.ActiveSqlTransaction)):
             return QueryError(
                 f"queries are read-only: the server refused this statement ({text}) "
