@@ -201,6 +201,7 @@ class Child:
         while time.time() < deadline:
             line = self.proc.stdout.readline()
             if not line:
+                self.proc.wait(30)  # it ended: say how
                 break
             self.lines.append(line.strip())
             if line.startswith(prefix):
@@ -214,11 +215,12 @@ class Child:
         return self.proc.returncode, err
 
 
-def wait_for(path: str) -> str:
-    """Child code: block until the test creates a file (a step the test controls)."""
-    return f"""
-while not os.path.exists({path!r}):
-    time.sleep(0.02)
+#: child code: block until the test creates a file (a step the test controls)
+WAIT_FOR = """
+import os, time
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.02)
 """
 
 
@@ -229,7 +231,7 @@ def replay_cli(store: str, *args: str, env: dict | None = None) -> str:
     return done.stdout
 
 
-STARTS_DOWN = """
+STARTS_DOWN = WAIT_FOR + """
 import os, sys, time, trainprov as tp
 flow = tp.Dataflow("training", [tp.Transformation("train",
     generates=[tp.Dataset("epoch_metrics", epoch=int, loss=float)])])
@@ -239,7 +241,7 @@ with tp.start_run(flow, sys.argv[1]) as run, run.task("train") as train:
         train.generated("epoch_metrics", epoch=epoch, loss=1.0 / epoch)
         print("epoch", epoch, "written" if run.flush() else "waiting", flush=True)
         if epoch == 4:
-""" + "\n".join("        " + line for line in wait_for("{back}").strip().splitlines()) + """
+            wait_for("{back}")
 print("done", run.dataflow_version, flush=True)
 """
 
@@ -269,7 +271,7 @@ def test_a_run_starts_while_the_server_is_down_and_arrives_when_it_is_back(pg_st
     assert os.listdir(tmp_path / "spool") == []
 
 
-NEW_COLUMN = """
+NEW_COLUMN = WAIT_FOR + """
 import os, sys, time, torch, trainprov as tp
 from trainprov.torch import Tracker
 model = torch.nn.Linear(2, 1)
@@ -278,14 +280,14 @@ with Tracker(model, optimizer, sys.argv[1], epochs=6) as tracker:
     for epoch in range(1, 7):
         if epoch == 3:
             print("ready", flush=True)
-""" + "\n".join("            " + line for line in wait_for("{down}").strip().splitlines()) + """
+            wait_for("{down}")
         metrics = {"loss": 1.0 / epoch}
         if epoch >= 3:
             metrics["val_acc"] = epoch / 10  # a new column, first met while the server is down
         tracker.epoch(**metrics)
         print("epoch", epoch, flush=True)
         if epoch == 5:
-""" + "\n".join("            " + line for line in wait_for("{back}").strip().splitlines()) + """
+            wait_for("{back}")
 print("done", flush=True)
 """
 
@@ -314,7 +316,7 @@ def test_a_new_column_during_an_outage_waits_with_the_rows_instead_of_failing(pg
     assert versions[0]["run_v"] == versions[0]["last_v"] >= 2  # the run is of the grown dataflow
 
 
-KILLED = """
+KILLED = WAIT_FOR + """
 import os, sys, time, trainprov as tp
 flow = tp.Dataflow("training", [tp.Transformation("train",
     generates=[tp.Dataset("epoch_metrics", epoch=int, loss=float), tp.Dataset("step_metrics", epoch=int, step=int)])])
@@ -324,7 +326,7 @@ print("run", run.id, flush=True)
 for epoch in range(1, 9):
     if epoch == 3:
         print("ready", flush=True)
-""" + "\n".join("        " + line for line in wait_for("{down}").strip().splitlines()) + """
+        wait_for("{down}")
     for step in range(1, 201):
         train.generated("step_metrics", epoch=epoch, step=step)
     train.generated("epoch_metrics", epoch=epoch, loss=1.0 / epoch)
@@ -491,14 +493,14 @@ def test_a_full_disk_at_exit_loses_no_row(tmp_path):
     assert tp.query("SELECT status FROM runs", store=store) == [{"status": "finished"}]
 
 
-SIGTERM_TWICE = """
+SIGTERM_TWICE = WAIT_FOR + """
 import os, sys, time, trainprov as tp
 from trainprov.store.sqlite import SQLiteBackend
 real_write = SQLiteBackend.write
 def slow_write(self, groups, retry=False):  # a slow store: the step rows wait until the test says
     if any(t.table == "step_metrics" for t, _ in groups):
         print("writing", flush=True)
-""" + "\n".join("        " + line for line in wait_for("{release}").strip().splitlines()) + """
+        wait_for("{release}")
     real_write(self, groups, retry=retry)
 SQLiteBackend.write = slow_write
 flow = tp.Dataflow("training", [tp.Transformation("train", generates=[tp.Dataset("step_metrics", step=int, loss=float)])])

@@ -311,8 +311,7 @@ class Run:
         backend = self._writer.backend
         self.dataflow = dataflow
         self.id = shared_id or new_run_id()
-        #: the version the store gave the dataflow; None while the store has not answered yet
-        self.dataflow_version: int | None = None
+        self._version: int | None = None
         # The writer declares (no DDL here); while the store is down the run starts anyway,
         # and its rows, the declaration first, wait in the spool.
         declared = self._declare(dataflow, None)
@@ -414,13 +413,19 @@ class Run:
             answered = False
         if not answered or not declaration.done.is_set():
             declaration.waiting = False  # the writer says it if the store refuses it later
-            if run_id is not None:
-                self.dataflow_version = None
+            self._version = None
             return False
         if declaration.error is not None:
             raise declaration.error
-        self.dataflow_version = declaration.version
+        self._version = declaration.version
         return True
+
+    @property
+    def dataflow_version(self) -> int | None:
+        """The version the store gave the dataflow; None while the store has not answered yet."""
+        if self._version is None:
+            self._version = self._writer.declared_version(self.dataflow)
+        return self._version
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every row captured so far is committed and visible to readers.

@@ -154,6 +154,10 @@ class Writer:
         self.put(item)
         return item
 
+    def declared_version(self, flow: Dataflow) -> int | None:
+        """The version the store gave a dataflow this writer declared, or None (not yet)."""
+        return self._declared.get(json.dumps(flow.to_dict(), sort_keys=True))
+
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until everything queued before this call is committed; False when the store is down.
 
