@@ -114,7 +114,7 @@ class Writer:
         self._spool_error: str | None = None  # set when the spool gave up
         self._flush_requested = False  # a caller waits: during an outage, spool everything queued
         self._segment_markers: dict[str, list[_Flush]] = {}  # flush markers of spooled rows, by segment
-        self._declared: dict[str, int] = {}  # declarations this writer made: spec text -> version
+        self._declared: dict[str, int] = {}  # versions of the declarations this writer made, by spec text
         self._thread = threading.Thread(target=self._loop, name="trainprov-writer", daemon=True)
         self._thread.start()
 
@@ -353,23 +353,21 @@ class Writer:
         """
         versions = []
         for item in declarations:
-            key = json.dumps(item.spec, sort_keys=True)
-            version = self._declared.get(key)
-            if version is None:
-                try:
-                    version = self.backend.declare(Dataflow.from_dict(item.spec))
-                except Exception as exc:
-                    if not self.backend.is_permanent(exc) and self.backend.is_outage(exc):
-                        raise  # the store is unreachable: keep the batch, retry
-                    item.error = exc  # a conflict with the store: said once, the rows go on
-                    if not item.waiting:
-                        warnings.warn(
-                            f"trainprov: {self.backend.url} refused the declaration of dataflow {item.name!r}: {exc}; "
-                            "rows that need it are set aside in the file of unwritten rows",
-                            RuntimeWarning, stacklevel=1,
-                        )
-                    continue
-                self._declared[key] = version
+            # declared every time, not taken from memory: the store may have changed since
+            try:
+                version = self.backend.declare(Dataflow.from_dict(item.spec))
+            except Exception as exc:
+                if not self.backend.is_permanent(exc) and self.backend.is_outage(exc):
+                    raise  # the store is unreachable: keep the batch, retry
+                item.error = exc  # a conflict with the store: said once, the rows go on
+                if not item.waiting:
+                    warnings.warn(
+                        f"trainprov: {self.backend.url} refused the declaration of dataflow {item.name!r}: {exc}; "
+                        "rows that need it are set aside in the file of unwritten rows",
+                        RuntimeWarning, stacklevel=1,
+                    )
+                continue
+            self._declared[json.dumps(item.spec, sort_keys=True)] = version
             item.version = version
             if item.run_id is not None:
                 versions.append((RUN_VERSION, (item.run_id, version)))
