@@ -299,14 +299,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_connection_errors_name_the_store_without_its_password(pg_store, postgres):
+def test_connection_errors_name_the_store_without_its_password(pg_store, postgres, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINPROV_SPOOL", str(tmp_path / "spool"))
     flow = training_flow()
     unreachable = f"postgresql://ada:topsecret@127.0.0.1:{_free_port()}/trainprov"
     wrong_password = postgres.url(pg_store.split("@/", 1)[1].split("?")[0], password="topsecret")
     missing_db = postgres.url("no_such_database", password=PG_PASSWORD)
     for url, cause in ((unreachable, "Connection refused"), (wrong_password, "password authentication failed"),
                        (missing_db, 'database "no_such_database" does not exist')):
-        for attempt in (lambda: tp.start_run(flow, url), lambda: tp.connect(url)):
+        # a server that does not answer is an outage: the run starts and its rows wait (issue 18.7)
+        attempts = (lambda: tp.connect(url),) if url == unreachable else (lambda: tp.start_run(flow, url), lambda: tp.connect(url))
+        for attempt in attempts:
             with pytest.raises(tp.StoreError) as info:
                 attempt()
             message = str(info.value)
@@ -314,6 +317,12 @@ def test_connection_errors_name_the_store_without_its_password(pg_store, postgre
             assert cause in message and ":***@" in message
             assert "topsecret" not in message and PG_PASSWORD not in message
         assert "topsecret" not in cli(url, "runs").output
+    with pytest.warns(RuntimeWarning, match="Connection refused") as warned:
+        run = tp.start_run(flow, unreachable)
+        assert run.dataflow_version is None  # the store has not answered
+        run.end()
+        run._writer.close(timeout=0.5)  # the rows go to a file in the spool folder
+    assert all("topsecret" not in str(w.message) and ":***@" in str(w.message) for w in warned)
     out = cli(unreachable, "runs")
     assert out.exit_code == 1 and "is the server running" in out.output
     assert hide_password("postgresql://ada@db/x?sslmode=require&password=topsecret") == (

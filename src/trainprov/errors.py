@@ -17,6 +17,10 @@ class StoreError(TrainprovError):
     """The store is missing, unreadable, not a trainprov store, or a write to it failed."""
 
 
+class StoreUnreachable(StoreError):
+    """The store cannot be reached for now (a server down or restarting): rows wait and are retried."""
+
+
 class QueryError(TrainprovError, ValueError):
     """A read query is invalid, or it tried to modify the store."""
 

@@ -26,7 +26,6 @@ _RUN_SHARED = target("runs", mode="link")  # every rank of a run inserts it; the
 _RANK = target("run_ranks")
 _RANK_END = target("run_ranks", ("run_id", "rank", "status", "ended_at", "duration_s", "error"), mode="end_rank")
 _RUN_END = target("runs", ("run_id", "status", "ended_at", "duration_s", "error"), mode="update")
-_RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 _TASK = target("tasks", ("task_id", "run_id", "transformation", "iteration", "status", "started_at", "rank"))
 _TASK_END = target("tasks", ("task_id", "status", "ended_at", "duration_s", "error"), mode="update")
 _DEPENDENCY = target("task_dependencies", mode="link")
@@ -337,10 +336,14 @@ class Run:
         self._writer: Writer = writer_for(store)
         backend = self._writer.backend
         self.dataflow = dataflow
-        self.dataflow_version = backend.declare(dataflow)
-        liveness.reap(backend)
-        self.store = backend.url
         self.id = shared_id or new_run_id()
+        self._version: int | None = None
+        # The writer declares (no DDL here); while the store is down the run starts anyway,
+        # and its rows, the declaration first, wait in the spool.
+        declared = self._declare(dataflow, None)
+        if declared:
+            liveness.reap(backend)
+        self.store = backend.url
         # a rank's tasks and files are numbered apart from the other ranks': RUN.r1.4, RUN.r1.f2
         self._task_prefix = f"{self.id}." if self.rank is None else f"{self.id}.r{self.rank}."
         self.name = name
@@ -387,6 +390,8 @@ class Run:
         if record_agents and (not ranked or self.rank == 0):
             for row in agents.collect(self.id, seeds=seeds):
                 self._writer.put((_AGENT, row))
+        if not declared:  # the run's row gets the version once the store has the dataflow
+            self._writer.declare(dataflow, self.id)
         self._writer.watch_run(self.id, True)
         self._writer.flush()
         _open_runs.add(self)
@@ -406,6 +411,19 @@ class Run:
         self._tasks.add(task)
         return task
 
+    def stored_attributes(self, dataset: str) -> dict[str, tuple[str, str | None]] | None:
+        """The attributes the store has for a dataset: name -> (type, original name); None while the store is down."""
+        backend = self._writer.backend
+        try:
+            rows = backend.query(
+                f"SELECT name, type, original_name FROM attributes WHERE dataset = {backend.placeholder}", (dataset,)
+            ).rows
+        except Exception as exc:
+            if not backend.is_outage(exc):
+                raise
+            return None
+        return {name: (kind, original) for name, kind, original in rows}
+
     def evolve(self, dataflow: Dataflow) -> int:
         """Continue the run under a grown dataflow (more attributes or transformations); returns its version."""
         if dataflow.name != self.dataflow.name:
@@ -418,13 +436,35 @@ class Run:
             missing = set(ds.types.items()) - set(dataflow.datasets[name].types.items())
             if missing:
                 raise SpecError(f"a running run's dataflow may only grow: dataset {name!r} lost or changed {sorted(missing)}")
-        self.dataflow_version = self._writer.backend.declare(dataflow)
         self.dataflow = dataflow
         self._targets = {n: element_target(ds) for n, ds in dataflow.datasets.items()}
         for task in list(self._tasks):
             task._bind(dataflow)
-        self._writer.put((_RUN_VERSION, (self.id, self.dataflow_version)))
+        self._declare(dataflow, self.id)
         return self.dataflow_version
+
+    def _declare(self, dataflow: Dataflow, run_id: str | None) -> bool:
+        """Queue the dataflow's declaration and wait for it; False while the store is down (it waits too)."""
+        declaration = self._writer.declare(dataflow, run_id, waiting=True)
+        try:
+            answered = self._writer.flush()
+        except CaptureError:  # the store is slow to answer: the declaration waits with the rows
+            answered = False
+        if not answered or not declaration.done.is_set():
+            declaration.waiting = False  # the writer says it if the store refuses it later
+            self._version = None
+            return False
+        if declaration.error is not None:
+            raise declaration.error
+        self._version = declaration.version
+        return True
+
+    @property
+    def dataflow_version(self) -> int | None:
+        """The version the store gave the dataflow; None while the store has not answered yet."""
+        if self._version is None:
+            self._version = self._writer.declared_version(self.dataflow)
+        return self._version
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every row captured so far is committed and visible to readers.
@@ -500,11 +540,17 @@ _open_runs: set[Run] = set()
 
 
 class _SignalHandling:
-    """Turns SIGTERM into SignalInterrupt while runs are open, unless the program handles it."""
+    """Turns SIGTERM into SignalInterrupt while runs are open, unless the program handles it.
+
+    Once a SIGTERM has started the shutdown, the handler stays until the process ends: a
+    second SIGTERM (a supervisor that insists) must not kill the process while it writes
+    its last rows. It is reported and ignored; SIGKILL still ends the process at once.
+    """
 
     def __init__(self) -> None:
         self.users = 0
         self.installed = False
+        self.stopping = False
 
     def install(self) -> None:
         self.users += 1
@@ -516,6 +562,8 @@ class _SignalHandling:
 
     def release(self) -> None:
         self.users = max(0, self.users - 1)
+        if self.stopping:  # shutting down: keep the handler until the process has written its rows
+            return
         if self.users == 0 and self.installed and threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGTERM) is self._raise:  # unless the program put its own since
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -523,6 +571,14 @@ class _SignalHandling:
 
     @staticmethod
     def _raise(signum: int, frame: Any) -> None:
+        if _signals.stopping:
+            print(
+                f"trainprov: {signal.Signals(signum).name} again while the process writes its last captured rows: "
+                "it ends once they are written or saved (SIGKILL ends it now, without them)",
+                file=sys.stderr, flush=True,
+            )
+            return
+        _signals.stopping = True
         raise SignalInterrupt(signum)
 
 
@@ -556,7 +612,7 @@ def _disown_after_fork() -> None:
             task.status = "forked"
         run.status = "forked"
     _open_runs.clear()
-    _signals.users, _signals.installed = 0, False
+    _signals.users, _signals.installed, _signals.stopping = 0, False, False
 
 
 before_close(_end_open_runs)

@@ -285,11 +285,12 @@ class TrainingRecorder:
         """The attributes the store already has for a dataset: name -> (type, original name), read once."""
         if dataset not in self._store_types:
             run = self.start()
-            rows = run._writer.backend.query(
-                f"SELECT name, type, original_name FROM attributes WHERE dataset = {run._writer.backend.placeholder}",
-                (dataset,),
-            ).rows
-            self._store_types[dataset] = {name: (kind, original) for name, kind, original in rows}
+            stored = run.stored_attributes(dataset)
+            if stored is None:
+                # The store is down: go by the declared types (asked again next time); the
+                # writer declares the column when it answers, and says so if it conflicts.
+                return {}
+            self._store_types[dataset] = stored
         return self._store_types[dataset]
 
     def _flush(self) -> None:

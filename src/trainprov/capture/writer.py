@@ -6,8 +6,13 @@ writes what is queued in one transaction. The queue is bounded: when `max_rows` 
 the caller blocks until the writer catches up. Nothing is dropped: a failed batch is kept
 and tried again (skipping rows its lost commit may have written, so each is written once).
 While the store is unreachable, training goes on: the oldest rows go to a local spool on
-disk (capture/spool.py) and come back in order when the store answers. Rows still
-unwritten at exit are saved to a file, and the message says which.
+disk (capture/spool.py) and come back in order when the store answers; a flush during an
+outage returns once every row before it is on disk, so a killed process loses none of
+them. Declarations (new datasets and columns) travel in the same queue: the writer makes
+the tables before the rows that need them, so no DDL runs on the training thread. Rows
+still unwritten at exit are saved to a file (next to a SQLite store, else, or when that
+disk is full, in the spool folder), and the message says which; `trainprov replay`
+(capture/replay.py) writes them, and the spool segments of a killed process, later.
 """
 
 from __future__ import annotations
@@ -23,24 +28,56 @@ import warnings
 from typing import Any, Callable
 
 from ..errors import CaptureError
+from ..spec import Dataflow
 from ..store import Backend, Target, open_backend
 from ..store.catalog import target
 from .spool import Spool, SpoolFull, spool_dir
 
 HEARTBEAT_SECONDS = 5.0
 _HEARTBEAT = target("runs", ("run_id", "heartbeat_at"), mode="update")
+RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 
 
 class _Flush:
-    """A marker in the queue: everything before it is committed when `done` is set."""
+    """A marker in the queue: everything before it is committed when `done` is set.
 
-    __slots__ = ("done",)
+    `kept` is set when the store is down and everything before it is on disk in the spool.
+    """
+
+    __slots__ = ("done", "kept")
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.kept = threading.Event()
 
     def __reduce__(self) -> tuple:
         return _Flush, ()  # a marker spooled to disk: its waiter has long given up on it
+
+
+class Declaration:
+    """A queued dataflow declaration: the writer creates or grows its tables before the rows after it.
+
+    With `run_id`, the run's row then records the version the store gave the dataflow.
+    `done` is set once the store has it (`version`) or refused it for good (`error`).
+    """
+
+    __slots__ = ("spec", "run_id", "done", "version", "error", "waiting")
+
+    def __init__(self, spec: dict, run_id: str | None = None, waiting: bool = False) -> None:
+        self.spec = spec
+        self.run_id = run_id
+        self.waiting = waiting  # a caller waits for it and raises its error itself
+        self.done = threading.Event()
+        self.version: int | None = None
+        self.error: BaseException | None = None
+
+    def __reduce__(self) -> tuple:
+        return Declaration, (self.spec, self.run_id)
+
+    @property
+    def name(self) -> str:
+        """The dataflow's name."""
+        return self.spec["name"]
 
 
 class Writer:
@@ -75,6 +112,9 @@ class Writer:
         self._retrying = False  # the pending batch failed once: its commit may have happened
         self.outage_since: float | None = None  # when the store stopped answering
         self._spool_error: str | None = None  # set when the spool gave up
+        self._flush_requested = False  # a caller waits: during an outage, spool everything queued
+        self._segment_markers: dict[str, list[_Flush]] = {}  # flush markers of spooled rows, by segment
+        self._declared: dict[str, int] = {}  # versions of the declarations this writer made, by spec text
         self._thread = threading.Thread(target=self._loop, name="trainprov-writer", daemon=True)
         self._thread.start()
 
@@ -101,35 +141,54 @@ class Writer:
                             f"trainprov gives up recording to {self.backend.url}: it has not answered since "
                             f"{time.strftime('%H:%M:%S', time.localtime(self.outage_since or time.time()))} and "
                             f"{self._spool_error}. This row (table {item[0].table}) and later ones are not recorded; "
-                            f"the {len(self._queue) + len(self._pending) + self.spool.rows} rows accepted before it "
+                            f"the {self.unwritten_rows()} rows accepted before it "
                             "are kept and written if the store answers before the process ends (else saved to a file)"
                         )
                     self._wake.set()
                     self._room.wait(0.5)
         self._queue.append(item)
 
+    def declare(self, flow: Dataflow, run_id: str | None = None, *, waiting: bool = False) -> Declaration:
+        """Queue a declaration of a dataflow (its tables and columns), in order with the rows."""
+        item = Declaration(flow.to_dict(), run_id, waiting)
+        self.put(item)
+        return item
+
+    def declared_version(self, flow: Dataflow) -> int | None:
+        """The version the store gave a dataflow this writer declared, or None (not yet)."""
+        return self._declared.get(json.dumps(flow.to_dict(), sort_keys=True))
+
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until everything queued before this call is committed; False when the store is down.
 
-        False as soon as a write tried after this call has failed: the rows wait (in memory,
-        then in the spool) and the writer has warned; training goes on instead of waiting.
+        False as soon as a write tried after this call has failed: the rows wait (on disk in
+        the spool, unless the spool is full or cannot be written) and the writer has warned;
+        training goes on instead of waiting.
         """
         if not self._thread.is_alive():
             raise CaptureError(f"the trainprov writer for {self.backend.url} has stopped")
         marker = _Flush()
         self._queue.append(marker)
+        self._flush_requested = True
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = self.failures
         while not marker.done.wait(0.05):
-            if self.outage_since is not None and self.failures > failures:
-                return False  # tried again since this call, and the store is still down
+            if marker.kept.is_set():
+                return False  # the store is down; the rows are safe on disk and wait for it
+            if self._spool_error is not None and self.outage_since is not None and self.failures > failures:
+                return False  # tried again since this call, and the spool cannot take the rows
             if deadline is not None and time.monotonic() > deadline:
                 raise CaptureError(
                     f"captured rows were not written to {self.backend.url} within {timeout} s "
                     f"(they are kept and retried); last error: {self.last_error!r}"
                 )
         return True
+
+    def unwritten_rows(self) -> int:
+        """Rows accepted and not yet written: queued, in the batch being tried, in the spool."""
+        pending = 0 if self._from_spool else len(self._pending)
+        return len(self._queue) + pending + self.spool.rows
 
     def watch_run(self, run_id: str, active: bool) -> None:
         """Start or stop sending heartbeats for a run."""
@@ -141,6 +200,7 @@ class Writer:
     # ---- the writer thread ------------------------------------------------------------
 
     def _loop(self) -> None:
+        self._adopt()
         backoff = 0.0
         while not self._given_up:
             self._wake.wait(backoff or self.interval)
@@ -155,7 +215,6 @@ class Writer:
                 backoff = 0.0
             except Exception as exc:  # the store failed: keep the rows, warn, retry
                 self._retrying = True
-                self.failures += 1
                 if self.outage_since is None:
                     self.outage_since = time.time()
                 if self.last_error is None or type(exc) is not type(self.last_error):
@@ -167,19 +226,65 @@ class Writer:
                     )
                 self.last_error = exc
                 backoff = min(max(backoff * 2, 0.2), 5.0)
-                self._spill()
+                self._spill_pending()
+                self._spill(everything=self._flush_requested)
+                self.failures += 1  # after the spill: a flush that sees it finds its rows on disk
             if self._stopping and not self._queue and not self._pending and not self.spool:
                 return
 
-    def _spill(self) -> None:
-        """While the store is down, keep memory bounded: the oldest queued rows go to the spool."""
+    def _adopt(self) -> None:
+        """Take over the spool segments a killed process left for this store: they are written first."""
+        try:
+            rows = self.spool.adopt()
+        except OSError as exc:
+            warnings.warn(f"trainprov: cannot look for spool segments left in {self.spool.directory}: {exc}",
+                          RuntimeWarning, stacklevel=1)
+            return
+        if rows:
+            warnings.warn(
+                f"trainprov: {rows} rows spooled for {self.backend.url} by a process that ended during an "
+                "outage are written now", RuntimeWarning, stacklevel=1,
+            )
+
+    def _spill_pending(self) -> None:
+        """The failed batch goes to the front of the spool: on disk, still the oldest, written first."""
+        if not self._pending or self._from_spool or self._spool_error is not None:
+            return
+        try:
+            self.spool.put(self._pending, front=True)
+        except (SpoolFull, OSError) as exc:
+            self._spool_error = str(exc) if isinstance(exc, SpoolFull) else f"the spool cannot be written ({exc})"
+            return
+        self._from_spool = True
+        for marker in self._pending:
+            if isinstance(marker, _Flush):
+                marker.kept.set()
+
+    def _spill(self, everything: bool = False) -> None:
+        """While the store is down, keep memory bounded: the oldest queued rows go to the spool.
+
+        When a caller waits in `flush`, everything queued goes: a flush that returns False
+        leaves its rows on disk, where a process killed now does not lose them.
+        """
+        if self._spool_error is not None:
+            return
         excess = len(self._queue) - self.max_rows // 2
-        if excess < min(self.batch_rows, self.max_rows // 4) or self._spool_error is not None:
+        if everything:
+            self._flush_requested = False
+            excess = len(self._queue)
+            if not excess:
+                return
+        elif excess < min(self.batch_rows, self.max_rows // 4):
             return
         popleft = self._queue.popleft  # only this thread pops: the oldest rows, in order
         items = [popleft() for _ in range(excess)]
+        markers = [m for m in items if isinstance(m, _Flush)]
         try:
-            self.spool.put(items)
+            path = self.spool.put([r for r in items if not isinstance(r, _Flush)] if markers else items)
+            if markers:  # their waiters are told when this segment is written
+                self._segment_markers[path] = markers
+                for marker in markers:
+                    marker.kept.set()
         except (SpoolFull, OSError) as exc:
             self._queue.extendleft(reversed(items))  # still the oldest: back in front, in order
             self._spool_error = str(exc) if isinstance(exc, SpoolFull) else f"the spool cannot be written ({exc})"
@@ -193,8 +298,10 @@ class Writer:
             if not self._pending:
                 self._pending = self._take()
             markers = [m for m in self._pending if isinstance(m, _Flush)]
-            rows = [r for r in self._pending if not isinstance(r, _Flush)]
-            groups = _group(rows)
+            declarations = [d for d in self._pending if isinstance(d, Declaration)]
+            rows = [r for r in self._pending if not isinstance(r, (_Flush, Declaration))]
+            versions = self._declare(declarations) if declarations else []
+            groups = group_items(rows + versions)
             now = time.time()
             beat = bool(self._active_runs) and now - self._last_heartbeat >= HEARTBEAT_SECONDS
             if beat:
@@ -209,6 +316,8 @@ class Writer:
             # committed: nothing below may send these rows again
             self._pending = []
             if self._from_spool:
+                for marker in self._segment_markers.pop(self.spool.paths[0], ()):
+                    marker.done.set()
                 self.spool.drop()
                 self._from_spool = False
             self.rows_written += len(rows)
@@ -225,7 +334,7 @@ class Writer:
             self.last_error = None
             if beat:
                 self._last_heartbeat = now
-            for marker in markers:
+            for marker in [*declarations, *markers]:
                 marker.done.set()
             with self._room:
                 self._room.notify_all()
@@ -236,25 +345,37 @@ class Writer:
             if not self._queue and not self.spool:
                 return
 
+    def _declare(self, declarations: list[Declaration]) -> list[tuple]:
+        """Make the declarations of a batch, before its rows; return the runs' version updates.
+
+        Declaring is idempotent (the same specification keeps its version) and only adds
+        tables and columns, so rows queued before a declaration are not affected by it.
+        """
+        versions = []
+        for item in declarations:
+            # declared every time, not taken from memory: the store may have changed since
+            try:
+                version = self.backend.declare(Dataflow.from_dict(item.spec))
+            except Exception as exc:
+                if not self.backend.is_permanent(exc) and self.backend.is_outage(exc):
+                    raise  # the store is unreachable: keep the batch, retry
+                item.error = exc  # a conflict with the store: said once, the rows go on
+                if not item.waiting:
+                    warnings.warn(
+                        f"trainprov: {self.backend.url} refused the declaration of dataflow {item.name!r}: {exc}; "
+                        "rows that need it are set aside in the file of unwritten rows",
+                        RuntimeWarning, stacklevel=1,
+                    )
+                continue
+            self._declared[json.dumps(item.spec, sort_keys=True)] = version
+            item.version = version
+            if item.run_id is not None:
+                versions.append((RUN_VERSION, (item.run_id, version)))
+        return versions
+
     def _write_isolating(self, groups: list[tuple[Target, list[tuple]]]) -> None:
         """Write what the store accepts; set aside, with a warning, each row it refuses for good."""
-        refused: list[tuple[tuple, BaseException]] = []
-
-        def attempt(tgt: Target, items: list[tuple]) -> None:
-            try:
-                self.backend.write([(tgt, items)], retry=self._retrying)
-            except Exception as exc:
-                if not self.backend.is_permanent(exc):
-                    raise
-                if len(items) == 1:
-                    refused.append((items[0], exc))
-                    return
-                half = len(items) // 2
-                attempt(tgt, items[:half])
-                attempt(tgt, items[half:])
-
-        for tgt, items in groups:
-            attempt(tgt, items)
+        refused = write_isolating(self.backend, groups, retry=self._retrying)
         if refused:
             path = self._save([item for item, _ in refused])
             first = refused[0][1]
@@ -291,42 +412,151 @@ class Writer:
                     self._write_lock.release()
         self.backend.close()
 
-    def _unwritten_path(self) -> str:
-        """The file of unwritten rows: next to a store file, else in the spool folder."""
-        url = self.backend.url
-        if "://" not in url:
-            return f"{url}.unwritten-{os.getpid()}.jsonl"
-        name = "".join(c if c.isalnum() else "_" for c in url.split("://", 1)[1])[:80]
-        os.makedirs(spool_dir(), exist_ok=True)
-        return os.path.join(spool_dir(), f"unwritten-{name}-{os.getpid()}.jsonl")
+    def unwritten_paths(self) -> list[str]:
+        """Where unwritten rows may be saved, in order: next to a store file, then the spool folder."""
+        return unwritten_paths(self.backend.url, os.getpid(), self.spool.directory)
 
-    def _save(self, rows: list[tuple]) -> str:
-        """Append rows to the file of unwritten rows; return its path."""
-        path = self._unwritten_path()
-        with open(path, "a", encoding="utf-8") as out:
-            for target_, row in _expand(rows):
-                out.write(json.dumps({"table": target_.table, "columns": target_.columns, "row": row}, default=str))
-                out.write("\n")
-        return path
+    def _save(self, rows: list) -> str:
+        """Append rows to the first file of unwritten rows that takes them whole; return its path.
+
+        A disk that is full (or read-only) gets nothing, not half of them: the next place is tried.
+        """
+        data = "".join(line + "\n" for line in serialize(rows)).encode("utf-8")
+        failures = []
+        for path in self.unwritten_paths():
+            try:
+                append_whole(path, data)
+                return path
+            except OSError as exc:
+                failures.append(f"{path}: {exc.strerror or exc}")
+        raise OSError("; ".join(failures))
 
     def _save_unwritten(self) -> None:
         pending = [] if self._from_spool else self._pending  # a spooled batch is still in the spool
-        rows = [r for r in [*pending, *self.spool.take_all(), *self._queue] if not isinstance(r, _Flush)]
+        queue = list(self._queue)
         self._pending, self._from_spool = [], False
         self._queue.clear()
-        if not rows:
+        pending = [r for r in pending if not isinstance(r, _Flush)]
+        queue = [r for r in queue if not isinstance(r, _Flush)]
+        memory = pending + queue
+        try:
+            spooled = self.spool.items()
+        except Exception as exc:  # an unreadable segment: all stay, for `trainprov replay` to report
+            self._keep_in_spool(memory, OSError(f"the spool could not be read: {exc}"))
             return
-        path = self._save(rows)
-        tables = collections.Counter(r[0].table for r in rows)
-        runs = sorted({r[1][0] for r in rows if r[0].prefix} | {r[1][0] for r in rows if r[0].table == "runs"})
+        # the failed batch is the oldest, then the spool, then what was still queued
+        rows = [*pending, *(r for r in spooled if not isinstance(r, _Flush)), *queue]
+        if not rows:
+            self.spool.clear()
+            return
+        try:
+            path = self._save(rows)
+        except OSError as exc:
+            self._keep_in_spool(memory, exc)
+            return
+        self.spool.clear()  # only now: its rows are in the file
+        elements = [r for r in rows if not isinstance(r, Declaration)]
+        tables = collections.Counter(r[0].table for r in elements)
+        runs = sorted({r[1][0] for r in elements if r[0].prefix} | {r[1][0] for r in elements if r[0].table == "runs"})
         print(
-            f"trainprov: {len(rows)} captured rows could not be written to {self.backend.url} "
+            f"trainprov: {len(elements)} captured rows could not be written to {self.backend.url} "
             f"(last error: {self.last_error!r}): "
             + ", ".join(f"{table} {n}" for table, n in tables.most_common())
             + (f"; runs {', '.join(map(str, runs))}" if runs else "")
-            + f". They are saved in {path}",
+            + f". `trainprov replay` writes them to the store when it answers; they are saved in {path}",
             file=sys.stderr,
         )
+
+    def _keep_in_spool(self, memory: list, failure: OSError) -> None:
+        """No file took the rows: leave the spool on disk and add the rows still in memory to it."""
+        lost = 0
+        if memory:
+            try:
+                self.spool.put(memory)
+            except (SpoolFull, OSError):
+                lost = len(memory)
+        kept = self.spool.rows
+        paths = self.spool.paths
+        self.spool.release()  # left on disk: adopted by the next process on this store, or replayed
+        print(
+            f"trainprov: captured rows could not be written to {self.backend.url} "
+            f"(last error: {self.last_error!r}), nor saved to a file ({failure}). "
+            + (f"{kept} rows stay in the spool ({', '.join(paths)}): the next process that writes to this store, "
+               "or `trainprov replay`, writes them. " if kept else "")
+            + (f"{lost} rows held in memory are LOST: the spool could not take them either." if lost else ""),
+            file=sys.stderr,
+        )
+
+
+def unwritten_paths(url: str, pid: int, spool_directory: str | None = None) -> list[str]:
+    """The files of unwritten rows of a process: next to a store file, then in the spool folder."""
+    name = "".join(c if c.isalnum() else "_" for c in url.split("://", 1)[-1])[:80]
+    in_spool = os.path.join(spool_directory or spool_dir(), f"unwritten-{name}-{pid}.jsonl")
+    if "://" not in url:
+        return [f"{url}.unwritten-{pid}.jsonl", in_spool]
+    return [in_spool]
+
+
+def append_whole(path: str, data: bytes) -> None:
+    """Append data to a file, all of it or nothing (a failed write is cut off again)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    start = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        finally:
+            os.close(fd)
+            if start == 0:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        raise
+    os.close(fd)
+
+
+def serialize(items: list) -> list[str]:
+    """Queued items as lines of the file of unwritten rows (JSON; `trainprov replay` reads them)."""
+    lines = []
+    for item in items:
+        if isinstance(item, Declaration):
+            lines.append(json.dumps({"declare": item.spec, "run_id": item.run_id}))
+            continue
+        tgt, row = _expand([item])[0]
+        lines.append(json.dumps(
+            {"table": tgt.table, "columns": tgt.columns, "row": row, "types": tgt.types, "key": tgt.key,
+             "mode": tgt.mode},
+            default=str,
+        ))
+    return lines
+
+
+def write_isolating(backend: Backend, groups: list[tuple[Target, list[tuple]]], *, retry: bool) -> list[tuple[tuple, BaseException]]:
+    """Write what the store accepts, halving batches around rows it refuses for good; return those."""
+    refused: list[tuple[tuple, BaseException]] = []
+
+    def attempt(tgt: Target, items: list[tuple]) -> None:
+        try:
+            backend.write([(tgt, items)], retry=retry)
+        except Exception as exc:
+            if not backend.is_permanent(exc):
+                raise
+            if len(items) == 1:
+                refused.append((items[0], exc))
+                return
+            half = len(items) // 2
+            attempt(tgt, items[:half])
+            attempt(tgt, items[half:])
+
+    for tgt, items in groups:
+        attempt(tgt, items)
+    return refused
 
 
 def _expand(items: list[tuple]) -> list[tuple[Target, tuple]]:
@@ -342,7 +572,7 @@ def _expand(items: list[tuple]) -> list[tuple[Target, tuple]]:
     return out
 
 
-def _group(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:
+def group_items(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:
     """Queued items per target; inserts before updates, so an update finds the row it changes."""
     inserts: dict[Target, list[tuple]] = {}
     updates: dict[Target, list[tuple]] = {}

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..errors import SpecError
+from ..errors import SpecError, StoreUnreachable, TrainprovError
 from ..spec import Dataflow, Dataset
 from .catalog import TABLES, Table, Target, dataset_table
 
@@ -113,6 +113,14 @@ class Backend(ABC):
     def is_permanent(self, exc: BaseException) -> bool:
         """True if a failed write will fail again with the same rows (a refused row, not an outage)."""
         return isinstance(exc, (OverflowError, TypeError, ValueError))
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """True if a failure means the store cannot be reached for now, not that it is misconfigured.
+
+        The writer keeps a declaration that fails so and retries it; any other failure of a
+        declaration (a missing folder, bad credentials, a type conflict) is the caller's error.
+        """
+        return isinstance(exc, StoreUnreachable) or not isinstance(exc, TrainprovError)
 
     def maintain(self) -> None:
         """Periodic upkeep done by the writer between batches (nothing by default)."""

@@ -24,7 +24,7 @@ from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.string import TextLoader
 
-from ..errors import QueryError, QueryTimeout, StoreError
+from ..errors import QueryError, QueryTimeout, StoreError, StoreUnreachable
 from ..spec import Dataflow
 from .urls import hide_password
 from .base import Result, Rows, SQLBackend, iso_utc
@@ -259,7 +259,10 @@ class PostgreSQLBackend(SQLBackend):
                 cursor_factory=psycopg.RawCursor if read_only else _QmarkCursor,
             )
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the PostgreSQL store {self.url}: {_one_line(exc)}{_hint(exc)}") from None
+            hint = _hint(exc)
+            # a server down or restarting is an outage; bad credentials or a missing database are not
+            kind = StoreError if hint and "is the server running" not in hint else StoreUnreachable
+            raise kind(f"cannot connect to the PostgreSQL store {self.url}: {_one_line(exc)}{hint}") from None
         return conn
 
     def _connect_writer(self) -> psycopg.Connection:
@@ -385,7 +388,8 @@ class PostgreSQLBackend(SQLBackend):
                 except psycopg.Error as exc:
                     retry = isinstance(exc, (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)) or self._writer_lost()
                     if not retry or attempt == DECLARE_ATTEMPTS:
-                        raise StoreError(
+                        lost = self._writer_lost() or isinstance(exc, psycopg.OperationalError)
+                        raise (StoreUnreachable if lost else StoreError)(
                             f"could not declare dataflow {flow.name!r} in the PostgreSQL store {self.url}: {_one_line(exc)}"
                         ) from None
                     time.sleep(0.05 * attempt)
@@ -519,7 +523,7 @@ class PostgreSQLBackend(SQLBackend):
         if isinstance(exc, pg_errors.QueryCanceled) and timeout is not None and "timeout" in text:
             return QueryTimeout(f"the statement ran longer than its time limit of {timeout:g} s and was stopped")
         if conn.closed or isinstance(exc, psycopg.OperationalError) and exc.sqlstate in (None, "57P01", "57P02", "57P03"):
-            return StoreError(f"lost the connection to the PostgreSQL store {self.url}: {text}")
+            return StoreUnreachable(f"lost the connection to the PostgreSQL store {self.url}: {text}")
         if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.ActiveSqlTransaction)):
             return QueryError(
                 f"queries are read-only: the server refused this statement ({text}) "
