@@ -354,7 +354,7 @@ def test_a_forked_child_cannot_capture_into_its_parents_run_silently(store, flow
 
 
 def test_liveness_tells_a_dead_or_reused_pid_from_a_live_process():
-    from trainprov.capture import liveness
+    from trainprov.store import liveness
 
     me = os.getpid()
     assert liveness.is_alive(me, liveness.process_started(me))

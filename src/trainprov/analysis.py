@@ -26,7 +26,7 @@ from typing import Any, Literal, Sequence, Union
 
 import pandas as pd
 
-from .capture import liveness
+from .store import liveness
 from .errors import QueryError
 from .query import Reader
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from .capture import liveness
+from .store import liveness
 from .errors import QueryError, StoreError
 from .spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS
 from .store import Backend, Result, open_backend

@@ -21,7 +21,7 @@ from ..errors import StoreError
 from ..spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS, Dataflow
 from ..store import Backend, Target, open_backend
 from ..store.catalog import TABLES
-from . import liveness
+from ..store import liveness
 from .spool import Spool, spool_dir
 from .writer import RUN_VERSION, Declaration, append_whole, group_items, serialize, unwritten_paths, write_isolating
 

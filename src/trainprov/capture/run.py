@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 from ..errors import CaptureError, SpecError
 from ..spec import Dataflow, check_text
+from ..store import liveness
 from ..store.catalog import element_target, target
-from . import agents, liveness
+from . import agents
 from .writer import Writer, before_close, writer_for
 
 _RUN = target("runs")

@@ -20,7 +20,7 @@ import re
 import tempfile
 from typing import Any
 
-from . import liveness
+from ..store import liveness
 
 DEFAULT_LIMIT_MB = 1024
 #: orders start here so that a segment put in front of the first one still has a positive number

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 
-from ..store import Backend
+from .base import Backend
 
 #: a run on another machine whose writer sent no heartbeat for this long is taken as dead
 STALE_SECONDS = 120.0
