@@ -80,6 +80,8 @@ def replay(store: str | os.PathLike | None = None, paths: Iterable[str] | None =
     backend = open_backend(store)
     report = ReplayReport()
     try:
+        # a store that is not there (a mistyped path) is named before anything is taken from the spool
+        backend.query("SELECT run_id FROM runs LIMIT 1")
         if paths is None:
             _replay_spool(backend, report)
             files = []
