@@ -183,12 +183,14 @@ def routes(board: Dashboard) -> list[Any]:
 
     def run_graph_page(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
-        drawn = graph_layout.layout(graphs.run_graph(reader, run_id))
+        expand = [name for value in request.query_params.getlist("expand") for name in value.split(",") if name]
+        drawn = graph_layout.layout(graphs.run_graph(reader, run_id, expand=expand))
         return board.page(request, "graph.html", title=f"Provenance of run {run_id}", layout=drawn, run_id=run_id,
-                          nav="runs", graphviz=shutil.which("dot") is not None,
+                          nav="runs", graphviz=shutil.which("dot") is not None, expanded=expand,
                           note="One node per task, per dataset a task used or generated (with its number of elements), "
-                               "per group of files and per agent. The full W3C PROV graph, one node per element, "
-                               "is an export.")
+                               "per group of files and per agent; the tasks of a transformation that ran more than "
+                               f"{graphs.COLLAPSE_AFTER} times are one node with their count (click it to expand them). "
+                               "The full W3C PROV graph, one node per element, is an export.")
 
     def dataflow_page(request: Request, reader: Reader) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]

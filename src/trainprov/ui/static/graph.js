@@ -110,6 +110,19 @@
         panel.hidden = false;
         panel.querySelector("h2").textContent = node.label.join(" ");
         const body = panel.querySelector("tbody");
+        const sql = document.getElementById("graph-node-sql");
+        sql.hidden = !node.sql;
+        // the console only fills its editor from a link: the user reads the statement and runs it
+        if (node.sql) sql.href = "/sql?sql=" + encodeURIComponent(node.sql);
+        const more = document.getElementById("graph-node-expand");
+        more.hidden = !node.expand;
+        if (node.expand) {
+          const params = new URLSearchParams(window.location.search);
+          const open = (params.get("expand") || "").split(",").filter(Boolean);
+          params.set("expand", [...new Set([...open, node.expand])].join(","));
+          more.href = "?" + params.toString();
+          more.textContent = `Expand the ${node.details.tasks} ${node.expand} tasks`;
+        }
         body.replaceChildren(...Object.entries(node.details).map(([k, v]) => {
           const tr = document.createElement("tr");
           const th = document.createElement("th"); th.textContent = k;
@@ -119,6 +132,8 @@
         }));
       }
     });
+    // milliseconds from the start of the page's navigation until the graph is drawn (read by the tests)
+    div.dataset.drawnMs = String(Math.round(performance.now()));
     div.dataset.drawn = String(drawn.nodes.length);
   });
 })();
