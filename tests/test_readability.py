@@ -7,6 +7,7 @@ kept in docs/benchmarks.md), not asserted: the machine is shared.
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 
 import pytest
@@ -111,3 +112,14 @@ def test_the_long_run_page_lists_a_few_rows_of_long_tables_and_shows_all_on_requ
     expect(button).to_have_count(0)
     height = page.evaluate("document.body.scrollHeight")
     print(f"\nrun page of 1,000 epochs, 64 layers, 20 checkpoints, 102 tasks: {height} px tall with the layers shown")
+
+
+def test_the_run_page_report_button_downloads_the_self_contained_report(long_dashboard, long_store, page):  # noqa: F811
+    run_id = long_store[1]
+    page.goto(f"{long_dashboard}/runs/{run_id}")
+    with page.expect_download(timeout=60_000) as download:
+        page.click("#report-button")
+    assert download.value.suggested_filename == f"run-{run_id}.html"
+    text = open(download.value.path(), encoding="utf-8").read()
+    assert text.startswith("<!doctype html>") and run_id in text and 'id="prov-json"' in text
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="(?!data:)', text)  # nothing loaded from the dashboard

@@ -33,7 +33,7 @@ from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import hide_password, resolve_url
-from . import data, graph_layout, graphs, listing
+from . import data, graph_layout, graphs, listing, report
 from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console, ConsoleBusy
 from .present import duration, exact, is_missing, jsonable, number, records, when
 from .security import LOOPBACK_HOSTS, TOKEN_FIELD, TOKEN_HEADER, Guard, Sessions, cross_site, session_of
@@ -224,6 +224,16 @@ def routes(board: Dashboard) -> list[Any]:
         disposition = "inline" if inline else f'attachment; filename="run-{run_id}{fmt.extension}"'
         return Response(body, media_type=media, headers={"Content-Disposition": disposition})
 
+    def report_run(request: Request, reader: Reader) -> Response:
+        run_id = _run_ref(request, reader)
+        fmt = request.query_params.get("format", "html")
+        if fmt not in report.FORMATS:
+            raise report.ReportError(f"unknown report format {fmt!r}; formats: {', '.join(report.FORMATS)}")
+        body = report.html(reader, run_id) if fmt == "html" else report.markdown(reader, run_id)
+        media = "text/html; charset=utf-8" if fmt == "html" else "text/markdown; charset=utf-8"
+        return Response(body, media_type=media,
+                        headers={"Content-Disposition": f'attachment; filename="run-{run_id}.{fmt}"'})
+
     # ---- JSON
 
     def api_runs(request: Request, reader: Reader) -> Any:
@@ -319,6 +329,7 @@ def routes(board: Dashboard) -> list[Any]:
         Route("/runs/{run}/details", _page(board, run_details)),
         Route("/runs/{run}/graph", _page(board, run_graph_page)),
         Route("/runs/{run}/export/{format}", _page(board, export_run)),
+        Route("/runs/{run}/report", _page(board, report_run)),
         Route("/dataflows/{name}/{version:int}", _page(board, dataflow_page)),
         Route("/compare", _page(board, compare_page)),
         Route("/sql", _page(board, sql_page)),

@@ -110,13 +110,15 @@
         panel.hidden = false;
         panel.querySelector("h2").textContent = node.label.join(" ");
         const body = panel.querySelector("tbody");
+        // links to the dashboard's SQL console and expanded graph (none in a report file)
+        const links = div.dataset.links !== "off";
         const sql = document.getElementById("graph-node-sql");
-        sql.hidden = !node.sql;
+        if (sql) sql.hidden = !(links && node.sql);
         // the console only fills its editor from a link: the user reads the statement and runs it
-        if (node.sql) sql.href = "/sql?sql=" + encodeURIComponent(node.sql);
+        if (sql && node.sql) sql.href = "/sql?sql=" + encodeURIComponent(node.sql);
         const more = document.getElementById("graph-node-expand");
-        more.hidden = !node.expand;
-        if (node.expand) {
+        if (more) more.hidden = !(links && node.expand);
+        if (more && node.expand) {
           const params = new URLSearchParams(window.location.search);
           const open = (params.get("expand") || "").split(",").filter(Boolean);
           params.set("expand", [...new Set([...open, node.expand])].join(","));
