@@ -49,6 +49,11 @@ class RunRecord:
         """The uncommitted changes of the run's code (text, sha256, size), if there were any."""
         return self.program.get("git_patch")
 
+    def _repr_html_(self) -> str:  # notebooks: summary, curves, adaptations
+        from .display import run_html
+
+        return run_html(self)
+
 
 def _json(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in "{[":

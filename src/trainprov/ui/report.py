@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from .. import __version__, record
+from ..display import figures
 from ..errors import TrainprovError
 from ..export import build_document, serialize
 from ..formatting import duration
@@ -107,33 +108,10 @@ def collect(reader: Reader, ref: str) -> dict[str, Any]:
     }
 
 
-def _curves(epochs: list[dict[str, Any]], adaptations: list[dict[str, Any]]) -> list[str]:
+def _curves(run_id: str, epochs: list[dict[str, Any]], adaptations: list[dict[str, Any]]) -> list[str]:
     """One plotly chart (HTML without the library) per metric and its val_ twin, adaptations marked."""
-    import plotly.graph_objects as go
-
-    if not epochs:
-        return []
-    names = [k for k in epochs[0] if k != "epoch" and any(_finite(e.get(k)) for e in epochs)]
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        base = name[4:] if name.startswith("val_") and name[4:] in names else name
-        groups.setdefault(base, []).append(name)
-    x = [e.get("epoch") for e in epochs]
-    charts = []
-    for base, members in groups.items():
-        figure = go.Figure()
-        for name in sorted(members, key=lambda n: n.startswith("val_")):
-            y = [e.get(name) if _finite(e.get(name)) else None for e in epochs]
-            figure.add_scatter(x=x, y=y, name=name, mode="lines" if len(x) > 60 else "lines+markers")
-        # one layout update for every marker: add_vline per adaptation is slow for hundreds
-        marks = [{"type": "line", "xref": "x", "yref": "paper", "x0": a["epoch"], "x1": a["epoch"], "y0": 0, "y1": 1,
-                  "line": {"color": "#b54708", "width": 1, "dash": "dot"}} for a in adaptations if a.get("epoch") is not None]
-        figure.update_layout(shapes=marks, title={"text": " / ".join(members), "font": {"size": 14}}, height=300,
-                             margin={"l": 56, "r": 16, "t": 40, "b": 40}, xaxis_title="epoch",
-                             yaxis_type="log" if base in ("learning_rate", "lr") else None,
-                             legend={"orientation": "h", "y": -0.25}, template="plotly_white")
-        charts.append(figure.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
-    return charts
+    return [f.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+            for f in figures({run_id: epochs}, adaptations)]
 
 
 def _read(name: str) -> str:
@@ -157,7 +135,7 @@ def html(reader: Reader, ref: str) -> str:
     env.filters.update(number=number, duration=duration, when=when, exact=exact, text=_text)
     return env.get_template("report.html").render(
         **facts, version=__version__, created=when(_dt.datetime.now(_dt.timezone.utc)),
-        curves=_curves(facts["epochs"], facts["adaptations"]), layout=drawn,
+        curves=_curves(run_id, facts["epochs"], facts["adaptations"]), layout=drawn,
         layers_table=_table(facts["layers"]), adaptations_table=_table(facts["adaptations"]),
         tests_table=_table(facts["test_results"]),
         prov_json=prov.decode("utf-8"), prov_bytes=len(prov),
