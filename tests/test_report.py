@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -23,7 +24,8 @@ def recorded(tmp_path_factory) -> tuple[str, str, str]:
     folder = tmp_path_factory.mktemp("report")
     store = str(folder / "store.db")
     checked = record_long_run(store, str(folder), epochs=200, adaptations=20, checkpoints=10, layers=8, validations=True)
-    plain = record_long_run(str(folder / "plain.db"), str(folder), epochs=20, adaptations=2, checkpoints=2, layers=2)
+    (folder / "plain").mkdir()
+    plain = record_long_run(str(folder / "plain.db"), str(folder / "plain"), epochs=20, adaptations=2, checkpoints=2, layers=2)
     return store, checked, plain
 
 
@@ -111,3 +113,39 @@ def test_a_report_in_an_unknown_format_is_refused(recorded, tmp_path):
 
     with Reader(recorded[0]) as reader, pytest.raises(ReportError, match="unknown report format 'pdf'"):
         write(reader, "latest", str(tmp_path / "x.pdf"), "pdf")
+
+
+def test_the_ro_crate_lists_every_file_with_its_sha256_and_reads_back(recorded, tmp_path):
+    import hashlib
+
+    import rdflib
+    from rocrate.rocrate import ROCrate
+
+    store, run_id, _ = recorded
+    folder = tmp_path / "crate"
+    assert "wrote the RO-Crate" in report(store, run_id, str(folder), "--format", "crate")
+    metadata = json.loads((folder / "ro-crate-metadata.json").read_text())
+    assert metadata["@context"] == "https://w3id.org/ro/crate/1.1/context"
+    # a reader of the spec: the rocrate package finds the root, the run and every file
+    crate = ROCrate(str(folder))
+    files = {e.id: e for e in crate.get_entities() if "File" in e.type}
+    recorded_files = tp.query("SELECT path, sha256 FROM files WHERE run_id = ?", [run_id], store=store)
+    assert {"report.html", "report.md", "prov.json"} <= set(files)
+    assert len(files) == 3 + len(recorded_files)  # the data file and the 10 checkpoints
+    for entity_id, entity in files.items():
+        assert entity["sha256"] == hashlib.sha256((folder / entity_id).read_bytes()).hexdigest(), entity_id
+    assert {f["sha256"] for f in recorded_files} <= {e["sha256"] for e in files.values()}
+    action = crate.get(f"#run-{run_id}")
+    assert action.type == "CreateAction" and len(action["result"]) == 10 and len(action["object"]) == 1
+    assert crate.root_dataset["mentions"].id == f"#run-{run_id}"
+    # JSON-LD: parsed with the RO-Crate 1.1 context (the copy the rocrate package ships; no network)
+    context = json.loads((Path(rocrate_data()) / "ro-crate.jsonld").read_text())["@context"]
+    graph = rdflib.Graph().parse(data=json.dumps({**metadata, "@context": context}), format="json-ld")
+    sha = rdflib.URIRef("http://schema.org/sha256")
+    assert len(set(graph.subject_objects(sha))) == len(files)
+
+
+def rocrate_data() -> str:
+    import rocrate
+
+    return os.path.join(os.path.dirname(rocrate.__file__), "data")
