@@ -115,7 +115,7 @@
         const links = div.dataset.links !== "off";
         const sql = document.getElementById("graph-node-sql");
         if (sql) sql.hidden = !(links && node.sql);
-        // the console only fills its editor from a link: the user reads the statement and runs it
+        // the console's own rule applies: run from the dashboard's pages, only shown when linked from elsewhere
         if (sql && node.sql) sql.href = "/sql?sql=" + encodeURIComponent(node.sql);
         const more = document.getElementById("graph-node-expand");
         if (more) more.hidden = !(links && node.expand);
