@@ -210,7 +210,9 @@ def main() -> None:
             version = reader.rows("SELECT dataflow_version AS v FROM runs WHERE run_id = ?", [run_id])[0]["v"]
             cases = {}
             for name, build in [("dataflow, 10 transformations", lambda: graphs.dataflow_graph(reader, "bench_pipeline", version)),
-                                ("provenance, run of 1,000 epochs", lambda: graphs.run_graph(reader, run_id))]:
+                                ("provenance, run of 1,000 epochs",
+                                 # every task drawn: the dashboard collapses them unless asked (?expand=adapt)
+                                 lambda: graphs.run_graph(reader, run_id, expand=["adapt", "checkpoint"]))]:
                 seconds, graph = timed(build, args.repeat)
                 cases[name] = graph
                 print(f"\n{name}: {len(graph.nodes)} nodes, {len(graph.edges)} edges (read from the store in {seconds * 1000:.1f} ms)")

@@ -17,7 +17,7 @@ LAYERS = {
     "trainprov.store": 2,
     "trainprov.capture": 3,
     "trainprov.query": 4, "trainprov.analysis": 4, "trainprov.export": 4, "trainprov.lineage": 4,
-    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
+    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.display": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
     "trainprov.integrations": 5, "trainprov.keras": 5, "trainprov.torch": 5, "trainprov.lightning": 5,
     "trainprov.transformers": 5,
     "trainprov.cli": 6, "trainprov.ui": 6,
@@ -46,7 +46,14 @@ def imports(module: str, path: str, known: set[str]) -> set[str]:
     """The package's modules that a module imports, anywhere in it (inside functions too)."""
     package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
     out = set()
-    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    # `if TYPE_CHECKING:` imports are for type hints only: they never run
+    hints = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+             and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+             for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in hints:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -21,13 +21,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 from typing import Any, Literal, Sequence, Union
 
 import pandas as pd
 
 from .store import liveness
 from .errors import QueryError
+from .formatting import higher_is_better
 from .query import Reader
 
 #: where to read: a store path or URL, an open Reader, or None ($TRAINPROV_STORE, else ./trainprov.db)
@@ -45,22 +45,11 @@ DIVERGENCE_TOLERANCE, DIVERGENCE_PATIENCE = 0.05, 3
 #: hyperparameters that `epoch_time` groups by, when the store has them
 EPOCH_TIME_BY = ("optimizer", "batch_size", "learning_rate", "trainable_params")
 
-# words in a metric's name that make a higher value better (everything else: lower is better)
-_HIGHER_IS_BETTER = {
-    "acc", "accuracy", "auc", "precision", "recall", "f1", "fbeta", "r2", "score", "iou", "dice",
-    "map", "bleu", "rouge", "psnr", "ssim", "top1", "top5", "top_k", "sensitivity", "specificity",
-}
 _NUMERIC = ("int", "float")
 _SCALAR = ("int", "float", "str", "bool")
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of a metric is better, from its name (accuracy, auc, f1, r2, ...)."""
-    words = set(re.split(r"[^a-z0-9]+", metric.lower()))
-    return bool(words & _HIGHER_IS_BETTER)
 
 
 def attributes(dataset: str, *, store: Store = None) -> dict[str, str]:

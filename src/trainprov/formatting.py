@@ -1,8 +1,9 @@
-"""How durations and times read in the CLI's tables and on the dashboard."""
+"""How values read in the CLI's tables, on the dashboard and in notebooks: durations, times, which way a metric is better."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -25,3 +26,16 @@ def duration(seconds: Any) -> str:
     minutes, sec = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
+# words in a metric's name that make a higher value better (everything else: lower is better)
+_HIGHER_IS_BETTER = {
+    "acc", "accuracy", "auc", "precision", "recall", "f1", "fbeta", "r2", "score", "iou", "dice",
+    "map", "bleu", "rouge", "psnr", "ssim", "top1", "top5", "top_k", "sensitivity", "specificity",
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a metric is better, from its name (accuracy, auc, f1, r2, ...)."""
+    words = set(re.split(r"[^a-z0-9]+", metric.lower()))
+    return bool(words & _HIGHER_IS_BETTER)

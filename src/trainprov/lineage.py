@@ -67,6 +67,11 @@ class Lineage:
     edges: list[tuple[str, str, str]]  # (entity, ancestor it derives from, relation)
     note: str | None = None
 
+    def _repr_html_(self) -> str:  # notebooks: the entity and its ancestors as a table
+        from .display import lineage_html
+
+        return lineage_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (timestamps as ISO 8601 text)."""
 

@@ -9,7 +9,7 @@ import contextlib
 import datetime as _dt
 import math
 import os
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -19,6 +19,9 @@ from .spec import ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS
 from .store import Backend, Result, open_backend
 from .store.base import Rows
 from .store.catalog import TABLES
+
+if TYPE_CHECKING:
+    from .record import RunRecord
 
 _ELEMENT_DOCS = {
     "run_id": "the run that recorded the element",
@@ -119,7 +122,18 @@ class Reader:
             else r
             for r in result.rows
         ]
-        return to_dataframe(result)
+        return RunsFrame(to_dataframe(result))
+
+    def run(self, ref: str) -> "RunRecord":
+        """One run's record (an id, a unique prefix or 'latest'); shown in a notebook with its curves."""
+        from .record import read
+
+        return read(self, ref)
+
+    def _repr_html_(self) -> str:  # notebooks: the store and its latest runs
+        from .display import reader_html
+
+        return reader_html(self)
 
     def resolve_run(self, ref: str) -> str:
         """A run id from an id, a unique prefix of one, or 'latest'."""
@@ -257,6 +271,21 @@ class Reader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class RunsFrame(pd.DataFrame):
+    """The DataFrame of Reader.runs: an ordinary DataFrame that a notebook shows with coloured statuses."""
+
+    @property
+    def _constructor(self) -> type:
+        return RunsFrame
+
+    def _repr_html_(self) -> str | None:
+        if "status" not in self.columns or "run_id" not in self.columns:  # a selection of other columns
+            return super()._repr_html_()
+        from .display import runs_html
+
+        return runs_html(self)
 
 
 def connect(store: str | os.PathLike | None = None) -> Reader:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .query import Reader
 from .spec import ELEMENT_COLUMNS
+
+if TYPE_CHECKING:  # a Reader is passed in: query.py imports this module for Reader.run
+    from .query import Reader
 
 #: the files a training writes (outcomes, not inputs): left out of a run's data
 OUTPUT_DATASETS = ("checkpoints",)
@@ -48,6 +50,11 @@ class RunRecord:
     def patch(self) -> dict[str, Any] | None:
         """The uncommitted changes of the run's code (text, sha256, size), if there were any."""
         return self.program.get("git_patch")
+
+    def _repr_html_(self) -> str:  # notebooks: summary, curves, adaptations
+        from .display import run_html
+
+        return run_html(self)
 
 
 def _json(value: Any) -> Any:

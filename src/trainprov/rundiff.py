@@ -74,6 +74,8 @@ class RunDiff:
     store_b: str
     sections: list[Section]
     outcome: dict[str, Any]
+    #: the per-epoch values of A and B, for drawing (not compared, not in to_dict)
+    curves: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = field(default=None, repr=False, compare=False)
 
     def section(self, name: str) -> Section:
         """The section of this name."""
@@ -122,9 +124,10 @@ class RunDiff:
                 lines.extend("  " + c.describe() for c in s.changes)
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:  # notebooks
-        import html
-        return "<pre>" + html.escape(self.report()) + "</pre>"
+    def _repr_html_(self) -> str:  # notebooks: what differs, the outcome, both runs' curves
+        from .display import diff_html
+
+        return diff_html(self)
 
 
 def plural(n: int, word: str) -> str:
@@ -399,7 +402,7 @@ def compare(a: RunRecord, b: RunRecord, *, metric: str | None = None) -> RunDiff
         section("adaptations", compare_adaptations(a.adaptations, b.adaptations), bool(a.adaptations or b.adaptations)),
         section("outcome", outcome_changes),
     ]
-    return RunDiff(a.run_id, b.run_id, a.store, b.store, sections, outcome)
+    return RunDiff(a.run_id, b.run_id, a.store, b.store, sections, outcome, curves=(a.epochs, b.epochs))
 
 
 def diff(run_a: str, run_b: str, *, store: Any = None, store_b: Any = None, metric: str | None = None) -> RunDiff:

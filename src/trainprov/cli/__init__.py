@@ -2,7 +2,8 @@
 
 Each command is a thin wrapper over one library call. `runs.py`: runs, show, query, schema.
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
-`copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `replay.py`: rows set aside during an outage. `options.py` declares the shared options (`--store`,
+`copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `replay.py`: rows set aside during an outage.
+`report.py`: a run's report. `options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
 
@@ -18,6 +19,7 @@ from .copy import copy_command
 from .export import export_command, lineage_command
 from .options import store_option
 from .replay import replay_command
+from .report import report_command
 from .reproduce import diff_command, reproduce_command
 from .runs import query, runs, schema, show
 from .ui import ui
@@ -43,5 +45,5 @@ def main(store: str) -> None:
 
 
 for command in (runs, show, query, schema, export_command, lineage_command, analyze, ui, copy_command, diff_command,
-                reproduce_command, replay_command):
+                reproduce_command, replay_command, report_command):
     main.add_command(command)

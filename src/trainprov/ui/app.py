@@ -33,7 +33,7 @@ from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import hide_password, resolve_url
-from . import data, graph_layout, graphs, listing
+from . import data, graph_layout, graphs, listing, report
 from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console
 from .present import duration, exact, is_missing, jsonable, number, records, when
 from .security import LOOPBACK_HOSTS, TOKEN_FIELD, TOKEN_HEADER, Guard, Sessions, cross_site, session_of
@@ -183,12 +183,14 @@ def routes(board: Dashboard) -> list[Any]:
 
     def run_graph_page(request: Request, reader: Reader) -> Response:
         run_id = _run_ref(request, reader)
-        drawn = graph_layout.layout(graphs.run_graph(reader, run_id))
+        expand = [name for value in request.query_params.getlist("expand") for name in value.split(",") if name]
+        drawn = graph_layout.layout(graphs.run_graph(reader, run_id, expand=expand))
         return board.page(request, "graph.html", title=f"Provenance of run {run_id}", layout=drawn, run_id=run_id,
-                          nav="runs", graphviz=shutil.which("dot") is not None,
+                          nav="runs", graphviz=shutil.which("dot") is not None, expanded=expand,
                           note="One node per task, per dataset a task used or generated (with its number of elements), "
-                               "per group of files and per agent. The full W3C PROV graph, one node per element, "
-                               "is an export.")
+                               "per group of files and per agent; the tasks of a transformation that ran more than "
+                               f"{graphs.COLLAPSE_AFTER} times are one node with their count (click it to expand them). "
+                               "The full W3C PROV graph, one node per element, is an export.")
 
     def dataflow_page(request: Request, reader: Reader) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
@@ -221,6 +223,16 @@ def routes(board: Dashboard) -> list[Any]:
         inline = request.query_params.get("inline") == "1"
         disposition = "inline" if inline else f'attachment; filename="run-{run_id}{fmt.extension}"'
         return Response(body, media_type=media, headers={"Content-Disposition": disposition})
+
+    def report_run(request: Request, reader: Reader) -> Response:
+        run_id = _run_ref(request, reader)
+        fmt = request.query_params.get("format", "html")
+        if fmt not in report.FORMATS:
+            raise report.ReportError(f"unknown report format {fmt!r}; formats: {', '.join(report.FORMATS)}")
+        body = report.html(reader, run_id) if fmt == "html" else report.markdown(reader, run_id)
+        media = "text/html; charset=utf-8" if fmt == "html" else "text/markdown; charset=utf-8"
+        return Response(body, media_type=media,
+                        headers={"Content-Disposition": f'attachment; filename="run-{run_id}.{fmt}"'})
 
     # ---- JSON
 
@@ -317,6 +329,7 @@ def routes(board: Dashboard) -> list[Any]:
         Route("/runs/{run}/details", _page(board, run_details)),
         Route("/runs/{run}/graph", _page(board, run_graph_page)),
         Route("/runs/{run}/export/{format}", _page(board, export_run)),
+        Route("/runs/{run}/report", _page(board, report_run)),
         Route("/dataflows/{name}/{version:int}", _page(board, dataflow_page)),
         Route("/compare", _page(board, compare_page)),
         Route("/sql", _page(board, sql_page)),

@@ -168,6 +168,7 @@ def layout(graph: Graph) -> dict[str, Any]:
             "x": round(centre[0], 1), "y": round(centre[1], 1), "w": sizes[i][0], "h": sizes[i][1],
             "label": node.label,
             "details": {k: _text(v) for k, v in node.details.items() if v is not None and v != ""},
+            "sql": node.sql, "expand": node.expand,
         })
     edges = []
     for e, edge in enumerate(graph.edges):

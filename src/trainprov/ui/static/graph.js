@@ -3,6 +3,7 @@
 // are plotly's, and the labels grow and shrink with the zoom like the shapes they sit in.
 "use strict";
 (function () {
+  const begun = performance.now();
   const drawn = JSON.parse(document.getElementById("graph-data").textContent);
   const div = document.getElementById("graph");
   const RELATION_STYLES = {
@@ -110,6 +111,21 @@
         panel.hidden = false;
         panel.querySelector("h2").textContent = node.label.join(" ");
         const body = panel.querySelector("tbody");
+        // links to the dashboard's SQL console and expanded graph (none in a report file)
+        const links = div.dataset.links !== "off";
+        const sql = document.getElementById("graph-node-sql");
+        if (sql) sql.hidden = !(links && node.sql);
+        // the console's own rule applies: run from the dashboard's pages, only shown when linked from elsewhere
+        if (sql && node.sql) sql.href = "/sql?sql=" + encodeURIComponent(node.sql);
+        const more = document.getElementById("graph-node-expand");
+        if (more) more.hidden = !(links && node.expand);
+        if (more && node.expand) {
+          const params = new URLSearchParams(window.location.search);
+          const open = (params.get("expand") || "").split(",").filter(Boolean);
+          params.set("expand", [...new Set([...open, node.expand])].join(","));
+          more.href = "?" + params.toString();
+          more.textContent = `Expand the ${node.details.tasks} ${node.expand} tasks`;
+        }
         body.replaceChildren(...Object.entries(node.details).map(([k, v]) => {
           const tr = document.createElement("tr");
           const th = document.createElement("th"); th.textContent = k;
@@ -119,6 +135,9 @@
         }));
       }
     });
+    // milliseconds from the start of the page's navigation until the graph is drawn (read by the tests)
+    div.dataset.drawnMs = String(Math.round(performance.now()));
+    div.dataset.drawingMs = String(Math.round(performance.now() - begun));  // of which the drawing itself
     div.dataset.drawn = String(drawn.nodes.length);
   });
 })();

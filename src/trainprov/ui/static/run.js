@@ -79,12 +79,30 @@
   // when the run records something new, at most every few polls, and once when it ends
   const details = document.getElementById("run-details");
   let seen = null, lastDetails = Date.now();
+  // long tables show a few rows and a "Show all" button; what the user opened stays open across refreshes
+  const opened = new Set();
+  function showAll(id) {
+    const table = document.getElementById(id);
+    if (!table) return;
+    table.querySelectorAll("tbody tr[hidden]").forEach(tr => { tr.hidden = false; });
+    const button = details.querySelector(`button.show-all[data-table="${id}"]`);
+    if (button) button.remove();
+  }
+  details.addEventListener("click", ev => {
+    const button = ev.target.closest("button.show-all");
+    if (!button) return;
+    opened.add(button.dataset.table);
+    showAll(button.dataset.table);
+  });
   async function refreshDetails(force) {
     if (!force && Date.now() - lastDetails < 3 * TP.poll) return;
     lastDetails = Date.now();
     try {
       const response = await fetch(details.dataset.source);
-      if (response.ok) details.innerHTML = await response.text();  // rendered (and escaped) by the server
+      if (response.ok) {
+        details.innerHTML = await response.text();  // rendered (and escaped) by the server
+        opened.forEach(showAll);
+      }
     } catch (e) { /* next time */ }
   }
 
