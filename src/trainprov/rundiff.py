@@ -40,6 +40,16 @@ class Change:
     a: Any = None
     b: Any = None
 
+    @property
+    def a_text(self) -> str:
+        """Side A's value as a person reads it ('' when it has none)."""
+        return "" if self.a is None else _show(self.a, 200)
+
+    @property
+    def b_text(self) -> str:
+        """Side B's value as a person reads it ('' when it has none)."""
+        return "" if self.b is None else _show(self.b, 200)
+
     def describe(self, sides: tuple[str, str] = ("A", "B")) -> str:
         """One line for a person; `sides` names the two sides (A and B, or the record and this machine)."""
         if self.kind == "changed":
@@ -136,7 +146,10 @@ def plural(n: int, word: str) -> str:
 
 
 def _show(value: Any, width: int = 80) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, Mapping):
+        text = ", ".join(f"{k}={_show(v, width)}" for k, v in value.items())
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -227,7 +240,7 @@ def compare_layers(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[Cha
     changes: list[Change] = []
 
     def attributes(layer: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in layer.items() if k not in ("layer_index", *_LAYER_LABELS)}
+        return {k: v for k, v in layer.items() if k not in ("layer_index", *_LAYER_LABELS) and v is not None}
 
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=keys_a, b=keys_b, autojunk=False).get_opcodes():
         if op == "equal" or (op == "replace" and i2 - i1 == j2 - j1):
