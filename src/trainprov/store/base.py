@@ -258,6 +258,14 @@ class SQLBackend(Backend):
     def declare(self, flow: Dataflow) -> int:
         return self._transaction(lambda cur: self._declare(cur, flow))
 
+    def ensure_catalog(self) -> None:
+        """Create the store's own tables (or add the columns newer than the store) if a write needs them first."""
+        def work(cur: Any) -> None:
+            if not self._catalog_current(cur):
+                self._lock_catalog(cur)
+                self._ensure_catalog(cur)
+        self._transaction(work)
+
     def _catalog_current(self, cur: Any) -> bool:
         """True if every catalog table and column exists (False: let the declaration check under its lock)."""
         return False
