@@ -2,7 +2,7 @@
 
 Each command is a thin wrapper over one library call. `runs.py`: runs, show, query, schema.
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
-`copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `options.py` declares the shared options (`--store`,
+`copy.py`: copy between stores. `search.py`: `analyze search`. `reproduce.py`: diff, reproduce. `options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
 
@@ -19,6 +19,7 @@ from .export import export_command, lineage_command
 from .options import store_option
 from .reproduce import diff_command, reproduce_command
 from .runs import query, runs, schema, show
+from .search import search_command  # noqa: F401 - registers `analyze search`
 from .ui import ui
 
 __all__ = ["main"]
