@@ -2,7 +2,7 @@
 
 Each command is a thin wrapper over one library call. `runs.py`: runs, show, query, schema.
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
-`copy.py`: copy between stores. `search.py`: `analyze search`. `reproduce.py`: diff, reproduce. `options.py` declares the shared options (`--store`,
+`copy.py`: copy between stores. `search.py`: `analyze search`. `importing.py`: import. `reproduce.py`: diff, reproduce. `options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
 
@@ -16,6 +16,7 @@ from ..errors import TrainprovError
 from .analyze import analyze
 from .copy import copy_command
 from .export import export_command, lineage_command
+from .importing import import_group
 from .options import store_option
 from .reproduce import diff_command, reproduce_command
 from .runs import query, runs, schema, show
@@ -43,5 +44,5 @@ def main(store: str) -> None:
 
 
 for command in (runs, show, query, schema, export_command, lineage_command, analyze, ui, copy_command, diff_command,
-                reproduce_command):
+                reproduce_command, import_group):
     main.add_command(command)
