@@ -139,12 +139,14 @@ def importance_of(complete: pd.DataFrame, parameters: list[str], distributions: 
     except ImportError:
         return rank_importance(complete, parameters), "rank correlation (Optuna not installed)"
     study = optuna.create_study(direction=direction)
-    for row in complete.itertuples(index=False):
-        values = row._asdict()
-        params = {p: values[f"param_{p}"] for p in parameters
-                  if p in distributions and not _missing(values.get(f"param_{p}"))}
-        dists = {p: optuna.distributions.json_to_distribution(json.dumps(distributions[p])) for p in params}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(values["value"])))
+    try:
+        for row in complete.to_dict("records"):
+            params = {p: row[f"param_{p}"] for p in parameters
+                      if p in distributions and not _missing(row.get(f"param_{p}"))}
+            dists = {p: optuna.distributions.json_to_distribution(json.dumps(distributions[p])) for p in params}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["value"])))
+    except Exception:  # distributions that are not Optuna's (a Keras Tuner search): the rank method
+        return rank_importance(complete, parameters), "rank correlation (the search space is not Optuna's)"
     try:
         found = optuna.importance.get_param_importances(study)
         return {k: float(v) for k, v in found.items()}, "Optuna fANOVA (optuna.importance.get_param_importances)"

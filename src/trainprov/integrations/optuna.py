@@ -30,28 +30,10 @@ from ..capture.past import PastRun, exists
 from ..capture.run import Run
 from ..capture.training import ADAPT, TRAIN, training_dataflow
 from ..errors import CaptureError
-from ..spec import Dataflow, Dataset, Transformation, sanitize_name
+from ..spec import Dataflow, sanitize_name
+from .trials import TRIAL
 
 KIND = "optuna_study"
-#: one row per trial, in the trial's run
-TRIALS = Dataset(
-    "trials",
-    study=str,
-    trial_number=int,
-    state=str,
-    value=float,
-    objective_values="json",
-    params="json",
-    distributions="json",
-    fixed="json",
-    intermediate_values="json",
-    datetime_start=_dt.datetime,
-    datetime_complete=_dt.datetime,
-    duration_s=float,
-    user_attrs="json",
-    description="one row per trial of a hyperparameter search: its outcome and what was sampled",
-)
-TRIAL = Transformation("trial", generates=[TRIALS], description="a trial of a hyperparameter search: its outcome")
 _STATUS = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "finished", TrialState.FAIL: "failed"}
 _PLAIN = (int, float, str, bool, type(None))
 
