@@ -193,3 +193,22 @@ def test_bad_sources_are_named(store, tmp_path):
     assert out.exit_code == 1 and "no TensorBoard event files" in out.output
     out = cli.invoke(main, ["import", "mlflow", str(tmp_path / "nothing"), "--store", store])
     assert out.exit_code == 1 and "no MLflow file store" in out.output
+
+
+def test_an_imported_run_exports_as_valid_prov_with_the_importer_and_its_sources(store, tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from prov_constraints import violations
+    from torch.utils.tensorboard import SummaryWriter
+    from trainprov import export as ex
+
+    writer = SummaryWriter(str(tmp_path / "tb" / "r"))
+    for step in range(3):
+        writer.add_scalar("loss", 1.0 / (step + 1), step)
+    writer.close()
+    run_id = import_tensorboard(str(tmp_path / "tb"), store).imported[0]
+    doc = ex.build_document(run_id, store=store)
+    assert violations(doc) == []
+    text = ex.serialize(doc, "provn").decode()
+    assert "trainprov-import-tensorboard" in text and "events.out.tfevents" in text
