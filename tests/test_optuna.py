@@ -153,3 +153,18 @@ tpo.optimize(_study({storage!r}), objective_for({store!r}), n_trials=5, store={s
     best = tp.query("SELECT trial_number FROM trials WHERE state = 'COMPLETE' ORDER BY value DESC, trial_number LIMIT 1",
                     store=store)[0]
     assert best["trial_number"] == study.best_trial.number
+
+
+def test_a_trial_that_raises_is_one_failed_run(store):
+    study = _study(name="failing")
+
+    def objective(trial):
+        with Tracker(torch.nn.Linear(2, 1), torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1), store) as tracker:
+            tracker.epoch(loss=float(trial.suggest_float("x", 0, 1)))
+            raise ValueError("diverged")
+
+    tpo.optimize(study, objective, n_trials=2, store=store, catch=(ValueError,))
+    runs = tp.query("SELECT status, error FROM runs WHERE group_name = 'failing'", store=store)
+    assert [r["status"] for r in runs] == ["failed", "failed"] and all("diverged" in r["error"] for r in runs)
+    states = tp.query("SELECT value FROM run_tags WHERE tag = 'optuna.state'", store=store)
+    assert [s["value"] for s in states] == ["FAIL", "FAIL"]

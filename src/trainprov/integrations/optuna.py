@@ -140,10 +140,12 @@ class StudyRecorder:
                     return objective(trial)
                 except optuna.TrialPruned:
                     raise
-                except BaseException as exc:  # Optuna does not call callbacks for a trial that raised
-                    self._held.pop(trial.number, None)
+                except BaseException as exc:
+                    # Optuna calls the callbacks for this trial only if it catches the exception
+                    # (`catch=`): end the run now, failed; the callback then adds the trial's state
+                    context.ended = ("failed", f"{type(exc).__name__}: {exc}")
                     if context.run is not None and context.run.status == "running":
-                        context.run.end("failed", f"{type(exc).__name__}: {exc}")
+                        context.run.end(*context.ended)
                     raise
 
         recorded.__name__ = getattr(objective, "__name__", "objective")
@@ -159,6 +161,9 @@ class StudyRecorder:
         run = context.run if context is not None else None
         if run is not None and run.status == "running":
             self._record_into(run, trial, context)
+        elif run is not None and context.ended is not None and context.ended[0] == "failed":
+            run.set_tags({"optuna.state": trial.state.name})  # the objective raised: its run ended failed then
+            run.flush()
         elif run is not None:
             warnings.warn(f"trainprov: the run of trial {trial.number} ({run.id}) ended before the trial did; "
                           "its outcome is recorded as tags only", RuntimeWarning, stacklevel=2)
