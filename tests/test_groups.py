@@ -118,3 +118,21 @@ def test_copy_carries_groups_and_tags_and_adds_nothing_the_second_time(store, tm
         assert sorted(conn.execute("SELECT run_id FROM runs WHERE group_name = 'lr-sweep'").fetchall()) == sorted(
             (c.id,) for c in children)
         assert {r[0] for r in conn.execute("SELECT parent_run_id FROM runs WHERE group_name = 'lr-sweep'")} == {driver.id}
+
+
+def test_a_store_made_before_run_groups_gets_them_on_first_use(store):
+    tp.start_run(training_flow(), store).end()
+    from trainprov.capture.writer import close_all
+
+    close_all()
+    with sqlite3.connect(store) as conn:  # the store as an earlier trainprov left it
+        conn.execute("DROP INDEX runs_group_name_idx")
+        conn.execute("ALTER TABLE runs DROP COLUMN group_name")
+        conn.execute("ALTER TABLE runs DROP COLUMN parent_run_id")
+        conn.execute("DROP TABLE run_groups")
+        conn.execute("DROP TABLE run_tags")
+    out = CliRunner().invoke(main, ["runs", "--store", store])
+    assert out.exit_code == 0 and "finished" in out.output
+    with tp.start_run(training_flow(), store, group="later", tags={"a": 1}) as run:
+        pass
+    assert tp.query("SELECT group_name FROM runs WHERE run_id = ?", [run.id], store=store)[0]["group_name"] == "later"

@@ -49,7 +49,20 @@ class Reader:
             self.backend.query("SELECT run_id FROM runs LIMIT 1")
         except QueryError:
             raise StoreError(f"{self.backend.url} is not a trainprov store: it has no trainprov catalog") from None
+        self._upgrade_catalog()
         liveness.reap(self.backend)
+
+    def _upgrade_catalog(self) -> None:
+        """Give a store made by an earlier trainprov the newer catalog tables and columns (run groups, tags), as a write would."""
+        try:
+            self.backend.query("SELECT group_name, parent_run_id FROM runs LIMIT 0")
+            self.backend.query("SELECT run_id FROM run_tags LIMIT 0")
+        except QueryError:
+            try:
+                self.backend.ensure_catalog()
+            except Exception as exc:  # a read-only role: say what is missing rather than fail on each query
+                raise StoreError(f"{self.backend.url} was made by an earlier trainprov and lacks the run-group "
+                                 f"tables; open it once with write access to upgrade it ({exc})") from None
 
     @property
     def url(self) -> str:

@@ -242,10 +242,14 @@ class SQLBackend(Backend):
     # ---- schema ----------------------------------------------------------------------
 
     def _ensure_catalog(self, cur: Any) -> None:
-        for table in TABLES.values():
-            for stmt in self._create_table_sql(table):
-                cur.execute(stmt)
+        statements = [self._create_table_sql(table) for table in TABLES.values()]
+        for create, *_ in statements:
+            cur.execute(create)
+        # an older store's tables get their newer columns before any index on them is made
         self._add_catalog_columns(cur)
+        for _, *indexes in statements:
+            for stmt in indexes:
+                cur.execute(stmt)
 
     def _add_catalog_columns(self, cur: Any) -> None:
         """Give a store made by an earlier trainprov the catalog columns added since (NULL in old rows)."""
