@@ -24,7 +24,7 @@ from ..spec import ELEMENT_COLUMNS, Dataflow, Transformation, sanitize_name
 IMPORT = "import"
 
 
-class ImportError_(TrainprovError):
+class ImportSourceError(TrainprovError):
     """A source that cannot be imported (missing, unreadable, not the format it should be)."""
 
 
@@ -115,5 +115,5 @@ def now() -> float:
     return _dt.datetime.now(_dt.timezone.utc).timestamp()
 
 
-__all__ = ["ImportError_", "ImportSummary", "PastRun", "exists", "content_id", "import_dataflow", "stored_types",
+__all__ = ["ImportSourceError", "ImportSummary", "PastRun", "exists", "content_id", "import_dataflow", "stored_types",
            "with_columns", "importer_agent", "source_files", "mtime", "now"]

@@ -15,7 +15,7 @@ import csv
 import os
 from typing import Any
 
-from .common import (ImportError_, ImportSummary, PastRun, content_id, exists, import_dataflow, importer_agent, mtime,
+from .common import (ImportSourceError, ImportSummary, PastRun, content_id, exists, import_dataflow, importer_agent, mtime,
                      now, source_files, stored_types, with_columns)
 
 
@@ -25,7 +25,7 @@ def _number(text: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise ImportError_(f"not a number in a metrics column: {text!r}") from None
+        raise ImportSourceError(f"not a number in a metrics column: {text!r}") from None
 
 
 def _read(path: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -35,9 +35,9 @@ def _read(path: str) -> tuple[list[str], list[dict[str, str]]]:
             rows = list(reader)
             header = list(reader.fieldnames or [])
     except OSError as exc:
-        raise ImportError_(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ImportSourceError(f"cannot read {path}: {exc.strerror or exc}") from None
     if "epoch" not in header:
-        raise ImportError_(f"{path} is not a Keras or Lightning CSV log: it has no 'epoch' column (columns: {', '.join(header)})")
+        raise ImportSourceError(f"{path} is not a Keras or Lightning CSV log: it has no 'epoch' column (columns: {', '.join(header)})")
     return header, rows
 
 
@@ -69,7 +69,7 @@ def import_csv(path: str | os.PathLike, store: str | os.PathLike | None = None, 
     """Import one CSV log as a run; a file imported before (same content) adds nothing."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
-        raise ImportError_(f"no CSV log at {path}")
+        raise ImportSourceError(f"no CSV log at {path}")
     header, rows = _read(path)
     lightning = "step" in header
     metrics = [c for c in header if c not in ("epoch", "step")]

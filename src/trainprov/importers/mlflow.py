@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from ..capture import groups
 from ..spec import Dataflow, Dataset, Transformation
-from .common import (IMPORT, ImportError_, ImportSummary, PastRun, exists, importer_agent, now, source_files, stored_types,
+from .common import (IMPORT, ImportSourceError, ImportSummary, PastRun, exists, importer_agent, now, source_files, stored_types,
                      with_columns)
 from .tensorboard import SCALARS
 
@@ -40,14 +40,14 @@ def _uri(source: str) -> tuple[str, list[str]]:
     if "://" not in source and ":" not in source.split(os.sep)[0]:
         path = os.path.abspath(source)
         if not os.path.isdir(path):
-            raise ImportError_(f"no MLflow file store at {path} (a folder such as ./mlruns, or a URI such as sqlite:///mlflow.db)")
+            raise ImportSourceError(f"no MLflow file store at {path} (a folder such as ./mlruns, or a URI such as sqlite:///mlflow.db)")
         return "file://" + path, []
     parsed = urlparse(source)
     if parsed.scheme == "sqlite":
         path = unquote(source[len("sqlite:///"):]) if source.startswith("sqlite:///") else ""
         path = path if path.startswith("/") else os.path.abspath(path)
         if not os.path.isfile(path):
-            raise ImportError_(f"no SQLite file at {path} for {source}")
+            raise ImportSourceError(f"no SQLite file at {path} for {source}")
         return source, [path]
     return source, []
 
@@ -67,7 +67,7 @@ def import_mlflow(source: str | os.PathLike, store: str | os.PathLike | None = N
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise ImportError_("importing from MLflow needs MLflow's client: pip install 'trainprov[mlflow]'") from None
+        raise ImportSourceError("importing from MLflow needs MLflow's client: pip install 'trainprov[mlflow]'") from None
     uri, db_files = _uri(os.fspath(source))
     # MLflow 3 refuses to open file stores unless told to; reading one is what an import is for
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -75,7 +75,7 @@ def import_mlflow(source: str | os.PathLike, store: str | os.PathLike | None = N
     try:
         experiments = client.search_experiments()
     except Exception as exc:
-        raise ImportError_(f"cannot read the MLflow store {uri}: {exc}") from None
+        raise ImportSourceError(f"cannot read the MLflow store {uri}: {exc}") from None
     summary = ImportSummary(uri)
     from ..capture.writer import writer_for
 

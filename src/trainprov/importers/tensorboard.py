@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from ..spec import Dataflow, Dataset, Transformation
-from .common import (IMPORT, ImportError_, ImportSummary, PastRun, content_id, exists, importer_agent, now, source_files,
+from .common import (IMPORT, ImportSourceError, ImportSummary, PastRun, content_id, exists, importer_agent, now, source_files,
                      stored_types, with_columns)
 
 SCALARS = Dataset("scalars", tag=str, step=int, value=float, wall_time=_dt.datetime,
@@ -71,13 +71,13 @@ def import_tensorboard(logdir: str | os.PathLike, store: str | os.PathLike | Non
     try:
         from tensorboard.backend.event_processing import event_accumulator
     except ImportError:
-        raise ImportError_("importing TensorBoard logs needs the tensorboard package: pip install 'trainprov[tensorboard]'") from None
+        raise ImportSourceError("importing TensorBoard logs needs the tensorboard package: pip install 'trainprov[tensorboard]'") from None
     logdir = os.path.abspath(os.fspath(logdir))
     if not os.path.isdir(logdir):
-        raise ImportError_(f"no TensorBoard log directory at {logdir}")
+        raise ImportSourceError(f"no TensorBoard log directory at {logdir}")
     folders = _event_dirs(logdir)
     if not folders:
-        raise ImportError_(f"{logdir} holds no TensorBoard event files (events.out.tfevents.*)")
+        raise ImportSourceError(f"{logdir} holds no TensorBoard event files (events.out.tfevents.*)")
     summary = ImportSummary(logdir)
     from ..capture.writer import writer_for
 
