@@ -17,9 +17,9 @@ LAYERS = {
     "trainprov.store": 2,
     "trainprov.capture": 3,
     "trainprov.query": 4, "trainprov.analysis": 4, "trainprov.export": 4, "trainprov.lineage": 4,
-    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.display": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
+    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.display": 4, "trainprov.searches": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
     "trainprov.integrations": 5, "trainprov.keras": 5, "trainprov.torch": 5, "trainprov.lightning": 5,
-    "trainprov.transformers": 5,
+    "trainprov.transformers": 5, "trainprov.optuna": 5, "trainprov.keras_tuner": 5, "trainprov.importers": 5,
     "trainprov.cli": 6, "trainprov.ui": 6,
 }
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -232,6 +233,16 @@ def test_every_command_reads_the_store_its_store_option_names(path, tmp_path, mo
         done = CliRunner().invoke(main, ["--store", str(tmp_path / "other.db"), *args] if where == "command" else args)
         if path == ("ui",):
             assert done.exit_code == 0 and served[-1] == missing, done.output
+        elif path[0] == "import":
+            # importers write: the store they name is made; with a placeholder source they stop at the source
+            if path == ("import", "csv"):
+                log = tmp_path / f"{where}.csv"
+                log.write_text("epoch,loss\n0,0.5\n")
+                args = [a if a != "x" else str(log) for a in args]
+                done = CliRunner().invoke(main, args)
+                assert done.exit_code == 0 and os.path.exists(missing), done.output
+            else:
+                assert done.exit_code == 1 and "no " in done.output and str(tmp_path) not in done.output, done.output
         else:
             assert done.exit_code == 1 and f"no trainprov store at {missing}" in done.output, done.output
 

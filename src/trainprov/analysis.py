@@ -246,9 +246,10 @@ def runs_overview(
     hyperparameters: Sequence[str] | bool | None = None,
     summary: bool = True,
     rank: int = 0,
+    group: str | None = None,
     store: Store = None,
 ) -> pd.DataFrame:
-    """Every run (newest first) with live status, duration, epochs run, the best of each metric and its hyperparameters.
+    """Every run (newest first; of one run group with `group`) with live status, duration, epochs run, the best of each metric and its hyperparameters.
 
     A metric's best is its minimum, or its maximum for metrics where higher is better
     (`higher_is_better`); columns are `best_<metric>` (NaN when the run has no number).
@@ -270,9 +271,10 @@ def runs_overview(
         else:
             chosen = list(metrics)
             _check(reader, dataset, chosen, "metric", _NUMERIC)
-        where, params = _where(reader, run_ids, "r.run_id", **{"r.status": status, "r.dataflow": dataflow})
+        where, params = _where(reader, run_ids, "r.run_id",
+                               **{"r.status": status, "r.dataflow": dataflow, "r.group_name": group})
         select = ("SELECT r.run_id, r.name, r.dataflow, r.dataflow_version, r.status, r.started_at, r.ended_at, "
-                  "r.duration_s, r.host, r.user_name")
+                  "r.duration_s, r.host, r.user_name, r.group_name")
         inner, inner_params = _where(reader, run_ids)
         inner = _and_where(inner, ranks)
         if has_metrics:

@@ -52,7 +52,20 @@ class Reader:
             self.backend.query("SELECT run_id FROM runs LIMIT 1")
         except QueryError:
             raise StoreError(f"{self.backend.url} is not a trainprov store: it has no trainprov catalog") from None
+        self._upgrade_catalog()
         liveness.reap(self.backend)
+
+    def _upgrade_catalog(self) -> None:
+        """Give a store made by an earlier trainprov the newer catalog tables and columns (run groups, tags), as a write would."""
+        try:
+            self.backend.query("SELECT group_name, parent_run_id FROM runs LIMIT 0")
+            self.backend.query("SELECT run_id FROM run_tags LIMIT 0")
+        except QueryError:
+            try:
+                self.backend.ensure_catalog()
+            except Exception as exc:  # a read-only role: say what is missing rather than fail on each query
+                raise StoreError(f"{self.backend.url} was made by an earlier trainprov and lacks the run-group "
+                                 f"tables; open it once with write access to upgrade it ({exc})") from None
 
     @property
     def url(self) -> str:
@@ -95,8 +108,9 @@ class Reader:
 
     # ---- runs --------------------------------------------------------------------------
 
-    def runs(self, *, status: str | None = None, dataflow: str | None = None, limit: int | None = None) -> pd.DataFrame:
-        """The runs, newest first, with live status and duration in seconds."""
+    def runs(self, *, status: str | None = None, dataflow: str | None = None, limit: int | None = None,
+             group: str | None = None) -> pd.DataFrame:
+        """The runs, newest first, with live status and duration in seconds (`group`: only that run group's)."""
         liveness.reap(self.backend)
         p = self.backend.placeholder
         where, params = [], []
@@ -106,9 +120,12 @@ class Reader:
         if dataflow:
             where.append(f"dataflow = {p}")
             params.append(dataflow)
+        if group:
+            where.append(f"group_name = {p}")
+            params.append(group)
         sql = (
             "SELECT run_id, dataflow, dataflow_version, name, status, started_at, ended_at, duration_s, "
-            "host, user_name FROM runs"
+            "host, user_name, group_name, parent_run_id FROM runs"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY started_at DESC, run_id DESC"
             + (f" LIMIT {int(limit)}" if limit else "")
@@ -134,6 +151,41 @@ class Reader:
         from .display import reader_html
 
         return reader_html(self)
+
+    def groups(self) -> pd.DataFrame:
+        """The run groups with their kind, number of runs and runs by status, newest first."""
+        return self.df(
+            "SELECT g.group_name, g.kind, g.description, g.created_at, count(r.run_id) AS runs, "
+            "sum(CASE WHEN r.status = 'running' THEN 1 ELSE 0 END) AS running, "
+            "sum(CASE WHEN r.status = 'finished' THEN 1 ELSE 0 END) AS finished, "
+            "max(r.started_at) AS last_started_at "
+            "FROM run_groups g LEFT JOIN runs r ON r.group_name = g.group_name "
+            "GROUP BY g.group_name, g.kind, g.description, g.created_at ORDER BY g.created_at DESC, g.group_name"
+        )
+
+    def group(self, name: str) -> dict[str, Any]:
+        """One run group: its row (kind, description, details) and its runs with their tags."""
+        p = self.backend.placeholder
+        found = self.rows(f"SELECT * FROM run_groups WHERE group_name = {p}", (name,))
+        if not found:
+            known = [r[0] for r in self.result("SELECT group_name FROM run_groups ORDER BY group_name").rows]
+            raise QueryError(f"no run group {name!r} in {self.url}" + (f"; groups: {', '.join(known[:20])}" if known else "; it has no groups"))
+        runs = self.runs(group=name)
+        tags = self.tags(list(runs["run_id"]))
+        return {"group": found[0], "runs": runs, "tags": tags}
+
+    def tags(self, run_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The tags of some runs: run id -> {tag: value}."""
+        out: dict[str, dict[str, str]] = {r: {} for r in run_ids}
+        ids = list(run_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join([self.backend.placeholder] * len(chunk))
+            for run_id, tag, value in self.result(
+                f"SELECT run_id, tag, value FROM run_tags WHERE run_id IN ({marks}) ORDER BY run_id, tag", chunk
+            ).rows:
+                out[run_id][tag] = value
+        return out
 
     def resolve_run(self, ref: str) -> str:
         """A run id from an id, a unique prefix of one, or 'latest'."""
@@ -191,7 +243,8 @@ class Reader:
                 (run_id,),
             )
             entry["last"] = {k: v for k, v in last[0].items() if k not in ELEMENT_COLUMNS} if last else None
-        return {"run": run, "agents": agents, "tasks": tasks, "files": files, "datasets": datasets}
+        tags = self.tags([run_id])[run_id]
+        return {"run": run, "agents": agents, "tasks": tasks, "files": files, "datasets": datasets, "tags": tags}
 
     # ---- schema ------------------------------------------------------------------------
 

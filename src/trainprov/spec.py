@@ -53,6 +53,8 @@ CATALOG_TABLES = (
     "files",
     "file_derivations",
     "agents",
+    "run_groups",
+    "run_tags",
 )
 
 # Words that would force users to quote a name in SQL: SQLite's keywords and PostgreSQL's

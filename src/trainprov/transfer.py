@@ -29,7 +29,10 @@ from .store.catalog import TABLES, Target
 #: catalog tables that `declare` fills from a dataflow specification
 DECLARATION_TABLES = ("dataflows", "transformations", "transformation_datasets", "datasets", "attributes")
 #: catalog tables without a run_id column: the parent table and the column that tie a row to a run
-VIA_PARENT = {"task_dependencies": ("tasks", "task_id"), "file_derivations": ("files", "file_id")}
+VIA_PARENT = {"task_dependencies": ("tasks", "task_id"), "file_derivations": ("files", "file_id"),
+              "run_groups": ("runs", "group_name")}
+#: store tables added after the first release: a source store may not have them yet
+NEWER_TABLES = ("run_groups", "run_tags")
 #: rows per write transaction, and per page read from the source
 BATCH_ROWS = 5000
 _UTC = _dt.timezone.utc
@@ -287,6 +290,14 @@ class _Copier:
         kinds = tuple(known[c] for c in columns)
         return columns, kinds, _project(table, result.columns, result.rows, columns, kinds)
 
+    def src_has(self, table: str) -> bool:
+        """True if the source store has a table (an older store lacks the newer catalog tables)."""
+        try:
+            self.src.result(f"SELECT 1 FROM {table} LIMIT 1")
+            return True
+        except QueryError:
+            return False
+
     def dst_table(self, sql: str, params: Sequence[Any], table: str, columns: tuple[str, ...], kinds: tuple[str, ...]) -> list[tuple]:
         """Rows of a `SELECT *` query on a destination table, as the given columns (None where it lacks one), normalised."""
         result = self.dst_query(sql, params)
@@ -482,12 +493,20 @@ class _Copier:
             else:
                 src_sql = f"SELECT * FROM {table} WHERE run_id = {p}"
                 dst_sql = f"SELECT * FROM {table} WHERE run_id = {q}"
-            columns, kinds, rows = self.src_table(src_sql, (run_id,), table)
+            try:
+                columns, kinds, rows = self.src_table(src_sql, (run_id,), table)
+            except QueryError:
+                if table in NEWER_TABLES and not self.src_has(table):
+                    continue  # a source made before the table existed has no rows for it
+                raise
+            dst_params: tuple = (run_id,)
+            if table == "run_groups":  # shared by the group's runs: the destination may have it from another
+                dst_sql, dst_params = f"SELECT * FROM run_groups WHERE group_name = {q}", (rows[0][0] if rows else None,)
             if running:
                 rows = [r for r in rows if _parent_read(table, columns, r, read)]
             key_at = [columns.index(c) for c in keys]
             read[table] = {r[key_at[0]] for r in rows} if len(keys) == 1 else set()
-            have = {tuple(r[j] for j in key_at): r for r in self.dst_table(dst_sql, (run_id,), table, columns, kinds)}
+            have = {tuple(r[j] for j in key_at): r for r in self.dst_table(dst_sql, dst_params, table, columns, kinds)}
             new = [r for r in rows if tuple(r[j] for j in key_at) not in have]
             self.writes.add(_target(table, columns, kinds, keys, "link"), new)
             if new:
@@ -589,7 +608,8 @@ def _parent_read(table: str, columns: tuple[str, ...], row: tuple, read: dict[st
     """True if the rows this row refers to in its run were read before it."""
     if table in VIA_PARENT:
         parent, link = VIA_PARENT[table]
-        return row[columns.index(link)] in read.get(parent, set())
+        # the runs row itself is copied last, after everything it refers to
+        return parent == "runs" or row[columns.index(link)] in read.get(parent, set())
     if table != "tasks" and "task_id" in columns:
         task = row[columns.index("task_id")]
         return task is None or task in read.get("tasks", set())

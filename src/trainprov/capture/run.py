@@ -19,7 +19,7 @@ from ..errors import CaptureError, SpecError
 from ..spec import Dataflow, check_text
 from ..store import liveness
 from ..store.catalog import element_target, target
-from . import agents
+from . import agents, groups
 from .writer import Writer, before_close, writer_for
 
 _RUN = target("runs")
@@ -325,6 +325,9 @@ class Run:
         rank: int | None = None,
         world_size: int | None = None,
         seeds: Mapping[str, int] | None = None,
+        group: str | None = None,
+        parent: "Run | str | None" = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(dataflow, Dataflow):
             raise SpecError(f"start_run needs a Dataflow, got {type(dataflow).__name__}")
@@ -333,6 +336,15 @@ class Run:
             name = check_text("the run name", name)
         if run_id is not None:
             run_id = check_text("the run id", run_id)
+        inside = groups.ambient()
+        if inside is not None and group is None:  # a run started inside an Optuna trial, say
+            group, tags = inside.group, {**inside.tags, **(tags or {})}
+            parent = parent if parent is not None else (inside.run or inside.parent)
+        self.group = groups.check_group(group) if group is not None else None
+        if parent is not None and not isinstance(parent, (Run, str)):
+            raise CaptureError(f"a parent run is a Run or a run id, got {type(parent).__name__}")
+        self.parent_id = parent.id if isinstance(parent, Run) else parent
+        tag_values = groups.check_tags(tags)
         shared_id, self.rank, self.world_size = rank_of_process(run_id, rank, world_size)
         self._writer: Writer = writer_for(store)
         backend = self._writer.backend
@@ -383,9 +395,16 @@ class Run:
                     os.getcwd(),
                     None,
                     self.world_size,
+                    self.group,
+                    self.parent_id,
                 ),
             )
         )
+        if self.group is not None:  # before the run's row is read by anyone: same flush
+            for item in groups.group_rows(self.group, created=self.started):
+                self._writer.put(item)
+        for item in groups.tag_rows(self.id, tag_values, replace=False):
+            self._writer.put(item)
         if ranked:
             self._writer.put((_RANK, (self.id, self.rank, host, pid, "running", self.started, None, None, None)))
         if record_agents and (not ranked or self.rank == 0):
@@ -395,6 +414,8 @@ class Run:
             self._writer.declare(dataflow, self.id)
         self._writer.watch_run(self.id, True)
         self._writer.flush()
+        if inside is not None and self.group == inside.group:
+            inside.claim(self)
         _open_runs.add(self)
         if handle_signals:
             _signals.install()
@@ -424,6 +445,16 @@ class Run:
                 raise
             return None
         return {name: (kind, original) for name, kind, original in rows}
+
+    def tag(self, **tags: Any) -> None:
+        """Set tags on the run (a tag set before takes the new value); written with the next flush."""
+        for item in groups.tag_rows(self.id, groups.check_tags(tags)):
+            self._writer.put(item)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags whose names are not Python identifiers ('mlflow.user', say)."""
+        for item in groups.tag_rows(self.id, groups.check_tags(tags)):
+            self._writer.put(item)
 
     def evolve(self, dataflow: Dataflow) -> int:
         """Continue the run under a grown dataflow (more attributes or transformations); returns its version."""
@@ -522,6 +553,9 @@ def start_run(
     rank: int | None = None,
     world_size: int | None = None,
     seeds: Mapping[str, int] | None = None,
+    group: str | None = None,
+    parent: Run | str | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> Run:
     """Declare the dataflow in the store and start a run of it, or join one as a rank.
 
@@ -529,10 +563,11 @@ def start_run(
     `run_id` (or TRAINPROV_RUN_ID) with its `rank` and the `world_size` (or RANK and
     WORLD_SIZE, as torchrun sets them); the run ends when its last rank ends. `seeds` declares
     random seeds the program set that trainprov cannot see (it finds Keras', Lightning's and
-    torch's itself).
+    torch's itself). `group` puts the run in a run group (a study, a sweep; made on first
+    use), `parent` names the run that started this one, `tags` are key/value labels.
     """
     return Run(dataflow, store, name=name, record_agents=record_agents, handle_signals=handle_signals,
-               run_id=run_id, rank=rank, world_size=world_size, seeds=seeds)
+               run_id=run_id, rank=rank, world_size=world_size, seeds=seeds, group=group, parent=parent, tags=tags)
 
 
 # ---- process-wide state -------------------------------------------------------------------

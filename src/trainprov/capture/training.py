@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
+from . import groups
 from .run import Element, FileRef, Run, Task, _status_for, start_run
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
@@ -148,6 +149,9 @@ class TrainingRecorder:
         run: Run | None = None,
         name: str | None = None,
         record_agents: bool = True,
+        group: str | None = None,
+        parent: Run | str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self.framework = framework
         self.store = store
@@ -155,6 +159,8 @@ class TrainingRecorder:
         self.run: Run | None = run
         self.name = name
         self.record_agents = record_agents
+        #: the run group, parent run and tags every run this recorder starts gets
+        self.group, self.parent, self.tags = group, parent, dict(tags or {})
         self.train_task: Task | None = None
         self._last_train: Task | None = None
         self._pending_uses: list[Element] = []
@@ -177,7 +183,8 @@ class TrainingRecorder:
         if self.run is None or self.run.status != "running":
             run_id, rank, world_size = self.rank_of_run or (None, None, None)
             self.run = start_run(self.flow, self.store, name=self.name, record_agents=self.record_agents,
-                                 run_id=run_id, rank=rank, world_size=world_size)
+                                 run_id=run_id, rank=rank, world_size=world_size,
+                                 group=self.group, parent=self.parent, tags=self.tags)
             self.flow = self.run.dataflow
         return self.run
 
@@ -192,6 +199,10 @@ class TrainingRecorder:
                 status, error = "failed", "the training did not reach its end"
             self.end_training(status, error)
         if self.run is not None:
+            inside = groups.ambient()
+            if inside is not None and inside.hold and inside.run is self.run:
+                inside.ended = (status, error)  # e.g. an Optuna trial: it records the outcome, then ends the run
+                return
             self.run.end(status, error)
 
     # ---- columns that appear as training goes ------------------------------------------
@@ -314,7 +325,9 @@ class TrainingRecorder:
             self.end_training("failed", "the training did not reach its end")
         depends = [t for t in run._tasks if t.transformation not in BUILT_IN]
         depends += [self._last_train] if self._last_train is not None else []
-        values = self._columns_for("hyperparameters", {"framework": self.framework, **hyperparameters})
+        inside = groups.ambient()
+        chosen = dict(inside.hyperparameters()) if inside is not None and inside.hyperparameters is not None else {}
+        values = self._columns_for("hyperparameters", {"framework": self.framework, **hyperparameters, **chosen})
         layer_rows = [self._columns_for("layers", dict(layer)) for layer in layers]
         task = run.task(TRAIN, depends_on=depends)
         self.train_task = task

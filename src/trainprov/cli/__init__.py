@@ -3,7 +3,7 @@
 Each command is a thin wrapper over one library call. `runs.py`: runs, show, query, schema.
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
 `copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `replay.py`: rows set aside during an outage.
-`report.py`: a run's report. `options.py` declares the shared options (`--store`,
+`report.py`: a run's report. `search.py`: `analyze search`. `importing.py`: import. `options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
 
@@ -17,11 +17,13 @@ from ..errors import TrainprovError
 from .analyze import analyze
 from .copy import copy_command
 from .export import export_command, lineage_command
+from .importing import import_group
 from .options import store_option
 from .replay import replay_command
 from .report import report_command
 from .reproduce import diff_command, reproduce_command
 from .runs import query, runs, schema, show
+from .search import search_command  # noqa: F401 - registers `analyze search`
 from .ui import ui
 
 __all__ = ["main"]
@@ -45,5 +47,5 @@ def main(store: str) -> None:
 
 
 for command in (runs, show, query, schema, export_command, lineage_command, analyze, ui, copy_command, diff_command,
-                reproduce_command, replay_command, report_command):
+                reproduce_command, replay_command, report_command, import_group):
     main.add_command(command)

@@ -19,13 +19,16 @@ STATUSES = click.Choice(["running", "finished", "failed", "interrupted"])
 @click.command()
 @click.option("--status", type=STATUSES, help="Only runs with this status.")
 @click.option("--dataflow", help="Only runs of this dataflow.")
+@click.option("--group", help="Only runs of this run group (a study, a sweep).")
 @click.option("--limit", type=int, default=50, show_default=True, help="At most this many runs (0: all).")
 @rows_format
 @store_option
-def runs(status: str | None, dataflow: str | None, limit: int, fmt: str, store: str) -> None:
+def runs(status: str | None, dataflow: str | None, group: str | None, limit: int, fmt: str, store: str) -> None:
     """List runs, newest first, with live status and duration."""
     with Reader(store) as reader:
-        frame = reader.runs(status=status, dataflow=dataflow, limit=limit or None)
+        if group:
+            reader.group(group)  # an unknown group is an error naming the groups there are, not an empty list
+        frame = reader.runs(status=status, dataflow=dataflow, group=group, limit=limit or None)
     if fmt != "table":
         emit(list(frame.columns), frame.astype(object).where(frame.notna(), None).values.tolist(), fmt)
         return
@@ -33,10 +36,12 @@ def runs(status: str | None, dataflow: str | None, limit: int, fmt: str, store: 
         click.echo("no runs yet")
         return
     rows = [
-        [r.run_id, f"{r.dataflow} v{r.dataflow_version}", r.name or "", r.status, when(r.started_at), duration(r.duration_s), r.host]
+        [r.run_id, f"{r.dataflow} v{r.dataflow_version}", r.name or "", r.group_name or "", r.status, when(r.started_at),
+         duration(r.duration_s), r.host]
         for r in frame.itertuples()
     ]
-    click.echo(tabulate(rows, headers=["run", "dataflow", "name", "status", "started (UTC)", "duration", "host"], disable_numparse=True))
+    click.echo(tabulate(rows, headers=["run", "dataflow", "name", "group", "status", "started (UTC)", "duration", "host"],
+                        disable_numparse=True))
 
 
 @click.command()
@@ -56,6 +61,10 @@ def show(run: str, fmt: str, store: str) -> None:
     click.echo(f"  started {when(r['started_at'])} UTC   ended {when(r['ended_at']) or '-'}   duration {duration(r['duration_s'])}")
     click.echo(f"  host {r['host']}   pid {r['pid']}   user {r['user_name']}   working dir {r['working_dir']}")
     click.echo(f"  command: {r['command']}")
+    if r.get("group_name") or r.get("parent_run_id"):
+        click.echo(f"  group {r.get('group_name') or '-'}   parent run {r.get('parent_run_id') or '-'}")
+    if info.get("tags"):
+        click.echo("  tags: " + ", ".join(f"{k}={v}" for k, v in info["tags"].items()))
     if r["error"]:
         click.echo(f"  error: {r['error']}")
     click.echo("\nagents")

@@ -36,6 +36,7 @@ from .identifiers import (
     dataset_identifier,
     element_identifier,
     file_identifier,
+    group_identifier,
     plan_identifier,
     run_identifier,
     safe,
@@ -220,9 +221,45 @@ class Builder:
                     attrs.append((self.tp[key], str(run[key])))
             if run.get("duration_s") is not None:
                 attrs.append((self.tp["duration_s"], float(run["duration_s"])))
+            for tag, value in self.snap.tags.get(run["run_id"], {}).items():
+                attrs.append((self.tp["tag"], f"{tag}={value}"))
             activity = self.doc.activity(self.id[run_identifier(run["run_id"])], run["started_at"], run["ended_at"], attrs)
             for agent in agents.get(run["run_id"], []) or [None]:
                 self.doc.association(activity, agent, plan)
+        self._groups()
+
+    def _groups(self) -> None:
+        """Each run group: an activity (a study, a sweep) that informed its runs; a parent run started its children.
+
+        PROV-O's prov:hadMember relates a collection to entities, and a run is an
+        activity, so a group is an activity of its own: prov:wasInformedBy says that the
+        run used something the group generated (a study's sampled hyperparameters).
+        """
+        snap = self.snap
+        runs_of: dict[str, list[dict[str, Any]]] = {}
+        for run in snap.runs:
+            if run.get("group_name"):
+                runs_of.setdefault(run["group_name"], []).append(run)
+        for name, members in runs_of.items():
+            row = snap.groups.get(name, {"group_name": name})
+            attrs = [(PROV_TYPE, self.tp["RunGroup"]), (PROV_LABEL, name), (self.tp["group_name"], name)]
+            for key in ("kind", "description"):
+                if row.get(key):
+                    attrs.append((self.tp[key], str(row[key])))
+            if row.get("details") is not None:
+                attrs.append((self.tp["details"], _typed("json", row["details"] if isinstance(row["details"], str)
+                                                         else json.dumps(row["details"], sort_keys=True))))
+            starts = [r["started_at"] for r in members if r.get("started_at") is not None]
+            ends = [r["ended_at"] for r in members if r.get("ended_at") is not None]
+            group = self.doc.activity(self.id[group_identifier(name)], row.get("created_at") or (min(starts) if starts else None),
+                                      max(ends) if ends and len(ends) == len(members) else None, attrs)
+            for run in members:
+                self.doc.communication(self.id[run_identifier(run["run_id"])], group)
+        exported = {r["run_id"] for r in snap.runs}
+        for run in snap.runs:
+            if run.get("parent_run_id") in exported:
+                self.doc.start(self.id[run_identifier(run["run_id"])], None, self.id[run_identifier(run["parent_run_id"])],
+                               run["started_at"])
 
     def tasks(self, agents: dict[str, list[QualifiedName]]) -> None:
         """Each task: an activity started by its run, associated with its transformation, informed by its dependencies."""

@@ -54,6 +54,11 @@ def run_identifier(run_id: str) -> str:
     return f"run.{safe(run_id)}"
 
 
+def group_identifier(name: str) -> str:
+    """Local identifier of a run group's activity."""
+    return f"group.{safe(name)}"
+
+
 def task_identifier(task_id: str) -> str:
     """Local identifier of a task's activity."""
     return f"task.{safe(task_id)}"

@@ -55,6 +55,8 @@ class Snapshot:
     foreign_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # sources in runs not exported
     derivations: list[tuple[str, str]] = field(default_factory=list)
     agents: list[dict[str, Any]] = field(default_factory=list)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # the run groups of the runs read
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> tag -> value
 
     def role(self, task_id: str, dataset: str) -> str | None:
         """'uses' or 'generates': what the task's transformation does with a dataset."""
@@ -224,6 +226,12 @@ def read_snapshot(
     snap.agents = reader.rows(
         f"SELECT * FROM agents WHERE run_id IN {_in(reader, run_ids)} ORDER BY run_id, agent_id", run_ids
     )
+    names = sorted({r["group_name"] for r in snap.runs if r.get("group_name")})
+    if names:
+        for row in reader.rows(f"SELECT * FROM run_groups WHERE group_name IN {_in(reader, names)}", names):
+            snap.groups[row["group_name"]] = row
+    if run_ids and any("group_name" in r for r in snap.runs):  # a store older than run tags has none
+        snap.tags = reader.tags(run_ids)
     return snap
 
 

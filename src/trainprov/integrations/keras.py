@@ -158,10 +158,14 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         architecture: bool = True,
         new_run_per_fit: bool = False,
         record_agents: bool = True,
+        group: str | None = None,
+        parent: Run | str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.recorder = TrainingRecorder(
-            "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents
+            "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
+            group=group, parent=parent, tags=tags,
         )
         self.user_hyperparameters = dict(hyperparameters or {})
         self.hyperparameters_from = hyperparameters_from

@@ -111,9 +111,13 @@ class Provenance(RecordsTraining, Callback):
         steps: bool = True,
         architecture: bool = True,
         record_agents: bool = True,
+        group: str | None = None,
+        parent: Run | str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents)
+        self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents,
+                                   group=group, parent=parent, tags=tags)
         self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
         self.logger = ProvenanceLogger(self)
         self.user_hyperparameters = dict(hyperparameters or {})

@@ -407,9 +407,13 @@ class Tracker(RecordsTraining):
         architecture: bool = True,
         record_agents: bool = True,
         distributed: bool | None = None,
+        group: str | None = None,
+        parent: Run | str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
-        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents)
+        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
+                                         group=group, parent=parent, tags=tags)
         if run is None and distributed:
             join_distributed_run(self.recorder)
         elif run is None and distributed is None and not os.environ.get("TRAINPROV_RUN_ID"):

@@ -141,10 +141,13 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         checkpoints: bool = True,
         new_run_per_train: bool = False,
         record_agents: bool = True,
+        group: str | None = None,
+        parent: Run | str | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
-            record_agents=record_agents,
+            record_agents=record_agents, group=group, parent=parent, tags=tags,
         )
         self.user_hyperparameters = dict(hyperparameters or {})
         self.include = set(include) if include is not None else None

@@ -250,10 +250,14 @@ class SQLBackend(Backend):
     # ---- schema ----------------------------------------------------------------------
 
     def _ensure_catalog(self, cur: Any) -> None:
-        for table in TABLES.values():
-            for stmt in self._create_table_sql(table):
-                cur.execute(stmt)
+        statements = [self._create_table_sql(table) for table in TABLES.values()]
+        for create, *_ in statements:
+            cur.execute(create)
+        # an older store's tables get their newer columns before any index on them is made
         self._add_catalog_columns(cur)
+        for _, *indexes in statements:
+            for stmt in indexes:
+                cur.execute(stmt)
 
     def _add_catalog_columns(self, cur: Any) -> None:
         """Give a store made by an earlier trainprov the catalog columns added since (NULL in old rows)."""
@@ -265,6 +269,14 @@ class SQLBackend(Backend):
 
     def declare(self, flow: Dataflow) -> int:
         return self._transaction(lambda cur: self._declare(cur, flow))
+
+    def ensure_catalog(self) -> None:
+        """Create the store's own tables (or add the columns newer than the store) if a write needs them first."""
+        def work(cur: Any) -> None:
+            if not self._catalog_current(cur):
+                self._lock_catalog(cur)
+                self._ensure_catalog(cur)
+        self._transaction(work)
 
     def _catalog_current(self, cur: Any) -> bool:
         """True if every catalog table and column exists (False: let the declaration check under its lock)."""

@@ -111,9 +111,12 @@ TABLES: dict[str, Table] = {
                 ("error", "str"),
                 # several processes record one run (data-parallel ranks): it ends with the last
                 ("world_size", "int"),
+                # a run may belong to a group (a study, a sweep) and be started by a parent run
+                ("group_name", "str"),
+                ("parent_run_id", "str"),
             ),
             ("run_id",),
-            (("status",), ("dataflow", "dataflow_version")),
+            (("status",), ("dataflow", "dataflow_version"), ("group_name",)),
         ),
         Table(
             "run_ranks",
@@ -198,6 +201,23 @@ TABLES: dict[str, Table] = {
                 ("acted_on_behalf_of", "str"),
             ),
             ("run_id", "agent_id"),
+        ),
+        Table(
+            "run_groups",
+            (
+                ("group_name", "str"),
+                ("kind", "str"),
+                ("description", "str"),
+                ("details", "json"),
+                ("created_at", "datetime"),
+            ),
+            ("group_name",),
+        ),
+        Table(
+            "run_tags",
+            (("run_id", "str"), ("tag", "str"), ("value", "str")),
+            ("run_id", "tag"),
+            (("tag", "value"),),
         ),
     )
 }

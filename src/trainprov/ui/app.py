@@ -199,6 +199,14 @@ def routes(board: Dashboard) -> list[Any]:
                           nav="runs", note="Transformations (blue) and the datasets (yellow) they use and generate; "
                                            "hover a dataset for its attributes.")
 
+    def group_page(request: Request, reader: Reader) -> Response:
+        name = request.path_params["name"]
+        found = reader.group(name)  # an unknown group: a page that names the groups there are
+        query = listing.RunsQuery.from_params(request.query_params)
+        query.group = name
+        return board.page(request, "group.html", group=found["group"], details=data.group_details(found["group"]),
+                          listing=listing.runs_list(reader, query), search=data.group_search(reader, name), nav="runs")
+
     def compare_page(request: Request, reader: Reader) -> Response:
         refs = request.query_params.getlist("runs")
         refs = [r for ref in refs for r in ref.split(",") if r]
@@ -331,6 +339,7 @@ def routes(board: Dashboard) -> list[Any]:
         Route("/runs/{run}/export/{format}", _page(board, export_run)),
         Route("/runs/{run}/report", _page(board, report_run)),
         Route("/dataflows/{name}/{version:int}", _page(board, dataflow_page)),
+        Route("/groups/{name:path}", _page(board, group_page)),
         Route("/compare", _page(board, compare_page)),
         Route("/sql", _page(board, sql_page)),
         Route("/api/runs", _api(board, api_runs)),

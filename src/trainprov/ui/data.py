@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from .. import analysis, record, rundiff
+from .. import analysis, record, rundiff, searches
 from ..errors import QueryError
 from ..query import Reader
 from ..spec import ELEMENT_COLUMNS
@@ -314,3 +314,45 @@ def sql_csv_chunks(reader: Reader, sql: str, *, timeout: float | None = None, ba
             for row in chunk:
                 writer.writerow(["" if v is None else exact(v) if isinstance(v, float) else jsonable(v) for v in row])
             yield out.getvalue()
+
+
+def group_details(group: dict[str, Any]) -> list[tuple[str, str]]:
+    """A run group's details as (name, text) pairs: a study's directions, sampler, pruner, search space."""
+    details = group.get("details")
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except json.JSONDecodeError:
+            return [("details", details)]
+    if not isinstance(details, dict):
+        return []
+    return [(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True)) for key, value in details.items()]
+
+
+def group_search(reader: Reader, name: str) -> dict[str, Any] | None:
+    """A search group's analysis for its page (None for a group without trials): best trials, importance,
+    pruning, and per trial its state, value, hyperparameters and intermediate values for the charts."""
+    try:
+        summary = searches.search_summary(name, reader)
+    except QueryError:
+        return None
+    curves = {}
+    for row in reader.rows(
+        f"SELECT t.trial_number, t.intermediate_values FROM runs r JOIN trials t ON t.run_id = r.run_id "
+        f"WHERE r.group_name = {reader.backend.placeholder} ORDER BY t.trial_number", (name,)
+    ):
+        steps = row["intermediate_values"]
+        steps = json.loads(steps) if isinstance(steps, str) else (steps or {})
+        curves[str(row["trial_number"])] = sorted(([int(k), jsonable(v)] for k, v in steps.items()), key=lambda kv: kv[0])
+    trials = summary.trials.astype(object).where(summary.trials.notna(), None)
+    return {
+        "direction": summary.direction,
+        "parameters": summary.parameters,
+        "best": [{k: _shown(v) for k, v in row.items()} for row in summary.best.astype(object).to_dict("records")],
+        "best_columns": list(summary.best.columns),
+        "importance": summary.importance,
+        "importance_method": summary.importance_method,
+        "pruned": summary.pruned,
+        "chart": {"direction": summary.direction, "parameters": summary.parameters,
+                  "trials": [jsonable(r) for r in trials.to_dict("records")], "curves": curves},
+    }

@@ -20,7 +20,7 @@ from .present import duration, exact, is_missing, number, when
 STATUSES = ("running", "finished", "failed", "interrupted")
 #: columns of the runs overview that describe the run itself (the rest: best metrics, hyperparameters)
 RUN_COLUMNS = ("run_id", "name", "dataflow", "dataflow_version", "status", "started_at", "ended_at", "duration_s",
-               "host", "user_name", "epochs_run", "last_epoch_at")
+               "host", "user_name", "epochs_run", "last_epoch_at", "group_name")
 #: at most this many metric and hyperparameter columns in the runs list
 LIST_METRICS, LIST_HYPERPARAMETERS = 4, 5
 #: hyperparameters shown when none varies between runs
@@ -45,6 +45,7 @@ class RunsQuery:
 
     status: str = ""
     dataflow: str = ""
+    group: str = ""
     q: str = ""
     sort: str = "started_at"
     order: str = "desc"
@@ -67,6 +68,7 @@ class RunsQuery:
         return cls(
             status=status if status in STATUSES else "",
             dataflow=params.get("dataflow", ""),
+            group=params.get("group", ""),
             q=params.get("q", "").strip(),
             sort=params.get("sort", "") or "started_at",
             order=order if order in ("asc", "desc") else ("desc" if params.get("sort", "") in ("", "started_at") else "asc"),
@@ -76,7 +78,7 @@ class RunsQuery:
 
     def link(self, **change: Any) -> str:
         """The query string of this list with some parameters changed."""
-        values = {"status": self.status, "dataflow": self.dataflow, "q": self.q, "sort": self.sort,
+        values = {"status": self.status, "dataflow": self.dataflow, "group": self.group, "q": self.q, "sort": self.sort,
                   "order": self.order, "limit": self.limit, "rank": self.rank,
                   **change}
         defaults = RunsQuery()
@@ -107,6 +109,7 @@ class RunsList:
     matched: int
     counts: dict[str, int]
     dataflows: list[str]
+    groups: list[str] = field(default_factory=list)
     frame: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
     def sort_link(self, column: Column) -> str:
@@ -152,6 +155,7 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
     total = len(frame)
     counts = {s: int((frame["status"] == s).sum()) for s in STATUSES} if total else dict.fromkeys(STATUSES, 0)
     dataflows = sorted(frame["dataflow"].dropna().unique().tolist()) if total else []
+    groups = sorted(frame["group_name"].dropna().unique().tolist()) if total and "group_name" in frame else []
     has_epochs = bool(analysis.attributes(analysis.EPOCH_DATASET, store=reader))
     metrics = display_metrics(analysis.metrics(analysis.EPOCH_DATASET, scores_only=True, store=reader))[:LIST_METRICS] \
         if has_epochs else []
@@ -160,6 +164,7 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
         Column("run_id", "run", "run"),
         Column("status", "status", "status"),
         Column("dataflow", "dataflow", "dataflow"),
+        *([Column("group_name", "group", "group")] if groups else []),
         Column("started_at", "started (UTC)", "time"),
         Column("duration_s", "duration", "duration"),
         *([Column("epochs_run", "epochs", "number")] if has_epochs else []),
@@ -172,6 +177,8 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
         frame = frame[frame["status"] == query.status]
     if query.dataflow:
         frame = frame[frame["dataflow"] == query.dataflow]
+    if query.group:
+        frame = frame[frame["group_name"] == query.group]
     if query.q and not frame.empty:
         frame = frame[_matches(frame[["run_id", "name", "dataflow", "host", "user_name", *hps]], query.q)]
     summarised = [c.key for c in columns if c.key == "epochs_run" or c.key.startswith("best_")]
@@ -184,7 +191,7 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
     if has_epochs and not by_summary and not shown.empty:
         shown = _with_summary(reader, shown, metrics, total, query.rank)
     rows = [dict(zip(shown.columns, row)) for row in shown.astype(object).itertuples(index=False, name=None)]
-    return RunsList(query, columns, rows, total, matched, counts, dataflows, shown)
+    return RunsList(query, columns, rows, total, matched, counts, dataflows, groups, shown)
 
 
 def _with_summary(reader: Reader, frame: pd.DataFrame, metrics: list[str], total: int, rank: int = 0) -> pd.DataFrame:
