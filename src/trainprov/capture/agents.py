@@ -39,7 +39,8 @@ def _run(cmd: list[str], cwd: str | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _user() -> str:
+def user() -> str:
+    """The login name of the person running the process."""
     try:
         return getpass.getuser()
     except Exception:  # no login name in some containers
@@ -95,12 +96,12 @@ def _script() -> tuple[str | None, str, dict[str, Any] | None]:
 
 def collect(run_id: str, seeds: Mapping[str, int] | None = None) -> list[tuple]:
     """Rows for the agents table: (run_id, agent_id, kind, name, details, acted_on_behalf_of)."""
-    user = _user()
+    user_name = user()
     host = socket.gethostname()
     cwd = os.getcwd()
-    person = f"person:{user}"
+    person = f"person:{user_name}"
     machine = f"machine:{host}"
-    person_details = {"user": user}
+    person_details = {"user": user_name}
     for key in ("user.name", "user.email"):
         value = _run(["git", "config", key], cwd)
         if value:
@@ -133,7 +134,7 @@ def collect(run_id: str, seeds: Mapping[str, int] | None = None) -> list[tuple]:
         "seeds": reproduction.seeds(seeds), "environment": reproduction.environment(),
     }
     return [
-        (run_id, person, "person", user, person_details, None),
+        (run_id, person, "person", user_name, person_details, None),
         (run_id, machine, "machine", host, machine_details, person),
         (run_id, f"software:python-{platform.python_version()}", "software", python, software_details, person),
         (run_id, f"software:program:{program}", "software", program, program_details, person),

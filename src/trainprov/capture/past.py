@@ -9,7 +9,6 @@ source was imported before (imports are idempotent).
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import hashlib
 import itertools
 import os
@@ -19,7 +18,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import CaptureError
 from ..spec import Dataflow
 from ..store.catalog import element_target, target
-from . import groups
+from . import agents, groups
 from .writer import writer_for
 
 _RUN = target("runs", ("run_id", "dataflow", "dataflow_version", "name", "status", "started_at", "ended_at", "duration_s",
@@ -37,13 +36,6 @@ def _seconds(value: float | _dt.datetime | None) -> float | None:
     if isinstance(value, _dt.datetime):
         return (value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)).timestamp()
     raise CaptureError(f"a time is seconds since the epoch or a datetime, got {type(value).__name__}")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "unknown"
 
 
 def exists(run_id: str, store: str | os.PathLike | None = None) -> bool:
@@ -145,8 +137,12 @@ class PastRun:
         for item in groups.tag_rows(self.id, self.tags, replace=False):
             writer.put(item)
         duration = None if self.ended is None or self.started is None else self.ended - self.started
-        writer.put((_RUN, (self.id, self.dataflow.name, self.dataflow_version, self.name, self.status, self.started,
-                           self.ended, duration, self.ended or self.started, self.host or socket.gethostname(),
-                           self.user or _user(), self.command, self.error, self.group, self.parent)))
+        writer.put((_RUN, _RUN.row(
+            run_id=self.id, dataflow=self.dataflow.name, dataflow_version=self.dataflow_version, name=self.name,
+            status=self.status, started_at=self.started, ended_at=self.ended, duration_s=duration,
+            heartbeat_at=self.ended or self.started, host=self.host or socket.gethostname(),
+            user_name=self.user or agents.user(), command=self.command, error=self.error, group_name=self.group,
+            parent_run_id=self.parent,
+        )))
         self._items = []
         writer.flush()

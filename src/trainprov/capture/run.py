@@ -261,12 +261,10 @@ class Task:
             raise CaptureError(f"cannot record file {path}: {exc.strerror or exc}") from None
         file_id = f"{self.run._task_prefix}f{next(self._files)}"
         now = time.time()
-        self._put(
-            (
-                _FILE,
-                (file_id, self._run_id, self.id, path, role, stat.st_size, digest, stat.st_mtime, now, dataset, element_seq),
-            )
-        )
+        self._put((_FILE, _FILE.row(
+            file_id=file_id, run_id=self._run_id, task_id=self.id, path=path, role=role, size_bytes=stat.st_size,
+            sha256=digest, modified_at=stat.st_mtime, recorded_at=now, dataset=dataset, element_seq=element_seq,
+        )))
         ref = FileRef(file_id, path, stat.st_size, digest)
         self.derive(ref, derived_from)
         return ref
@@ -373,40 +371,23 @@ class Run:
         self.pid = pid = os.getpid()
         ranked = self.rank is not None
         host = socket.gethostname()
-        self._writer.put(
-            (
-                _RUN_SHARED if ranked else _RUN,
-                (
-                    self.id,
-                    dataflow.name,
-                    self.dataflow_version,
-                    name,
-                    "running",
-                    self.started,
-                    None,
-                    None,
-                    self.started,
-                    host,
-                    # a run of several processes is alive while any rank sends heartbeats
-                    None if ranked else pid,
-                    None if ranked else liveness.process_started(pid),
-                    agents._user(),
-                    " ".join(sys.argv),
-                    os.getcwd(),
-                    None,
-                    self.world_size,
-                    self.group,
-                    self.parent_id,
-                ),
-            )
-        )
+        run_target = _RUN_SHARED if ranked else _RUN
+        self._writer.put((run_target, run_target.row(
+            run_id=self.id, dataflow=dataflow.name, dataflow_version=self.dataflow_version, name=name,
+            status="running", started_at=self.started, heartbeat_at=self.started, host=host,
+            # a run of several processes is alive while any rank sends heartbeats
+            pid=None if ranked else pid, process_started=None if ranked else liveness.process_started(pid),
+            user_name=agents.user(), command=" ".join(sys.argv), working_dir=os.getcwd(),
+            world_size=self.world_size, group_name=self.group, parent_run_id=self.parent_id,
+        )))
         if self.group is not None:  # before the run's row is read by anyone: same flush
             for item in groups.group_rows(self.group, created=self.started):
                 self._writer.put(item)
         for item in groups.tag_rows(self.id, tag_values, replace=False):
             self._writer.put(item)
         if ranked:
-            self._writer.put((_RANK, (self.id, self.rank, host, pid, "running", self.started, None, None, None)))
+            self._writer.put((_RANK, _RANK.row(run_id=self.id, rank=self.rank, host=host, pid=pid, status="running",
+                                               started_at=self.started)))
         if record_agents and (not ranked or self.rank == 0):
             for row in agents.collect(self.id, seeds=seeds):
                 self._writer.put((_AGENT, row))

@@ -7,6 +7,7 @@ names say what the tables hold, so that users can join them in plain SQL.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..spec import CATALOG_TABLES, ELEMENT_COLUMN_TYPES, ELEMENT_COLUMNS, Dataset
 
@@ -32,6 +33,13 @@ class Target:
     mode: str = "insert"  # "insert", "link" (an insert that ignores a row already there) or "update"
     #: when > 0, a row is (values of the first `prefix` columns, dict of the other columns)
     prefix: int = 0
+
+    def row(self, **values: Any) -> tuple:
+        """A row of this target from its values by column name (a column not named is NULL)."""
+        unknown = set(values) - set(self.columns)
+        if unknown:
+            raise KeyError(f"{self.table} has no column {', '.join(sorted(unknown))}")
+        return tuple(values.get(c) for c in self.columns)
 
 
 TABLES: dict[str, Table] = {
