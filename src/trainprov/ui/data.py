@@ -201,7 +201,7 @@ def steps(reader: Reader, run_id: str, points: int = STEP_POINTS, rank: int = 0)
     group = f"(global_step - {int(first)}) / {bucket}"  # integers: integer division on both backends
     aggregates = []
     for name in names:
-        value = f"CASE WHEN {name} <> 'NaN' THEN {name} END"
+        value = f"CASE WHEN {analysis.not_nan(name)} THEN {name} END"
         aggregates += [f"avg({value})", f"min({value})", f"max({value})"]
     result = reader.result(
         f"SELECT {group} AS bucket, min(global_step), {', '.join(aggregates)} FROM {analysis.STEP_DATASET} "
