@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
 from .run import Element, FileRef, Run, Task, _status_for, start_run
+from .validation import ERROR, FAIL, VALIDATE, Rule, Validator, Verdict, validate_transformation
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
 BUILT_IN = (TRAIN, ADAPT, EVALUATE)
@@ -148,6 +149,7 @@ class TrainingRecorder:
         run: Run | None = None,
         name: str | None = None,
         record_agents: bool = True,
+        rules: Iterable[Rule | Any] | str | None = None,
     ) -> None:
         self.framework = framework
         self.store = store
@@ -169,6 +171,19 @@ class TrainingRecorder:
         self.rank_of_run: tuple[str, int, int] | None = None
         if run is not None:
             self.flow = run.dataflow
+        #: the rules checked at each epoch's end (and every N steps where a rule asks)
+        self.validator: Validator | None = Validator(rules) if rules else None
+        #: the failed verdict (and its recorded row) that asked the training to stop, if any
+        self.stopped_by: tuple[Verdict, Element] | None = None
+        if self.validator is not None and self.validator.rules:
+            self._add_validation()
+        else:
+            self.validator = None
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a rule with action "stop" failed in the current training."""
+        return self.stopped_by is not None
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -179,6 +194,8 @@ class TrainingRecorder:
             self.run = start_run(self.flow, self.store, name=self.name, record_agents=self.record_agents,
                                  run_id=run_id, rank=rank, world_size=world_size)
             self.flow = self.run.dataflow
+            if self.validator is not None and VALIDATE not in self.flow.transformations:
+                self._add_validation()
         return self.run
 
     def use(self, *elements: Element) -> None:
@@ -275,6 +292,33 @@ class TrainingRecorder:
         except CaptureError as exc:
             warnings.warn(f"trainprov: {exc}; training goes on", RuntimeWarning, stacklevel=3)
 
+    def _add_validation(self) -> None:
+        """Add the `validate` transformation (and `validation_results`) to the dataflow."""
+        uses = [n for n in ("epoch_metrics", "step_metrics") if n in self.flow.datasets]
+        self.flow = self.flow.with_transformation(validate_transformation(uses))
+        if self.run is not None and self.run.status == "running":
+            self.run.evolve(self.flow)
+
+    def _validate(self, verdicts: list[Verdict], checked: Element | None) -> None:
+        """Record verdicts as a `validate` task that used the checked row; act on failures."""
+        if not verdicts:
+            return
+        run = self.start()
+        depends = [self.train_task or self._last_train] if (self.train_task or self._last_train) else []
+        with run.task(VALIDATE, depends_on=depends) as task:
+            if checked is not None:
+                task.used(checked)
+            for verdict in verdicts:
+                stop = verdict.verdict == FAIL and verdict.action == "stop" and self.stopped_by is None
+                element = task.generated("validation_results", **verdict.row(stop))
+                if stop:
+                    self.stopped_by = (verdict, element)
+                if verdict.failed and (verdict.action in ("warn", "stop") or verdict.verdict == ERROR):
+                    where = f"epoch {verdict.epoch}" + (f", step {verdict.step}" if verdict.step is not None else "")
+                    what = "stops the training" if stop else verdict.severity
+                    warnings.warn(f"trainprov: rule {verdict.rule} ({what}) at {where}: {verdict.message}",
+                                  RuntimeWarning, stacklevel=4)
+
     def _grow(self, dataset: str, attributes: dict[str, str]) -> None:
         self.flow = self.flow.with_attributes(dataset, attributes)
         if self.run is not None and self.run.status == "running":
@@ -293,6 +337,10 @@ class TrainingRecorder:
         layer_rows = [self._columns_for("layers", dict(layer)) for layer in layers]
         task = run.task(TRAIN, depends_on=depends)
         self.train_task = task
+        self.stopped_by = None
+        self._planned_epochs = _number(hyperparameters.get("epochs"))
+        if self.validator is not None:
+            self.validator.reset()
         for element in self._pending_uses:
             task.used(element)
         self._pending_uses.clear()
@@ -314,11 +362,22 @@ class TrainingRecorder:
             values["epoch_time_s"] = seconds
         with self._lock:
             element = task.generated("epoch_metrics", **values)
+        if self.validator is not None:
+            seen = dict(metrics)
+            seen.setdefault("learning_rate", learning_rate)
+            seen.setdefault("epoch_time_s", seconds)
+            self._validate(self.validator.epoch(epoch, {k: v for k, v in seen.items() if v is not None}), element)
         self._flush()
         return element
 
     def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
         """Record one training step (counted from 1 within its epoch); not flushed."""
+        element = self._step(epoch, step, metrics, global_step)
+        if self.validator is not None and self.validator.step_rules:
+            with self._lock:
+                self._validate(self.validator.step(epoch, step, metrics), element)
+
+    def _step(self, epoch: int, step: int, metrics: Mapping[str, Any], global_step: int | None) -> Element:
         # Steps come by the thousand with the same keys: once their columns are known,
         # map them directly; any value the dataset check refuses takes the general path.
         plan = self._step_columns.get(tuple(metrics))
@@ -328,23 +387,24 @@ class TrainingRecorder:
                 values = {column: metrics[key] for key, column in plan}
                 values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
                 try:
-                    task.generated("step_metrics", **values)
-                    return
+                    return task.generated("step_metrics", **values)
                 except (ValueTypeError, SpecError):
                     pass
             values = self._map_columns("step_metrics", metrics)
             if "extra" not in values:
                 self._step_columns[tuple(metrics)] = tuple((key, self._columns[("step_metrics", key)]) for key in metrics)
             values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
-            task.generated("step_metrics", **values)
+            return task.generated("step_metrics", **values)
 
-    def adaptation(self, epoch: int, kind: str, cause: str, **facts: Any) -> Element | None:
+    def adaptation(self, epoch: int, kind: str, cause: str, *, uses: Iterable[Element] = (), **facts: Any) -> Element | None:
         """Record an adaptation (a learning-rate change, early stopping) as a task of its own."""
         run = self.start()
         if kind == "learning_rate" and facts.get("old_value") == facts.get("new_value"):
             return None  # nothing changed: no adaptation
         depends = [self.train_task or self._last_train] if (self.train_task or self._last_train) else []
         with run.task(ADAPT, depends_on=depends) as task:
+            for element in uses:
+                task.used(element)
             values = {k: v for k, v in facts.items() if v is not None}
             return task.generated("adaptations", epoch=epoch, kind=kind, cause=cause, **values)
 
@@ -365,6 +425,13 @@ class TrainingRecorder:
         """End the training task."""
         if self.train_task is None:
             return
+        if self.stopped_by is not None and status == "finished":
+            verdict, element = self.stopped_by
+            # like early stopping: an adaptation of `epochs`, linked to the verdict that caused it
+            self.adaptation(verdict.epoch, "stopped_by_rule", f"rule {verdict.rule}: {verdict.message}",
+                            uses=[element], parameter="epochs", old_value=getattr(self, "_planned_epochs", None),
+                            new_value=verdict.epoch, monitor=verdict.metric,
+                            monitor_value=verdict.observed)
         self.train_task.end(status, error)
         self._last_train, self.train_task = self.train_task, None
         if self.run is not None:

@@ -2,7 +2,7 @@
 
 Each command is a thin wrapper over one library call. `runs.py`: runs, show, query, schema.
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
-`copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `options.py` declares the shared options (`--store`,
+`copy.py`: copy between stores. `check.py`: a run's rule violations. `reproduce.py`: diff, reproduce. `options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
 
@@ -14,6 +14,7 @@ import click
 
 from ..errors import TrainprovError
 from .analyze import analyze
+from .check import check_command
 from .copy import copy_command
 from .export import export_command, lineage_command
 from .options import store_option
@@ -42,5 +43,5 @@ def main(store: str) -> None:
 
 
 for command in (runs, show, query, schema, export_command, lineage_command, analyze, ui, copy_command, diff_command,
-                reproduce_command):
+                reproduce_command, check_command):
     main.add_command(command)

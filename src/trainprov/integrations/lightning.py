@@ -111,9 +111,10 @@ class Provenance(RecordsTraining, Callback):
         steps: bool = True,
         architecture: bool = True,
         record_agents: bool = True,
+        rules: Any = None,
     ) -> None:
         super().__init__()
-        self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents)
+        self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents, rules=rules)
         self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
         self.logger = ProvenanceLogger(self)
         self.user_hyperparameters = dict(hyperparameters or {})
@@ -334,6 +335,12 @@ class Provenance(RecordsTraining, Callback):
         if not self._recording:
             return
         self._write_epoch()
+        if self.recorder.should_stop:
+            # a rule with action "stop" failed on the epoch just written: Lightning runs no batch
+            # of this epoch and ends the fit; the empty epoch is not recorded
+            trainer.should_stop = True
+            self._epoch_values = None
+            return
         self._epoch = trainer.current_epoch + 1
         self._epoch_values, self._epoch_seconds = {}, None
         self._train_epoch_ended = False
@@ -345,6 +352,8 @@ class Provenance(RecordsTraining, Callback):
         # epoch's training values: the row is written when the next epoch (or the fit) begins
         if not self._recording:
             return
+        if self.recorder.should_stop and self._epoch_values is None:
+            return  # the epoch a rule stopped before any batch
         self._epoch_seconds = time.perf_counter() - self._epoch_started
         self._train_epoch_ended = True
         self._write_step()

@@ -23,6 +23,8 @@ from torch.optim import lr_scheduler as schedulers
 
 from ..capture.run import Element, FileRef, Run, new_run_id
 from ..capture.training import RecordsTraining, TrainingRecorder, _number
+from ..capture.validation import TrainingStopped
+from ..errors import SpecError
 from ..spec import Dataflow
 
 # Schedules that move the rate a little at (nearly) every step or epoch: their settings are
@@ -407,9 +409,15 @@ class Tracker(RecordsTraining):
         architecture: bool = True,
         record_agents: bool = True,
         distributed: bool | None = None,
+        rules: Any = None,
+        stop: str = "flag",
     ) -> None:
+        if stop not in ("flag", "raise"):
+            raise SpecError(f"stop must be 'flag' or 'raise', got {stop!r}")
         self.model = model
-        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents)
+        self.stop = stop
+        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name,
+                                         record_agents=record_agents, rules=rules)
         if run is None and distributed:
             join_distributed_run(self.recorder)
         elif run is None and distributed is None and not os.environ.get("TRAINPROV_RUN_ID"):
@@ -491,7 +499,16 @@ class Tracker(RecordsTraining):
         self.watcher.epoch_ended()
         self.steps_in_epoch = 0
         self._epoch_started = now
+        if self.stop == "raise" and self.recorder.stopped_by is not None:
+            verdict = self.recorder.stopped_by[0]
+            self.end_training()
+            raise TrainingStopped(verdict)
         return element
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a rule with action "stop" failed: end your loop (`if tracker.should_stop: break`)."""
+        return self.recorder.should_stop
 
     def save(self, obj: Any, path: str | os.PathLike, *, monitor: str | None = None, monitor_value: Any = None) -> FileRef:
         """`torch.save(obj, path)` and record the file (path, size, SHA-256) as a checkpoint of this epoch."""
@@ -522,6 +539,14 @@ class Tracker(RecordsTraining):
         if self.recorder.train_task is not None:
             self.end_training()
         return self.recorder.evaluation(metrics, seconds=seconds)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        # a rule stopped the training (stop="raise"): the `with` block ends there, the run finished
+        if isinstance(exc, TrainingStopped):
+            self.end("finished")
+            return True
+        super().__exit__(exc_type, exc, tb)
+        return False
 
     def end(self, status: str = "finished", error: str | None = None) -> None:
         """End the training (if still open) and the run; stop watching the optimizer."""

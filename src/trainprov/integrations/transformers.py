@@ -141,10 +141,11 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         checkpoints: bool = True,
         new_run_per_train: bool = False,
         record_agents: bool = True,
+        rules: Any = None,
     ) -> None:
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
-            record_agents=record_agents,
+            record_agents=record_agents, rules=rules,
         )
         self.user_hyperparameters = dict(hyperparameters or {})
         self.include = set(include) if include is not None else None
@@ -240,6 +241,11 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         if not self._training:
             return
         self._close_epoch()
+        if self.recorder.should_stop:
+            # a rule with action "stop" failed on the epoch just recorded; the Trainer checks
+            # this after the next optimizer step (its first chance), and that epoch is not recorded
+            control.should_training_stop = True
+            return
         self._epoch += 1
         upe = self._updates_per_epoch
         self._epoch_first_step = (self._epoch - 1) * upe if upe else state.global_step
@@ -272,6 +278,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         if "epoch" in values:
             values[EPOCH_PROGRESS] = values.pop("epoch")
         self.recorder.step(self._epoch, state.global_step - self._epoch_first_step, values, global_step=state.global_step)
+        if self.recorder.should_stop:
+            control.should_training_stop = True  # a step rule failed
         if summary:
             return
         if state.global_step != self._logs_step:

@@ -1,0 +1,342 @@
+"""Rules checked while training runs: the engine, and real diverging trainings stopped in each integration."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+import trainprov as tp
+from trainprov import rules
+from trainprov.errors import SpecError
+
+pytestmark = [pytest.mark.filterwarnings("ignore:trainprov. rule"),
+              pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+              pytest.mark.filterwarnings("ignore:.*LeafSpec")]
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(64, 4)).astype("float32")
+Y = (X @ np.array([1.0, -2.0, 0.5, 3.0], dtype="float32"))[:, None] * 10
+
+
+def q(sql, *, store):
+    """Rows of a query as tuples."""
+    return [tuple(row.values()) for row in tp.query(sql, store=store)]
+
+
+# ---- the engine ---------------------------------------------------------------------------------
+
+def verdicts(rule_list, epochs):
+    validator = rules.Validator(rule_list)
+    return [v for i, values in enumerate(epochs, 1) for v in validator.epoch(i, values)]
+
+
+def test_loss_finite_fails_on_nan_and_inf_of_any_loss_and_passes_otherwise():
+    found = verdicts([rules.loss_finite()], [{"loss": 1.0, "val_loss": 2.0}, {"loss": 0.5, "val_loss": math.inf},
+                                             {"loss": math.nan}, {"accuracy": 0.3}])
+    assert [(v.epoch, v.verdict, v.metric) for v in found] == [(1, "pass", "loss"), (2, "fail", "val_loss"),
+                                                              (3, "fail", "loss")]
+    assert math.isinf(found[1].observed) and found[1].action == "stop" and found[1].severity == "error"
+
+
+def test_no_improvement_gap_learning_rate_gradient_and_epoch_time():
+    epochs = [{"loss": 1.0, "val_loss": 1.0, "learning_rate": 0.1, "grad_norm": 1.0, "epoch_time_s": 1.0},
+              {"loss": 0.8, "val_loss": 1.1, "learning_rate": 0.1, "grad_norm": 2.0, "epoch_time_s": 1.0},
+              {"loss": 0.5, "val_loss": 1.2, "learning_rate": 2.0, "grad_norm": math.nan, "epoch_time_s": 1.1},
+              {"loss": 0.2, "val_loss": 1.3, "learning_rate": 0.1, "grad_norm": 50.0, "epoch_time_s": 5.0}]
+    found = verdicts([rules.no_improvement("val_loss", patience=2), rules.gap_below(0.9),
+                      rules.learning_rate_within(1e-5, 1.0), rules.gradient_norm(10.0), rules.epoch_time(2.0)], epochs)
+    failed = {(v.rule, v.epoch) for v in found if v.failed}
+    assert failed == {("no_improvement", 3), ("no_improvement", 4), ("train_validation_gap", 4),
+                      ("learning_rate_within", 3), ("gradient_norm", 3), ("gradient_norm", 4), ("epoch_time", 4)}
+    gap = next(v for v in found if v.rule == "train_validation_gap" and v.epoch == 4)
+    assert gap.observed == pytest.approx(1.1) and gap.threshold == 0.9
+
+
+def test_a_user_rule_is_a_callable_and_a_broken_rule_is_an_error_verdict_not_a_crash():
+    @rules.rule(action="record", severity="info")
+    def accuracy_rises(history):
+        acc = history.series("accuracy")
+        return len(acc) < 2 or acc[-1] >= acc[-2] or f"accuracy fell to {acc[-1]}"
+
+    def broken(history):
+        raise KeyError("nope")
+
+    found = verdicts([accuracy_rises, broken], [{"accuracy": 0.5}, {"accuracy": 0.4}])
+    assert [(v.rule, v.epoch, v.verdict) for v in found] == [
+        ("accuracy_rises", 1, "pass"), ("broken", 1, "error"), ("accuracy_rises", 2, "fail"), ("broken", 2, "error")]
+    assert found[2].message == "accuracy fell to 0.4" and "KeyError" in found[1].message
+
+
+def test_bad_rule_settings_are_clear_errors():
+    with pytest.raises(SpecError, match="action must be one of record, warn, stop"):
+        rules.loss_finite(action="halt")
+    with pytest.raises(SpecError, match="severity"):
+        rules.gap_below(1.0, severity="fatal")
+    with pytest.raises(SpecError, match="two rules are named loss_finite"):
+        rules.Validator([rules.loss_finite(), rules.loss_finite()])
+    with pytest.raises(SpecError, match="a trainprov Rule or a callable"):
+        rules.Validator([42])
+
+
+# ---- real trainings that diverge ---------------------------------------------------------------
+
+def first_bad_epoch(store):
+    losses = q("SELECT epoch, loss FROM epoch_metrics ORDER BY epoch", store=store)
+    bad = [epoch for epoch, loss in losses if not math.isfinite(loss)]
+    assert bad, f"the training did not diverge: {losses}"
+    return bad[0], losses
+
+
+def assert_stopped_at_first_bad_epoch(store, *, last_allowed_extra=0):
+    """The run: stopped by loss_finite at the first non-finite epoch, recorded with its value, finished."""
+    bad, losses = first_bad_epoch(store)
+    assert max(e for e, _ in losses) <= bad + last_allowed_extra  # within one epoch of the first NaN
+    stop = q("SELECT rule, epoch, verdict, metric, observed, action FROM validation_results "
+                    "WHERE stopped_training", store=store)
+    assert len(stop) == 1
+    rule, epoch, verdict, metric, observed, action = stop[0]
+    assert (rule, epoch, verdict, action) == ("loss_finite", bad, "fail", "stop")
+    assert not math.isfinite(observed)
+    assert observed == dict(losses)[bad] or (math.isnan(observed) and math.isnan(dict(losses)[bad])) \
+        or metric != "loss"
+    # the stop is an adaptation linked to the verdict, like early stopping, and the run finished
+    linked = q(
+        "SELECT a.kind, a.epoch, v.rule FROM adaptations a JOIN usages u ON u.task_id = a.task_id "
+        "JOIN validation_results v ON v.task_id = u.source_task_id AND v.element_seq = u.source_element_seq", store=store)
+    assert linked == [("stopped_by_rule", bad, "loss_finite")]
+    assert q("SELECT status FROM runs", store=store) == [("finished",)]
+    assert q("SELECT status FROM tasks WHERE transformation = 'train'", store=store) == [("finished",)]
+    return bad
+
+
+def test_a_tracker_loop_with_a_too_high_learning_rate_is_stopped_by_the_flag(store):
+    from trainprov.torch import Tracker
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=3.0)
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+    epochs_run = 0
+    with Tracker(model, opt, store, epochs=40, rules=[rules.loss_finite()]) as tracker:
+        for _ in range(40):
+            for i in range(0, 64, 16):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x[i:i + 16]), y[i:i + 16])
+                loss.backward()
+                opt.step()
+            tracker.epoch(loss=loss.item())
+            epochs_run += 1
+            if tracker.should_stop:
+                break
+    bad = assert_stopped_at_first_bad_epoch(store)
+    assert epochs_run == bad < 40
+
+
+def test_a_tracker_with_stop_raise_ends_its_with_block_and_the_run_finishes(store):
+    from trainprov.torch import Tracker
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=3.0)
+    x, y = torch.from_numpy(X), torch.from_numpy(Y)
+    with Tracker(model, opt, store, epochs=40, rules="default", stop="raise") as tracker:
+        for _ in range(40):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            tracker.epoch(loss=loss.item())
+        pytest.fail("the rule did not stop the loop")
+    assert_stopped_at_first_bad_epoch(store)
+
+
+def test_keras_fit_with_a_too_high_learning_rate_is_stopped_at_the_first_nan_epoch(store):
+    import keras
+
+    from trainprov.keras import ProvenanceCallback
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(5.0), loss="mse")
+    with ProvenanceCallback(store, rules=[rules.loss_finite()]) as cb:
+        history = model.fit(X, Y, epochs=40, batch_size=16, verbose=0, callbacks=[cb])
+    bad = assert_stopped_at_first_bad_epoch(store)
+    assert len(history.history["loss"]) == bad < 40
+
+
+def test_lightning_fit_with_a_too_high_learning_rate_is_stopped_within_one_epoch(store, tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from trainprov.lightning import Provenance
+
+    class Linear(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            self.log("loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=3.0)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(Y)),
+                                       batch_size=16)
+    prov = Provenance(store, rules=[rules.loss_finite()])
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=40, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, logger=[prov.logger],
+                         callbacks=[prov], default_root_dir=tmp_path)
+    trainer.fit(Linear(), data)
+    prov.end()
+    bad = assert_stopped_at_first_bad_epoch(store)
+    assert trainer.current_epoch <= bad + 1 < 40  # Lightning ran no batch after the epoch that diverged
+
+
+def test_transformers_training_with_a_too_high_learning_rate_is_stopped_within_one_epoch(store, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from trainprov.transformers import ProvenanceCallback
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return {"x": torch.from_numpy(X[i]), "labels": torch.from_numpy(Y[i])}
+
+    class Regression(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def forward(self, x, labels=None):
+            out = self.net(x)
+            return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
+
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, disable_tqdm=True, num_train_epochs=40,
+        per_device_train_batch_size=16, learning_rate=3.0, lr_scheduler_type="constant", optim="sgd",
+        logging_strategy="epoch", save_strategy="no", max_grad_norm=0.0, dataloader_num_workers=0,
+        logging_nan_inf_filter=False)  # the Trainer would otherwise hide a NaN loss behind the average of earlier ones
+    prov = ProvenanceCallback(store, rules=[rules.loss_finite()])
+    trainer = transformers.Trainer(model=Regression(), args=args, train_dataset=Data(), callbacks=[prov])
+    trainer.train()
+    prov.end()
+    bad = assert_stopped_at_first_bad_epoch(store)
+    assert trainer.state.global_step <= (bad + 1) * 4 < 40 * 4  # at most one step of the next epoch
+
+
+def test_warn_and_record_actions_do_not_stop_and_every_verdict_is_a_validate_task_row(store):
+    from trainprov.torch import Tracker
+
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Tracker(model, opt, store, rules=[rules.learning_rate_within(0.1, 1.0, action="warn"),
+                                               rules.gap_below(0.0, action="record")]) as tracker:
+            for epoch in range(3):
+                tracker.epoch(loss=1.0, val_loss=1.5)
+    assert [str(w.message) for w in caught if "trainprov: rule" in str(w.message)] == [
+        f"trainprov: rule learning_rate_within (warning) at epoch {e}: learning_rate 0.01 outside [0.1, 1]"
+        for e in (1, 2, 3)]
+    assert q("SELECT count(*) FROM epoch_metrics", store=store) == [(3,)]
+    rows = q("SELECT t.transformation, v.rule, v.epoch, v.verdict FROM validation_results v "
+                    "JOIN tasks t ON t.task_id = v.task_id ORDER BY v.epoch, v.rule", store=store)
+    assert rows == [("validate", r, e, "fail") for e in (1, 2, 3) for r in ("learning_rate_within", "train_validation_gap")]
+    # each validate task used the epoch row it checked
+    used = q("SELECT e.epoch FROM tasks t JOIN usages u ON u.task_id = t.task_id JOIN epoch_metrics e "
+                    "ON e.task_id = u.source_task_id AND e.element_seq = u.source_element_seq WHERE t.transformation = 'validate' "
+                    "ORDER BY e.epoch", store=store)
+    assert used == [(1,), (2,), (3,)]
+
+
+# ---- checking from another process -------------------------------------------------------------
+
+DOC_RULE = ("SELECT e.run_id, e.epoch, e.val_loss AS observed FROM epoch_metrics e JOIN epoch_metrics p "
+            "ON p.run_id = e.run_id AND p.task_id = e.task_id AND p.epoch = e.epoch - 1 WHERE e.val_loss > p.val_loss")
+
+
+def test_the_docs_sql_rule_is_the_one_tested():
+    from conftest import ROOT
+
+    assert DOC_RULE in open(os.path.join(ROOT, "docs", "validation.md"), encoding="utf-8").read()
+
+
+def test_a_users_sql_rule_watched_from_a_second_process_while_the_run_trains(store, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / "go"
+    trainer = subprocess.Popen([sys.executable, "-c", f"""
+import os, time, torch
+from trainprov.torch import Tracker
+model = torch.nn.Linear(2, 1)
+with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), {store!r}, epochs=4) as tracker:
+    for val_loss in (1.0, 0.8, 0.9):   # rises at epoch 3
+        tracker.epoch(loss=0.5, val_loss=val_loss)
+    while not os.path.exists({str(go)!r}):
+        time.sleep(0.05)
+    tracker.epoch(loss=0.4, val_loss=0.7)
+"""])
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait until the child has written its third epoch
+            try:
+                if q("SELECT count(*) FROM epoch_metrics", store=store) == [(3,)]:
+                    break
+            except Exception:  # the store is not created yet
+                pass
+            assert trainer.poll() is None and time.monotonic() < deadline, "the training child did not get going"
+            time.sleep(0.1)
+        watcher = subprocess.Popen([sys.executable, "-m", "trainprov.cli", "--store", store, "check", "--watch", "latest",
+                                    "--interval", "0.2", "--format", "csv", "--sql", f"val_loss_rising={DOC_RULE}"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        header = watcher.stdout.readline()
+        first = watcher.stdout.readline()
+        # seen while the run trains: it waits for us, so it is still running
+        assert q("SELECT status FROM runs", store=store) == [("running",)]
+        assert header.startswith("source,rule,epoch")
+        assert first.startswith("sql,val_loss_rising,3,,fail,0.9,")
+        go.touch()
+        assert trainer.wait(120) == 0
+        rest, errors = watcher.communicate(timeout=120)
+        assert watcher.returncode == 0, errors
+        assert "val_loss_rising" not in rest  # reported once, and the last epoch broke no rule
+    finally:
+        go.touch()
+        trainer.kill()
+    once = subprocess.run([sys.executable, "-m", "trainprov.cli", "--store", store, "check", "latest", "--fail",
+                           "--sql", f"val_loss_rising={DOC_RULE}"], capture_output=True, text=True)
+    assert once.returncode == 2 and "val_loss_rising  3" in once.stdout.replace("sql       ", "")
+
+
+def test_check_replays_the_built_ins_over_a_run_recorded_without_rules(store):
+    from click.testing import CliRunner
+
+    from trainprov.cli import main
+    from trainprov.torch import Tracker
+
+    model = torch.nn.Linear(2, 1)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store) as tracker:
+        for loss in (1.0, math.nan, 2.0):
+            tracker.epoch(loss=loss)
+    result = CliRunner().invoke(main, ["--store", store, "check", "latest", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    found = json.loads(result.output)
+    assert [(f["source"], f["rule"], f["epoch"], f["observed"]) for f in found] == [("replayed", "loss_finite", 2, "NaN")]
+    bad = CliRunner().invoke(main, ["--store", store, "check", "latest", "--sql", "broken=SELECT epoch FROM epoch_metrics"])
+    assert bad.exit_code == 1 and "must return a run_id column" in bad.output
