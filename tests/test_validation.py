@@ -340,3 +340,29 @@ def test_check_replays_the_built_ins_over_a_run_recorded_without_rules(store):
     assert [(f["source"], f["rule"], f["epoch"], f["observed"]) for f in found] == [("replayed", "loss_finite", 2, "NaN")]
     bad = CliRunner().invoke(main, ["--store", store, "check", "latest", "--sql", "broken=SELECT epoch FROM epoch_metrics"])
     assert bad.exit_code == 1 and "must return a run_id column" in bad.output
+
+
+def test_the_prov_export_and_lineage_show_the_validation_and_the_verdict_that_stopped_the_run(store):
+    import trainprov.export as ex
+    from trainprov.lineage import lineage
+    from trainprov.torch import Tracker
+
+    model = torch.nn.Linear(2, 1)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, rules="default") as tracker:
+        for loss in (1.0, math.nan):
+            tracker.epoch(loss=loss)
+            if tracker.should_stop:
+                break
+    run_id = q("SELECT run_id FROM runs", store=store)[0][0]
+    provn = ex.build_document(run_id, store=store).get_provn()
+    # the validate task of epoch 2 used that epoch's row and generated the failing verdict
+    validate = q("SELECT task_id FROM validation_results WHERE stopped_training", store=store)[0][0]
+    epoch_row = q("SELECT task_id, element_seq FROM epoch_metrics WHERE epoch = 2", store=store)[0]
+    assert f"used(tpid:task.{validate}, tpid:el.epoch_metrics.{epoch_row[0]}.{epoch_row[1]}," in provn
+    assert f"wasGeneratedBy(tpid:el.validation_results.{validate}.1, tpid:task.{validate}," in provn
+    # the adaptation that stopped the training used that verdict
+    adapt = q("SELECT task_id FROM adaptations WHERE kind = 'stopped_by_rule'", store=store)[0][0]
+    assert f"used(tpid:task.{adapt}, tpid:el.validation_results.{validate}.1," in provn
+    ancestors = lineage("adaptations", store=store, where="kind = 'stopped_by_rule'").ancestors
+    assert [(n.dataset, n.values.get("rule"), n.values.get("epoch")) for n in ancestors[:2]] == [
+        ("validation_results", "loss_finite", 2), ("epoch_metrics", None, 2)]
