@@ -366,3 +366,146 @@ def test_the_prov_export_and_lineage_show_the_validation_and_the_verdict_that_st
     ancestors = lineage("adaptations", store=store, where="kind = 'stopped_by_rule'").ancestors
     assert [(n.dataset, n.values.get("rule"), n.values.get("epoch")) for n in ancestors[:2]] == [
         ("validation_results", "loss_finite", 2), ("epoch_metrics", None, 2)]
+
+
+# ---- data profiles and skew --------------------------------------------------------------------
+
+from trainprov.capture.profile import jensen_shannon, l_infinity, profile_rows  # noqa: E402
+
+
+def test_a_profile_counts_missing_nan_inf_zeros_and_describes_each_feature():
+    x = np.array([[0.0, 1.0], [np.nan, 2.0], [np.inf, 0.0], [4.0, 3.0]], dtype="float32")
+    rows = {r["feature"]: r for r in profile_rows("d", (x, np.array([1, 0, 1, 1])), "train")}
+    assert set(rows) == {"x[0]", "x[1]", "label"}
+    first = rows["x[0]"]
+    assert (first["count"], first["nan"], first["inf"], first["min"], first["max"]) == (4, 1, 1, 0.0, 4.0)
+    assert first["zero_fraction"] == 0.5 and first["mean"] == 2.0 and first["sampled"] is False
+    assert sum(first["histogram"]["counts"]) == 2 and first["quantiles"]["p50"] == 2.0
+    assert rows["label"]["kind"] == "categorical" and rows["label"]["categories"] == {"0": 1, "1": 3}
+    assert len({r["sha256"] for r in rows.values()}) == 1
+
+
+def test_frames_datasets_loaders_and_images_profile_and_the_digest_proves_sameness():
+    import pandas as pd
+
+    frame = pd.DataFrame({"size": [1.5, 2.5, None], "colour": ["red", "blue", "red"]})
+    rows = {r["feature"]: r for r in profile_rows("f", frame, "train")}
+    assert rows["colour"]["categories"] == {"blue": 1, "red": 2} and rows["size"]["nan"] == 1
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    data = torch.utils.data.TensorDataset(images, torch.tensor([0, 1]))
+    from_dataset = profile_rows("i", data, "train")
+    from_loader = profile_rows("i", torch.utils.data.DataLoader(data, batch_size=1), "train")
+    assert [r["feature"] for r in from_dataset] == ["x[channel 0]", "x[channel 1]", "x[channel 2]", "label"]
+    assert from_dataset == from_loader
+    assert from_dataset[0]["max"] == 15 + 48 and from_dataset[1]["min"] == 16  # channel 0 of both images; channel 1
+    changed = images.clone()
+    changed[1, 2, 3, 3] += 1
+    assert profile_rows("i", torch.utils.data.TensorDataset(changed, torch.tensor([0, 1])), "train")[0]["sha256"] \
+        != from_dataset[0]["sha256"]
+
+
+def test_large_data_is_sampled_and_says_so_unless_exact():
+    x = np.arange(30, dtype="float64")
+    sampled = profile_rows("big", x, "train", max_rows=10)[0]
+    assert (sampled["sampled"], sampled["n_examples"], sampled["n_profiled"], sampled["count"]) == (True, 30, 10, 10)
+    exact = profile_rows("big", x, "train", max_rows=10, exact=True)[0]
+    assert (exact["sampled"], exact["n_profiled"], exact["max"]) == (False, 30, 29.0)
+    assert sampled["sha256"] == exact["sha256"]  # the digest is of all the data
+
+
+def test_skew_measures_are_jensen_shannon_and_l_infinity():
+    same = {"edges": [0.0, 1.0, 2.0], "counts": [5, 5]}
+    assert jensen_shannon(same, same) == 0.0
+    assert jensen_shannon({"edges": [0.0, 1.0], "counts": [4]}, {"edges": [2.0, 3.0], "counts": [4]}) == 1.0
+    assert jensen_shannon(same, {"edges": [0.0, 2.0], "counts": [10]}) == pytest.approx(0.0)  # same density, other bins
+    assert l_infinity({"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
+
+
+def shifted_split(seed=0):
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(400, 3)).astype("float32")
+    test = rng.normal(size=(200, 3)).astype("float32")
+    test[:, 2] += 1.5  # the planted skew: feature 2 of the test data shifted
+    return train, rng.integers(0, 2, 400), test, rng.integers(0, 2, 200)
+
+
+def skew_flags(store):
+    return q("SELECT rule, metric, verdict FROM validation_results WHERE rule = 'skew' AND verdict = 'fail'",
+             store=store)
+
+
+def test_a_planted_train_test_skew_is_flagged_in_a_tracker_run(store):
+    from trainprov.torch import Tracker
+
+    train, ytrain, test, ytest = shifted_split()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(train), torch.from_numpy(ytrain)),
+                                         batch_size=50)
+    model = torch.nn.Linear(3, 2)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, loader=loader, profile=True,
+                 rules=[rules.skew_below(max_jensen_shannon=0.1), rules.inputs_finite()]) as tracker:
+        tracker.profile("train_data", (test, ytest), "test")
+        for _ in range(2):
+            for x, y in loader:
+                tracker.step()
+            tracker.epoch(loss=1.0)
+    assert skew_flags(store) == [("skew", "x[2]", "fail")]
+    skew = q("SELECT feature, measure, value FROM data_skew WHERE split = 'test' AND reference_split = 'train' "
+             "ORDER BY feature", store=store)
+    assert [f for f, m, v in skew if v > 0.1] == ["x[2]"] and {m for _, m, _ in skew} == {"jensen_shannon", "l_infinity"}
+    # the training used the profiles
+    used = q("SELECT count(*) FROM usages u JOIN tasks t ON t.task_id = u.task_id "
+             "WHERE t.transformation = 'train' AND u.dataset = 'data_profiles'", store=store)
+    assert used == [(8,)]
+    assert q("SELECT count(*) FROM validation_results WHERE rule = 'inputs_finite' AND verdict = 'pass'",
+             store=store) == [(8,)]
+
+
+def test_a_planted_skew_between_lightnings_train_and_validation_loaders_is_flagged(store, tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from trainprov.lightning import Provenance
+
+    class Linear(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.net(batch[0]).pow(2).mean()
+            self.log("loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.net(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    train, ytrain, test, ytest = shifted_split()
+    loader = lambda x, y: torch.utils.data.DataLoader(  # noqa: E731
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=100)
+    prov = Provenance(store, profile=True, rules=[rules.skew_below()])
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, logger=[prov.logger],
+                         callbacks=[prov], default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(Linear(), loader(train, ytrain), loader(test, ytest))
+    prov.end()
+    assert skew_flags(store) == [("skew", "x[2]", "fail")]
+    assert q("SELECT split, count(*) FROM data_profiles GROUP BY split ORDER BY split", store=store) == [
+        ("train", 4), ("validation", 4)]
+
+
+def test_drift_against_a_reference_run_is_recorded_with_that_run(store):
+    from trainprov.torch import Tracker
+
+    train, ytrain, test, _ = shifted_split()
+    model = torch.nn.Linear(3, 2)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store) as first:
+        first.profile("features", train, "train")
+        first.epoch(loss=1.0)
+    reference = first.run.id
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, rules=[rules.skew_below()]) as second:
+        second.recorder.profile("features", test, "train", reference_run=reference)
+        second.epoch(loss=1.0)
+    drift = q("SELECT feature, reference_run, value > 0.1 FROM data_skew ORDER BY feature", store=store)
+    assert drift == [("x[0]", reference, 0), ("x[1]", reference, 0), ("x[2]", reference, 1)]
+    assert skew_flags(store) == [("skew", "x[2]", "fail")]

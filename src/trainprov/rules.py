@@ -15,11 +15,13 @@ from .capture.validation import (
     GapBelow,
     GradientNorm,
     History,
+    InputsFinite,
     LearningRateWithin,
     LossFinite,
     NoImprovement,
     Outcome,
     Rule,
+    SkewBelow,
     TrainingStopped,
     Validator,
     Verdict,
@@ -33,9 +35,11 @@ gap_below = GapBelow
 learning_rate_within = LearningRateWithin
 gradient_norm = GradientNorm
 epoch_time = EpochTime
+skew_below = SkewBelow
+inputs_finite = InputsFinite
 
 __all__ = [
-    "ACTIONS", "SEVERITIES", "Custom", "EpochTime", "GapBelow", "GradientNorm", "History", "LearningRateWithin",
-    "LossFinite", "NoImprovement", "Outcome", "Rule", "TrainingStopped", "Validator", "Verdict", "default_rules",
-    "epoch_time", "gap_below", "gradient_norm", "learning_rate_within", "loss_finite", "no_improvement", "rule",
+    "ACTIONS", "SEVERITIES", "Custom", "EpochTime", "GapBelow", "GradientNorm", "History", "InputsFinite", "LearningRateWithin",
+    "LossFinite", "NoImprovement", "Outcome", "Rule", "SkewBelow", "TrainingStopped", "Validator", "Verdict", "default_rules",
+    "epoch_time", "gap_below", "gradient_norm", "inputs_finite", "learning_rate_within", "loss_finite", "no_improvement", "rule", "skew_below",
 ]

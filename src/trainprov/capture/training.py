@@ -10,6 +10,7 @@ datasets, so one query compares them.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
 from .run import Element, FileRef, Run, Task, _status_for, start_run
+from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
 from .validation import ERROR, FAIL, VALIDATE, Rule, Validator, Verdict, validate_transformation
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
@@ -166,6 +168,7 @@ class TrainingRecorder:
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, str]] = {}
+        self._profiles: dict[str, dict[str, list[dict[str, Any]]]] = {}  # name -> split -> rows
         #: (run id, rank, world size) when this process is one rank of a run of several
         #: (else TRAINPROV_RUN_ID / RANK / WORLD_SIZE decide, as for start_run)
         self.rank_of_run: tuple[str, int, int] | None = None
@@ -299,22 +302,78 @@ class TrainingRecorder:
         if self.run is not None and self.run.status == "running":
             self.run.evolve(self.flow)
 
-    def _validate(self, verdicts: list[Verdict], checked: Element | None) -> None:
+    # ---- data profiles ---------------------------------------------------------------------
+
+    def profile(self, name: str, data: Any, split: str, *, labels: Any = None, exact: bool = False,
+                reference_run: str | None = None, **options: Any) -> list[Element]:
+        """Profile data as `data_profiles` rows of a `profile` task; the skew against other splits too.
+
+        The rows are used by the training (the current one, else the next). Each split is
+        compared with the "train" profile of the same name (or, with `reference_run`, with the
+        profile of the same split in that run); skew rules check the distances.
+        """
+        rows = profile_rows(name, data, split, labels=labels, exact=exact, **options)
+        run = self.start()
+        if PROFILE not in self.flow.transformations:
+            self.flow = self.flow.with_transformation(profile_transformation())
+            run.evolve(self.flow)
+        known = self._profiles.setdefault(name, {})
+        known[split] = rows
+        skews = []
+        if reference_run is not None:
+            skews += skew_rows(rows, self._stored_profile(reference_run, name, split), reference_run=reference_run)
+        elif split != "train" and "train" in known:
+            skews += skew_rows(rows, known["train"])
+        elif split == "train":
+            for other, other_rows in known.items():
+                if other != "train":
+                    skews += skew_rows(other_rows, rows)
+        depends = [t for t in run._tasks if t.transformation not in BUILT_IN and t.transformation != PROFILE]
+        with run.task(PROFILE, depends_on=depends) as task:
+            elements = [task.generated("data_profiles", **row) for row in rows]
+            skew_elements = [task.generated("data_skew", **row) for row in skews]
+        if self.train_task is not None:
+            for element in elements:
+                self.train_task.used(element)
+        else:
+            self.use(*elements)
+        if self.validator is not None:
+            self._validate(self.validator.profile(rows, skews), [*elements, *skew_elements])
+        self._flush()
+        return elements
+
+    def _stored_profile(self, run_id: str, name: str, split: str) -> list[dict[str, Any]]:
+        """A profile another run recorded (one read, when a drift is asked for)."""
+        backend = self.start()._writer.backend
+        mark = backend.placeholder
+        result = backend.query(f"SELECT * FROM data_profiles WHERE run_id = {mark} AND name = {mark} AND split = {mark}",
+                               (run_id, name, split))
+        rows = [dict(zip(result.columns, r)) for r in result.rows]
+        if not rows:
+            raise CaptureError(f"run {run_id} recorded no {split!r} profile named {name!r} to compare with")
+        for row in rows:
+            for key in ("histogram", "categories"):
+                if isinstance(row.get(key), str):
+                    row[key] = json.loads(row[key])
+        return rows
+
+    def _validate(self, verdicts: list[Verdict], checked: Element | list[Element] | None) -> None:
         """Record verdicts as a `validate` task that used the checked row; act on failures."""
         if not verdicts:
             return
         run = self.start()
         depends = [self.train_task or self._last_train] if (self.train_task or self._last_train) else []
         with run.task(VALIDATE, depends_on=depends) as task:
-            if checked is not None:
-                task.used(checked)
+            for element in [checked] if isinstance(checked, Element) else (checked or []):
+                task.used(element)
             for verdict in verdicts:
                 stop = verdict.verdict == FAIL and verdict.action == "stop" and self.stopped_by is None
                 element = task.generated("validation_results", **verdict.row(stop))
                 if stop:
                     self.stopped_by = (verdict, element)
                 if verdict.failed and (verdict.action in ("warn", "stop") or verdict.verdict == ERROR):
-                    where = f"epoch {verdict.epoch}" + (f", step {verdict.step}" if verdict.step is not None else "")
+                    where = ("the data profile" if verdict.epoch is None else f"epoch {verdict.epoch}") + (
+                        f", step {verdict.step}" if verdict.step is not None else "")
                     what = "stops the training" if stop else verdict.severity
                     warnings.warn(f"trainprov: rule {verdict.rule} ({what}) at {where}: {verdict.message}",
                                   RuntimeWarning, stacklevel=4)
@@ -475,6 +534,10 @@ class RecordsTraining:
     def use(self, *elements: Element) -> None:
         """Elements (your data, say) that the next training uses."""
         self.recorder.use(*elements)
+
+    def profile(self, name: str, data: Any, split: str = "train", **options: Any) -> list[Element]:
+        """Profile data (arrays, a DataFrame, `(x, y)`, a torch Dataset or DataLoader) as rows the training uses."""
+        return self.recorder.profile(name, data, split, **options)
 
     def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
         """Record evaluation results you computed yourself (an error in physical units, say)."""

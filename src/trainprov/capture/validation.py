@@ -67,7 +67,7 @@ class Verdict:
     """One rule's verdict at one epoch (or step), as recorded in `validation_results`."""
 
     rule: str
-    epoch: int
+    epoch: int | None
     step: int | None
     verdict: str
     metric: str | None
@@ -283,6 +283,48 @@ class EpochTime(Rule):
                        f"epoch took {times[-1]:.3g} s, {ratio:.3g} x the median {baseline:.3g} s", self.metric)
 
 
+class SkewBelow(Rule):
+    """The skew of each feature between two splits (or against a reference run) stays below a bound.
+
+    Checked when a profile is recorded: Jensen-Shannon divergence of numeric histograms at most
+    `max_jensen_shannon`, L-infinity distance of categorical frequencies at most `max_l_infinity`.
+    """
+
+    name = "skew"
+
+    def __init__(self, max_jensen_shannon: float = 0.1, max_l_infinity: float = 0.1, **options: Any) -> None:
+        super().__init__(**options)
+        self.bounds = {"jensen_shannon": float(max_jensen_shannon), "l_infinity": float(max_l_infinity)}
+
+    def check(self, history: History) -> Outcome | None:
+        return None  # not an epoch rule: see check_skew
+
+    def check_skew(self, skew: Mapping[str, Any]) -> Outcome:
+        """The outcome on one `data_skew` row."""
+        bound = self.bounds[skew["measure"]]
+        value = skew["value"]
+        passed = _finite(value) and value <= bound
+        against = skew["reference_split"] + (f" of run {skew['reference_run']}" if skew.get("reference_run") else "")
+        return Outcome(passed, value, bound, f"{skew['name']}.{skew['feature']}: {skew['measure']} {value:.4g} between "
+                       f"{skew['split']} and {against} {'<=' if passed else '>'} {bound:.4g}", skew["feature"])
+
+
+class InputsFinite(Rule):
+    """No NaN or infinity in the data a training uses (checked on each profiled feature)."""
+
+    name = "inputs_finite"
+    default_severity = "error"
+
+    def check(self, history: History) -> Outcome | None:
+        return None  # not an epoch rule: see check_profile
+
+    def check_profile(self, row: Mapping[str, Any]) -> Outcome:
+        """The outcome on one `data_profiles` row."""
+        bad = int(row.get("nan") or 0) + int(row.get("inf") or 0)
+        return Outcome(bad == 0, float(bad), 0.0, f"{row['name']}.{row['feature']} ({row['split']}): "
+                       f"{row.get('nan') or 0} NaN, {row.get('inf') or 0} infinite values", row["feature"])
+
+
 class Custom(Rule):
     """Your own rule: a callable given the `History`.
 
@@ -388,6 +430,22 @@ class Validator:
             return self._evaluate(due, epoch, step)
         finally:
             self.history.step = None
+
+    def profile(self, profiles: Iterable[Mapping[str, Any]], skews: Iterable[Mapping[str, Any]],
+                epoch: int | None = None) -> list[Verdict]:
+        """Verdicts of the data rules: inputs finite on `data_profiles` rows, skew on `data_skew` rows."""
+        verdicts = []
+        for r in self.rules:
+            if isinstance(r, SkewBelow):
+                checks = [r.check_skew(row) for row in skews]
+            elif isinstance(r, InputsFinite):
+                checks = [r.check_profile(row) for row in profiles]
+            else:
+                continue
+            for o in checks:
+                verdicts.append(Verdict(r.name, epoch, None, PASS if o.passed else FAIL, o.metric, o.observed,
+                                        o.threshold, o.message, r.severity, r.action))
+        return verdicts
 
     def _evaluate(self, rules: Sequence[Rule], epoch: int, step: int | None) -> list[Verdict]:
         verdicts = []

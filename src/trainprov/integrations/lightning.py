@@ -112,6 +112,7 @@ class Provenance(RecordsTraining, Callback):
         architecture: bool = True,
         record_agents: bool = True,
         rules: Any = None,
+        profile: bool = False,
     ) -> None:
         super().__init__()
         self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents, rules=rules)
@@ -121,6 +122,7 @@ class Provenance(RecordsTraining, Callback):
         self.include = set(include) if include is not None else None
         self.steps = steps
         self.architecture = architecture
+        self.profile_data = profile
         self._pid = os.getpid()
         self._reset()
 
@@ -318,6 +320,8 @@ class Provenance(RecordsTraining, Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:
             return
+        if self.profile_data:
+            self._profile_loaders(trainer)
         layers = model_layers(pl_module)[1] if self.architecture else []
         self.recorder.begin_training(self._hyperparameters(trainer, pl_module), layers)
         monitors = {id(c.scheduler.optimizer): c.monitor for c in trainer.lr_scheduler_configs
@@ -330,6 +334,22 @@ class Provenance(RecordsTraining, Callback):
         self._first_epoch = trainer.current_epoch
         self._step_offset = _logging_step(trainer)  # a resumed fit goes on counting
         self._history.clear()
+
+    def _profile_loaders(self, trainer: Trainer) -> None:
+        """Profile the fit's training and validation data (the datasets of its loaders)."""
+        for split, loaders in (("train", trainer.train_dataloader), ("validation", trainer.val_dataloaders)):
+            loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader holds the user's loaders
+            if loaders is None:
+                continue
+            if isinstance(loaders, dict):
+                named = list(loaders.items())
+            elif isinstance(loaders, (list, tuple)):
+                named = [(str(i), loader) for i, loader in enumerate(loaders)]
+            else:
+                named = [("", loaders)]
+            for key, loader in named:
+                if getattr(loader, "dataset", None) is not None:
+                    self.recorder.profile(f"data{'_' + key if len(named) > 1 else ''}", loader, split)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:

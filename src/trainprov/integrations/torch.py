@@ -411,11 +411,13 @@ class Tracker(RecordsTraining):
         distributed: bool | None = None,
         rules: Any = None,
         stop: str = "flag",
+        profile: bool = False,
     ) -> None:
         if stop not in ("flag", "raise"):
             raise SpecError(f"stop must be 'flag' or 'raise', got {stop!r}")
         self.model = model
         self.stop = stop
+        self.profile_data = profile
         self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name,
                                          record_agents=record_agents, rules=rules)
         if run is None and distributed:
@@ -472,6 +474,8 @@ class Tracker(RecordsTraining):
         if self._began:
             return
         self._began = True
+        if self.profile_data and self.loader is not None:
+            self.recorder.profile("train_data", self.loader, "train")
         layers = model_layers(self.model)[1] if self.architecture else []
         self.recorder.begin_training(self._hyperparameters(), layers)
         self._epoch_started = time.perf_counter()

@@ -142,6 +142,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         new_run_per_train: bool = False,
         record_agents: bool = True,
         rules: Any = None,
+        profile: bool = False,
     ) -> None:
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
@@ -150,6 +151,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self.user_hyperparameters = dict(hyperparameters or {})
         self.include = set(include) if include is not None else None
         self.architecture = architecture
+        self.profile_data = profile
         self.record_checkpoints = checkpoints
         self.new_run_per_train = new_run_per_train
         self.watcher: LearningRateWatcher | None = None
@@ -229,6 +231,10 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._epoch_first_step = state.global_step
         self._epoch_open, self._epoch_end_step, self._logs_step = False, None, None
         self._logs_at_step, self._evaluations, self._saved = {}, [], {}
+        if self.profile_data:
+            for split, loader in (("train", train_dataloader), ("validation", kwargs.get("eval_dataloader"))):
+                if getattr(loader, "dataset", None) is not None:
+                    self.recorder.profile("data", loader.dataset, split)
         layers = model_layers(model)[1] if self.architecture and model is not None else []
         self.recorder.begin_training(self._hyperparameters(args, state, model, optimizer, lr_scheduler), layers)
         self._stop_watching()
