@@ -509,3 +509,29 @@ def test_drift_against_a_reference_run_is_recorded_with_that_run(store):
     drift = q("SELECT feature, reference_run, value > 0.1 FROM data_skew ORDER BY feature", store=store)
     assert drift == [("x[0]", reference, 0), ("x[1]", reference, 0), ("x[2]", reference, 1)]
     assert skew_flags(store) == [("skew", "x[2]", "fail")]
+
+
+# ---- the dashboard -----------------------------------------------------------------------------
+
+def test_the_dashboard_lists_violations_counts_them_and_sends_them_to_the_curves(store):
+    from starlette.testclient import TestClient
+
+    from trainprov.torch import Tracker
+    from trainprov.ui.app import create_app
+
+    model = torch.nn.Linear(2, 1)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, name="diverged", rules="default") as tracker:
+        for loss in (1.0, math.inf):
+            tracker.epoch(loss=loss)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, name="fine") as tracker:
+        tracker.epoch(loss=1.0)
+    diverged = q("SELECT run_id FROM runs WHERE name = 'diverged'", store=store)[0][0]
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        listing = client.get("/api/runs").json()
+        assert {r["name"]: r["violations"] for r in listing["runs"]} == {"diverged": 1, "fine": 0}
+        assert "violations" in client.get("/").text
+        epochs = client.get(f"/api/runs/{diverged}/epochs").json()
+        assert [(v["rule"], v["epoch"], v["observed"], v["stopped_training"]) for v in epochs["violations"]] == [
+            ("loss_finite", 2, "Infinity", True)]
+        page = client.get(f"/runs/{diverged}").text + client.get(f"/runs/{diverged}/details").text
+        assert "Violations" in page and "stopped the training" in page and "loss is inf (not finite)" in page

@@ -69,6 +69,22 @@ def recorded(reader: Reader, run_id: str) -> list[dict[str, Any]]:
              "stopped_training": bool(r["stopped_training"])} for r in rows]
 
 
+def violation_counts(reader: Reader, run_ids: Iterable[str] | None = None) -> dict[str, int]:
+    """How many violations (verdict fail or error) each run recorded; runs without any are left out."""
+    ids = list(run_ids) if run_ids is not None else None
+    where = ""
+    if ids is not None:
+        if not ids:
+            return {}
+        where = f" AND run_id IN ({', '.join([reader.backend.placeholder] * len(ids))})"
+    try:
+        rows = reader.result("SELECT run_id, count(*) FROM validation_results WHERE verdict <> 'pass'"
+                             f"{where} GROUP BY run_id", tuple(ids or ())).rows
+    except QueryError:
+        return {}
+    return {run_id: int(n) for run_id, n in rows}
+
+
 def replayed(reader: Reader, run_id: str, rules: Iterable[Rule] | str | None = "default") -> list[dict[str, Any]]:
     """Built-in (or given) rules evaluated over the run's stored epoch_metrics, fit by fit."""
     checkers = as_rules(rules)

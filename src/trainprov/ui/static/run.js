@@ -49,6 +49,22 @@
           text: shown.map(describe), marker: { symbol: "triangle-down", size: 13, color: "#b54708" },
         });
       }
+      // violations: a red cross on the curve of the metric the rule looked at (else the first)
+      const failed = (d.violations || []).filter(v => v.epoch !== null && v.epoch !== undefined &&
+        (names.includes(v.metric) || (index === 0 && !(v.metric in d.series))));
+      if (failed.length) {
+        traces.push({
+          x: failed.map(v => v.epoch),
+          y: failed.map(v => {
+            const series = d.series[names.includes(v.metric) ? v.metric : names[0]];
+            const i = x.lastIndexOf(v.epoch);
+            return i >= 0 ? TP.num(series[i]) : null;
+          }),
+          name: "violations", type: "scatter", mode: "markers", hoverinfo: "text",
+          text: failed.map(v => `${v.rule} (${v.severity}${v.stopped_training ? ", stopped the training" : ""}): ${v.message}`),
+          marker: { symbol: "x", size: 12, color: "#d92d20" },
+        });
+      }
       const shapes = shown.map(a => ({ type: "line", xref: "x", yref: "paper", x0: a.epoch, x1: a.epoch, y0: 0, y1: 1,
                                        line: { color: "#b54708", width: 1, dash: "dot" } }));
       const log = base === "learning_rate" || base === "lr";
@@ -94,7 +110,7 @@
       d = await TP.json(`/api/runs/${encodeURIComponent(runId)}/epochs${rank}`);
       draw(d);
       showState(d);
-      const now = `${d.status} ${d.count} ${d.adaptations.length}`;
+      const now = `${d.status} ${d.count} ${d.adaptations.length} ${(d.violations || []).length}`;
       if (seen !== null && now !== seen) await refreshDetails(d.status !== "running");
       seen = now;
     } catch (e) {
