@@ -535,3 +535,18 @@ def test_the_dashboard_lists_violations_counts_them_and_sends_them_to_the_curves
             ("loss_finite", 2, "Infinity", True)]
         page = client.get(f"/runs/{diverged}").text + client.get(f"/runs/{diverged}/details").text
         assert "Violations" in page and "stopped the training" in page and "loss is inf (not finite)" in page
+
+
+def test_tp_profile_records_a_profile_in_a_run_of_your_own_dataflow(store):
+    flow = tp.Dataflow("prep", [tp.Transformation("load", generates=[tp.Dataset("raw", n=int)])])
+    with tp.start_run(flow, store) as run:
+        with run.task("load") as task:
+            task.generated("raw", n=3)
+        train, _, test, _ = shifted_split()
+        tp.profile("table", train, split="train", run=run)
+        tp.profile("table", test, split="test", run=run)
+    assert q("SELECT split, count(*) FROM data_profiles GROUP BY split ORDER BY split", store=store) == [
+        ("test", 3), ("train", 3)]
+    assert q("SELECT feature FROM data_skew WHERE value > 0.1", store=store) == [("x[2]",)]
+    with pytest.raises(tp.CaptureError, match="takes a Run or a trainprov integration"):
+        tp.profile("table", train, run="nope")

@@ -16,6 +16,7 @@ import numbers
 import os
 import threading
 import warnings
+import weakref
 from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
@@ -556,6 +557,24 @@ class RecordsTraining:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.end(*_status_for(exc))
+
+
+_profilers: "weakref.WeakKeyDictionary[Run, TrainingRecorder]" = weakref.WeakKeyDictionary()
+
+
+def profile(name: str, data: Any, split: str = "train", *, run: Any, **options: Any) -> list[Element]:
+    """Record a data profile in a run (a `Run`, or an integration's callback/tracker): `tp.profile`.
+
+    Takes what `TrainingRecorder.profile` takes (labels, exact, max_rows, bins, reference_run).
+    """
+    recorder = getattr(run, "recorder", None)
+    if not isinstance(recorder, TrainingRecorder):
+        if not isinstance(run, Run):
+            raise CaptureError(f"profile(..., run=...) takes a Run or a trainprov integration, got {type(run).__name__}")
+        recorder = _profilers.get(run)
+        if recorder is None:
+            recorder = _profilers[run] = TrainingRecorder("profile", run=run, record_agents=False)
+    return recorder.profile(name, data, split, **options)
 
 
 def learning_rate_changes(value_at: Any, first: int, last: int) -> list[tuple[int, float, float]]:
