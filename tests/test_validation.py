@@ -550,3 +550,31 @@ def test_tp_profile_records_a_profile_in_a_run_of_your_own_dataflow(store):
     assert q("SELECT feature FROM data_skew WHERE value > 0.1", store=store) == [("x[2]",)]
     with pytest.raises(tp.CaptureError, match="takes a Run or a trainprov integration"):
         tp.profile("table", train, run="nope")
+
+
+def test_rules_profiles_and_checks_work_alike_on_sqlite_and_postgresql(any_store):
+    from click.testing import CliRunner
+
+    from trainprov.cli import main
+    from trainprov.torch import Tracker
+
+    store = any_store
+    train, ytrain, test, ytest = shifted_split()
+    model = torch.nn.Linear(2, 1)
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store,
+                 rules=[rules.loss_finite(), rules.skew_below()]) as tracker:
+        tracker.profile("d", (train, ytrain), "train")
+        tracker.profile("d", (test, ytest), "test")
+        for loss in (1.0, math.nan, 0.5):
+            tracker.epoch(loss=loss, val_loss=loss)
+            if tracker.should_stop:
+                break
+    assert q("SELECT epoch, metric, stopped_training FROM validation_results WHERE stopped_training", store=store) \
+        == [(2, "loss", True)]
+    assert q("SELECT feature FROM data_skew WHERE value > 0.1", store=store) == [("x[2]",)]
+    result = CliRunner().invoke(main, ["--store", store, "check", "latest", "--format", "csv", "--sql",
+                                       f"val_loss_rising={DOC_RULE}"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("recorded,loss_finite,2,,fail,nan,") for line in lines), lines
+    assert any(line.startswith("recorded,skew,,,fail,") and "x[2]" in line for line in lines), lines
