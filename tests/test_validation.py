@@ -578,3 +578,22 @@ def test_rules_profiles_and_checks_work_alike_on_sqlite_and_postgresql(any_store
     lines = result.output.splitlines()
     assert any(line.startswith("recorded,loss_finite,2,,fail,nan,") for line in lines), lines
     assert any(line.startswith("recorded,skew,,,fail,") and "x[2]" in line for line in lines), lines
+
+
+def test_a_step_rule_is_checked_every_n_recorded_steps_and_stops_within_the_epoch(store):
+    from trainprov.torch import Tracker
+
+    model = torch.nn.Linear(2, 1)
+    losses = [1.0, 0.9, 0.8, math.nan, 0.7, 0.6]
+    done = 0
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, steps=1,
+                 rules=[rules.loss_finite(every_steps=2)]) as tracker:
+        for loss in losses:
+            tracker.step(loss=loss)
+            done += 1
+            if tracker.should_stop:
+                break
+        tracker.epoch(loss=math.nan)
+    assert done == 4  # checked at steps 2 and 4: the NaN of step 4 stops the loop there
+    assert q("SELECT epoch, step, verdict, stopped_training FROM validation_results ORDER BY recorded_at, element_seq",
+             store=store) == [(1, 2, "pass", False), (1, 4, "fail", True), (1, None, "fail", False)]
