@@ -22,6 +22,7 @@
   }
 
   function describe(a) {
+    if (a.kind === "stopped_by_rule") return `stopped after epoch ${a.epoch}: ${a.cause}`;
     if (a.kind === "early_stopping") {
       return `early stopping after epoch ${a.epoch}` + (a.monitor ? ` (${a.monitor} ${TP.fmt(a.monitor_value)}, best epoch ${a.best_epoch ?? "?"})` : "");
     }
@@ -56,9 +57,15 @@
         traces.push({
           x: failed.map(v => v.epoch),
           y: failed.map(v => {
-            const series = d.series[names.includes(v.metric) ? v.metric : names[0]];
+            // on its metric's point; a NaN or infinite value has none: on another curve's point of that epoch
             const i = x.lastIndexOf(v.epoch);
-            return i >= 0 ? TP.num(series[i]) : null;
+            if (i < 0) return null;
+            const order = names.includes(v.metric) ? [v.metric, ...names.filter(n => n !== v.metric)] : names;
+            for (const name of order) {
+              const y = TP.num(d.series[name][i]);
+              if (y !== null && Number.isFinite(y)) return y;
+            }
+            return null;
           }),
           name: "violations", type: "scatter", mode: "markers", hoverinfo: "text",
           text: failed.map(v => `${v.rule} (${v.severity}${v.stopped_training ? ", stopped the training" : ""}): ${v.message}`),
