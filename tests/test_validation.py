@@ -597,3 +597,27 @@ def test_a_step_rule_is_checked_every_n_recorded_steps_and_stops_within_the_epoc
     assert done == 4  # checked at steps 2 and 4: the NaN of step 4 stops the loop there
     assert q("SELECT epoch, step, verdict, stopped_training FROM validation_results ORDER BY recorded_at, element_seq",
              store=store) == [(1, 2, "pass", False), (1, 4, "fail", True), (1, None, "fail", False)]
+
+
+def test_a_sql_rule_in_the_training_is_checked_off_the_training_thread_and_can_stop_it(store):
+    from trainprov.torch import Tracker
+
+    model = torch.nn.Linear(2, 1)
+    threads = []
+    rising = rules.sql("val_loss_rising", DOC_RULE, action="stop")
+    original = rising.check_rows
+    rising.check_rows = lambda rows: (threads.append(__import__("threading").current_thread().name), original(rows))[1]
+    epochs_run = 0
+    with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, rules=[rising]) as tracker:
+        for val_loss in [1.0, 0.8, 0.9, *np.linspace(0.7, 0.1, 600).tolist()]:  # rises at epoch 3 only
+            tracker.epoch(loss=0.5, val_loss=val_loss)
+            epochs_run += 1
+            if tracker.should_stop:
+                break
+            import time
+            time.sleep(0.05)  # the next epoch: time for the check (its verdict is recorded at an epoch's end)
+    assert set(threads) == {"trainprov-sql-rules"}
+    stop = q("SELECT rule, epoch, verdict, observed FROM validation_results WHERE stopped_training", store=store)
+    assert stop == [("val_loss_rising", 3, "fail", 1.0)]
+    assert tracker.should_stop and epochs_run > 3  # stopped at a later epoch's end, when the verdict came back
+    assert q("SELECT kind, cause FROM adaptations", store=store)[0][0] == "stopped_by_rule"

@@ -22,6 +22,7 @@ from .capture.validation import (
     Outcome,
     Rule,
     SkewBelow,
+    SqlRule,
     TrainingStopped,
     Validator,
     Verdict,
@@ -37,9 +38,10 @@ gradient_norm = GradientNorm
 epoch_time = EpochTime
 skew_below = SkewBelow
 inputs_finite = InputsFinite
+sql = SqlRule
 
 __all__ = [
     "ACTIONS", "SEVERITIES", "Custom", "EpochTime", "GapBelow", "GradientNorm", "History", "InputsFinite", "LearningRateWithin",
-    "LossFinite", "NoImprovement", "Outcome", "Rule", "SkewBelow", "TrainingStopped", "Validator", "Verdict", "default_rules",
-    "epoch_time", "gap_below", "gradient_norm", "inputs_finite", "learning_rate_within", "loss_finite", "no_improvement", "rule", "skew_below",
+    "LossFinite", "NoImprovement", "Outcome", "Rule", "SkewBelow", "SqlRule", "TrainingStopped", "Validator", "Verdict", "default_rules",
+    "epoch_time", "gap_below", "gradient_norm", "inputs_finite", "learning_rate_within", "loss_finite", "no_improvement", "rule", "skew_below", "sql",
 ]

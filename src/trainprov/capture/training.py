@@ -10,7 +10,9 @@ datasets, so one query compares them.
 
 from __future__ import annotations
 
+import collections
 import json
+import queue
 import math
 import numbers
 import os
@@ -23,7 +25,7 @@ from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Dataflow, Dataset, Transformation, sanitize_name
 from .run import Element, FileRef, Run, Task, _status_for, start_run
 from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
-from .validation import ERROR, FAIL, VALIDATE, Rule, Validator, Verdict, validate_transformation
+from .validation import ERROR, FAIL, PASS, VALIDATE, Rule, SqlRule, Validator, Verdict, validate_transformation
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
 BUILT_IN = (TRAIN, ADAPT, EVALUATE)
@@ -179,6 +181,9 @@ class TrainingRecorder:
         self.validator: Validator | None = Validator(rules) if rules else None
         #: the failed verdict (and its recorded row) that asked the training to stop, if any
         self.stopped_by: tuple[Verdict, Element] | None = None
+        self._sql_checks: "queue.Queue[tuple[int, Element, list[SqlRule]] | None] | None" = None
+        self._sql_done: collections.deque[tuple[list[Verdict], Element]] = collections.deque()
+        self._sql_thread: threading.Thread | None = None
         if self.validator is not None and self.validator.rules:
             self._add_validation()
         else:
@@ -427,8 +432,54 @@ class TrainingRecorder:
             seen.setdefault("learning_rate", learning_rate)
             seen.setdefault("epoch_time_s", seconds)
             self._validate(self.validator.epoch(epoch, {k: v for k, v in seen.items() if v is not None}), element)
+            self._drain_sql_checks()
         self._flush()
+        if self.validator is not None and self.validator.sql_rules:
+            due = [r for r in self.validator.sql_rules if epoch % r.every_epochs == 0]
+            if due:
+                self._start_sql_checks().put((epoch, element, due))
         return element
+
+    # ---- SQL rules, off the training thread ------------------------------------------------
+
+    def _start_sql_checks(self) -> "queue.Queue[tuple[int, Element, list[SqlRule]] | None]":
+        if self._sql_checks is None:
+            self._sql_checks = queue.Queue()
+            self._sql_thread = threading.Thread(target=self._run_sql_checks, args=(self._sql_checks, self.start()),
+                                                name="trainprov-sql-rules", daemon=True)
+            self._sql_thread.start()
+        return self._sql_checks
+
+    def _run_sql_checks(self, work: "queue.Queue[tuple[int, Element, list[SqlRule]] | None]", run: Run) -> None:
+        backend = run._writer.backend
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            epoch, element, due = item
+            verdicts = []
+            for rule in due:
+                try:
+                    result = backend.query(f"SELECT * FROM ({rule.sql}) offending WHERE run_id = {backend.placeholder}",
+                                           (run.id,))
+                    outcome = rule.check_rows([dict(zip(result.columns, row)) for row in result.rows])
+                    verdicts.append(Verdict(rule.name, epoch, None, PASS if outcome.passed else FAIL, None,
+                                            outcome.observed, outcome.threshold, outcome.message, rule.severity,
+                                            rule.action))
+                except Exception as exc:  # a broken query is a finding, not a crashed training
+                    verdicts.append(Verdict(rule.name, epoch, None, ERROR, None, None, None,
+                                            f"the query failed: {exc}", rule.severity, rule.action))
+            self._sql_done.append((verdicts, element))
+
+    def _drain_sql_checks(self, wait: bool = False) -> None:
+        """Record the verdicts of SQL rules checked since (all of them if `wait`)."""
+        if wait and self._sql_checks is not None:
+            self._sql_checks.put(None)
+            self._sql_thread.join(timeout=60)
+            self._sql_checks = self._sql_thread = None
+        while self._sql_done:
+            verdicts, element = self._sql_done.popleft()
+            self._validate(verdicts, element)
 
     def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
         """Record one training step (counted from 1 within its epoch); not flushed."""
@@ -485,6 +536,8 @@ class TrainingRecorder:
         """End the training task."""
         if self.train_task is None:
             return
+        if self.validator is not None and self.validator.sql_rules:
+            self._drain_sql_checks(wait=True)
         if self.stopped_by is not None and status == "finished":
             verdict, element = self.stopped_by
             # like early stopping: an adaptation of `epochs`, linked to the verdict that caused it

@@ -325,6 +325,35 @@ class InputsFinite(Rule):
                        f"{row.get('nan') or 0} NaN, {row.get('inf') or 0} infinite values", row["feature"])
 
 
+class SqlRule(Rule):
+    """A rule in SQL, checked in the training process off the training thread.
+
+    `sql` is any read-only query that returns the offending rows, with a `run_id` column (the
+    rows of the training's run are kept). After each `every_epochs`-th epoch is written, a
+    background thread runs it; its verdict (fail when rows come back: observed = how many) is
+    recorded, and its action taken, at the next epoch's end or when the training ends.
+    """
+
+    def __init__(self, name: str, sql: str, *, every_epochs: int = 1, **options: Any) -> None:
+        super().__init__(name=name, **options)
+        if not isinstance(sql, str) or not sql.strip():
+            raise SpecError(f"SQL rule {name!r} needs a query that returns the offending rows")
+        if not isinstance(every_epochs, int) or every_epochs < 1:
+            raise SpecError(f"SQL rule {name!r}: every_epochs must be a whole number >= 1, got {every_epochs!r}")
+        self.sql, self.every_epochs = sql.strip().rstrip(";"), every_epochs
+
+    def check(self, history: History) -> Outcome | None:
+        return None  # not evaluated from the history: see check_rows
+
+    def check_rows(self, rows: Sequence[Mapping[str, Any]]) -> Outcome:
+        """The outcome on the offending rows the query returned for the run."""
+        if not rows:
+            return Outcome(True, 0.0, 0.0, "no offending rows")
+        first = ", ".join(f"{k}={v}" for k, v in rows[0].items() if k not in ("run_id", "task_id", "recorded_at"))
+        return Outcome(False, float(len(rows)), 0.0, f"{len(rows)} offending row{'s' if len(rows) > 1 else ''}; "
+                       f"first: {first}")
+
+
 class Custom(Rule):
     """Your own rule: a callable given the `History`.
 
@@ -408,6 +437,7 @@ class Validator:
     def __init__(self, rules: Iterable[Rule | Callable[[History], Any]] | str | None) -> None:
         self.rules = as_rules(rules)
         self.step_rules = [r for r in self.rules if r.every_steps]
+        self.sql_rules = [r for r in self.rules if isinstance(r, SqlRule)]
         self.history = History()
 
     def reset(self) -> None:
