@@ -621,3 +621,29 @@ def test_a_sql_rule_in_the_training_is_checked_off_the_training_thread_and_can_s
     assert stop == [("val_loss_rising", 3, "fail", 1.0)]
     assert tracker.should_stop and epochs_run > 3  # stopped at a later epoch's end, when the verdict came back
     assert q("SELECT kind, cause FROM adaptations", store=store)[0][0] == "stopped_by_rule"
+
+
+def test_files_keras_pydatasets_are_profiled_and_a_generator_is_refused(tmp_path):
+    import keras
+
+    x = np.arange(40, dtype="float32").reshape(20, 2)
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    from_file = {r["feature"]: r for r in profile_rows("f", tmp_path / "data.npz", "train")}
+    assert set(from_file) == {"x[0]", "x[1]", "label"} and from_file["x[1]"]["max"] == 39.0
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return x[i * 5:(i + 1) * 5], y[i * 5:(i + 1) * 5]
+
+    batches = {r["feature"]: r for r in profile_rows("b", Batches(), "train")}
+    assert batches["x[0]"]["count"] == 20 and batches["label"]["categories"] == {"0": 10, "1": 10}
+    partial = profile_rows("b", Batches(), "train", max_rows=10)[0]
+    assert (partial["sampled"], partial["n_profiled"], partial["n_examples"]) == (True, 10, 20)
+    with pytest.raises(SpecError, match="generator"):
+        profile_rows("g", (row for row in x), "train")
+    with pytest.raises(SpecError, match=r"\.npy, \.npz, \.csv and \.parquet"):
+        profile_rows("t", tmp_path / "data.txt", "train")

@@ -15,7 +15,9 @@ categorical ones, as TensorFlow Data Validation measures skew and drift.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
+import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -91,17 +93,57 @@ def _from_dataset(dataset: Any, max_rows: int | None) -> tuple[Any, int, bool]:
     return _stack(items), n, index is not None
 
 
+def _from_file(path: str) -> Any:
+    """The data of a file a user names: .npy, .npz, .csv, .parquet."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    if lower.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    if lower.endswith((".csv", ".parquet")):
+        import pandas as pd
+
+        return pd.read_csv(path) if lower.endswith(".csv") else pd.read_parquet(path)
+    raise SpecError(f"cannot profile {path}: a profile reads .npy, .npz, .csv and .parquet files "
+                    "(load other data yourself and pass the arrays)")
+
+
+def _from_batches(batches: Any, max_rows: int | None) -> tuple[Any, int, bool]:
+    """A Keras PyDataset (or Sequence): its batches, joined, up to `max_rows` examples (then sampled)."""
+    parts, n = [], 0
+    for i in range(len(batches)):
+        batch = batches[i]
+        parts.append(batch if isinstance(batch, tuple) else (batch,))
+        n += len(_numpy(parts[-1][0]))
+        if max_rows is not None and n >= max_rows:
+            break
+    joined = tuple(np.concatenate([_numpy(p[j]) for p in parts]) for j in range(min(len(p) for p in parts)))
+    sampled = len(parts) < len(batches)
+    total = n if not sampled else n * len(batches) // len(parts)  # an estimate: batches are alike
+    return (joined if len(joined) > 1 else joined[0]), total, sampled
+
+
 def split_features(data: Any, labels: Any = None, *, max_rows: int | None = MAX_ROWS,
-                   channels_first: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None, int, bool, str]:
-    """(features name -> values, labels, number of examples, sampled, sha256) of what a user passed."""
+                   channels_first: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None, int, int, bool, str]:
+    """(features name -> values, labels, examples, examples profiled, sampled, sha256) of what a user passed."""
     digest = hashlib.sha256()
     sampled = False
+    if isinstance(data, (str, os.PathLike)):
+        data = _from_file(os.fspath(data))
+    if inspect.isgenerator(data) or (hasattr(data, "__next__") and not hasattr(data, "__len__")):
+        raise SpecError("cannot profile a generator or iterator: it would be used up; profile the arrays (or a "
+                        "Dataset) it reads from")
+    if any(c.__name__ in ("PyDataset", "Sequence") for c in type(data).__mro__[1:]) and hasattr(data, "__len__"):
+        data, n, sampled = _from_batches(data, max_rows)
     if hasattr(data, "dataset") and hasattr(data, "batch_size"):  # a torch DataLoader: profile its dataset
         data = data.dataset
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (np.ndarray, tuple, list)) \
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (np.ndarray, tuple, list, Mapping)) \
             and not hasattr(data, "columns") and not hasattr(data, "detach"):
         data, n, sampled = _from_dataset(data, max_rows)  # a torch Dataset (items: tensors, tuples or dicts)
         channels_first = True if channels_first is None else channels_first
+    if sampled:  # a sample was read; it is what the profile describes
+        max_rows = None
     if isinstance(data, Mapping):
         label_key = next((k for k in ("labels", "label", "y", "target") if k in data), None)
         if label_key is not None and labels is None:
@@ -132,15 +174,16 @@ def split_features(data: Any, labels: Any = None, *, max_rows: int | None = MAX_
         label_values = label_values[:, 0]
     for values in [*features.values(), *([] if label_values is None else [label_values])]:
         digest.update(np.ascontiguousarray(values).tobytes() if values.dtype != object else repr(values.tolist()).encode())
+    profiled = n_examples
     if not sampled:
         index = _sample_indices(n_examples or 0, max_rows)
         if index is not None:
-            sampled = True
+            sampled, profiled = True, len(index)
             features = {k: v[index] for k, v in features.items()}
             label_values = None if label_values is None else label_values[index]
     else:
         n_examples = n
-    return features, label_values, int(n_examples or 0), sampled, digest.hexdigest()
+    return features, label_values, int(n_examples or 0), int(profiled or 0), sampled, digest.hexdigest()
 
 
 def _array_features(name: str, array: np.ndarray, channels_first: bool | None) -> dict[str, np.ndarray]:
@@ -198,7 +241,7 @@ def profile_rows(name: str, data: Any, split: str, *, labels: Any = None, exact:
     """One `data_profiles` row per feature (and one for the label) of what a user passed."""
     if not isinstance(split, str) or not split:
         raise SpecError(f"a profile needs a split name (train, validation, test), got {split!r}")
-    features, label_values, n, sampled, sha = split_features(data, labels, max_rows=None if exact else max_rows,
+    features, label_values, n, profiled, sampled, sha = split_features(data, labels, max_rows=None if exact else max_rows,
                                                              channels_first=channels_first)
     rows = []
     every = list(features.items()) + ([("label", label_values)] if label_values is not None else [])
@@ -206,7 +249,7 @@ def profile_rows(name: str, data: Any, split: str, *, labels: Any = None, exact:
         stats = feature_stats(values, categorical=True if feature == "label" and _categorical(values) else None,
                               bins=bins)
         rows.append({"name": name, "split": split, "feature": feature, "n_examples": n,
-                     "n_profiled": min(n, max_rows) if sampled else n, "sampled": sampled, "shape": str(tuple(values.shape)), "dtype": str(values.dtype),
+                     "n_profiled": profiled, "sampled": sampled, "shape": str(tuple(values.shape)), "dtype": str(values.dtype),
                      "sha256": sha, **stats})
     return rows
 
