@@ -228,11 +228,14 @@ def test_transformers_training_with_a_too_high_learning_rate_is_stopped_within_o
         per_device_train_batch_size=16, learning_rate=3.0, lr_scheduler_type="constant", optim="sgd",
         logging_strategy="epoch", save_strategy="no", max_grad_norm=0.0, dataloader_num_workers=0,
         logging_nan_inf_filter=False)  # the Trainer would otherwise hide a NaN loss behind the average of earlier ones
-    prov = ProvenanceCallback(store, rules=[rules.loss_finite()])
+    prov = ProvenanceCallback(store, rules=[rules.loss_finite()], profile=True)
     trainer = transformers.Trainer(model=Regression(), args=args, train_dataset=Data(), callbacks=[prov])
     trainer.train()
     prov.end()
     bad = assert_stopped_at_first_bad_epoch(store)
+    # profile=True: the Trainer's training data, profiled before the training used it
+    assert q("SELECT feature, n_examples FROM data_profiles WHERE split = 'train' ORDER BY feature", store=store) == [
+        ("label", 64), ("x[0]", 64), ("x[1]", 64), ("x[2]", 64), ("x[3]", 64)]
     assert trainer.state.global_step <= (bad + 1) * 4 < 40 * 4  # at most one step of the next epoch
 
 
