@@ -461,6 +461,12 @@ def test_a_planted_train_test_skew_is_flagged_in_a_tracker_run(store):
     assert used == [(8,)]
     assert q("SELECT count(*) FROM validation_results WHERE rule = 'inputs_finite' AND verdict = 'pass'",
              store=store) == [(8,)]
+    # the skew's lineage: the test split was profiled first, so the skew was measured when the
+    # loader (train) was profiled, by that task, which used the test profile
+    from trainprov.lineage import lineage
+
+    nearest = [n for n in lineage("data_skew", store=store, where="feature = 'x[2]'").ancestors if n.depth == 1]
+    assert {(n.dataset, n.values["split"]) for n in nearest} == {("data_profiles", "test")} and len(nearest) == 4
 
 
 def test_a_planted_skew_between_lightnings_train_and_validation_loaders_is_flagged(store, tmp_path):
@@ -509,6 +515,11 @@ def test_drift_against_a_reference_run_is_recorded_with_that_run(store):
     with Tracker(model, torch.optim.SGD(model.parameters(), lr=0.1), store, rules=[rules.skew_below()]) as second:
         second.recorder.profile("features", test, "train", reference_run=reference)
         second.epoch(loss=1.0)
+    # the drift's profile task used the reference run's profile: lineage crosses runs
+    used = q("SELECT DISTINCT t.run_id AS run, p.run_id AS reference FROM usages u JOIN tasks t ON t.task_id = u.task_id "
+             "JOIN data_profiles p ON p.task_id = u.source_task_id AND p.element_seq = u.source_element_seq "
+             "WHERE t.transformation = 'profile'", store=store)
+    assert used == [(second.run.id, reference)]
     drift = q("SELECT feature, reference_run, value > 0.1 FROM data_skew ORDER BY feature", store=store)
     assert drift == [("x[0]", reference, 0), ("x[1]", reference, 0), ("x[2]", reference, 1)]
     assert skew_flags(store) == [("skew", "x[2]", "fail")]

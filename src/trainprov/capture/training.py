@@ -171,7 +171,8 @@ class TrainingRecorder:
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, str]] = {}
-        self._profiles: dict[str, dict[str, list[dict[str, Any]]]] = {}  # name -> split -> rows
+        #: name -> split -> (profile rows, their elements)
+        self._profiles: dict[str, dict[str, tuple[list[dict[str, Any]], list[Element]]]] = {}
         #: (run id, rank, world size) when this process is one rank of a run of several
         #: (else TRAINPROV_RUN_ID / RANK / WORLD_SIZE decide, as for start_run)
         self.rank_of_run: tuple[str, int, int] | None = None
@@ -324,20 +325,27 @@ class TrainingRecorder:
             self.flow = self.flow.with_transformation(profile_transformation())
             run.evolve(self.flow)
         known = self._profiles.setdefault(name, {})
-        known[split] = rows
-        skews = []
+        skews: list[dict[str, Any]] = []
+        compared: list[Element] = []  # the profiles the skew was measured against: used, for lineage
         if reference_run is not None:
-            skews += skew_rows(rows, self._stored_profile(reference_run, name, split), reference_run=reference_run)
+            stored = self._stored_profile(reference_run, name, split)
+            skews += skew_rows(rows, stored, reference_run=reference_run)
+            compared += [Element("data_profiles", r["task_id"], r["element_seq"]) for r in stored]
         elif split != "train" and "train" in known:
-            skews += skew_rows(rows, known["train"])
+            skews += skew_rows(rows, known["train"][0])
+            compared += known["train"][1]
         elif split == "train":
-            for other, other_rows in known.items():
+            for other, (other_rows, other_elements) in known.items():
                 if other != "train":
                     skews += skew_rows(other_rows, rows)
+                    compared += other_elements
         depends = [t for t in run._tasks if t.transformation not in BUILT_IN and t.transformation != PROFILE]
         with run.task(PROFILE, depends_on=depends) as task:
+            for element in compared:
+                task.used(element)
             elements = [task.generated("data_profiles", **row) for row in rows]
             skew_elements = [task.generated("data_skew", **row) for row in skews]
+        known[split] = (rows, elements)
         if self.train_task is not None:
             for element in elements:
                 self.train_task.used(element)
