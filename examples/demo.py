@@ -3,7 +3,9 @@
 The training (examples/surrogate_darcy.py) writes to the embedded default store,
 ./trainprov.db (or $TRAINPROV_STORE). This process polls the same store with plain SQL
 while it trains, printing every epoch and every adaptation as it arrives, then the run's
-summary and the analysis queries of docs/queries/.
+summary and the analysis queries of docs/queries/. Then a second, short run with a learning
+rate far too high: the rule `loss_finite` stops it as soon as its loss is no longer finite, and
+`trainprov check` shows the violation (docs/validation.md).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def main() -> None:
             print(f"\n== {title}   (docs/queries/{os.path.basename(path)})", flush=True)
             frame = reader.df(sql)
             print(frame.to_string(index=False, max_colwidth=40) if len(frame) else "(no rows)", flush=True)
+    bad_run(store)
     print(
         f"\nThe provenance is in {os.path.abspath(store)}. Ask it more, from any process:\n"
         f"  .venv/bin/trainprov runs\n"
@@ -112,9 +115,30 @@ def main() -> None:
         f"  .venv/bin/trainprov query \"SELECT epoch, loss, val_loss, learning_rate FROM epoch_metrics WHERE run_id = '{run_id}'\"\n"
         f"  .venv/bin/trainprov query --file docs/queries/convergence.sql\n"
         f"  .venv/bin/trainprov analyze best val_loss\n"
+        f"  .venv/bin/trainprov check latest     # rule violations of the last run\n"
         f"  .venv/bin/trainprov ui          # the dashboard, on http://127.0.0.1:8765/",
         flush=True,
     )
+
+
+def bad_run(store: str) -> None:
+    """A second, short training with a learning rate far too high, stopped by a rule, and its check."""
+    started = time.time()
+    print("\n== a second run with learning rate 3.0 (too high): the rule loss_finite stops it", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-u", os.path.join(HERE, "surrogate_darcy.py"), "--quiet", *sys.argv[1:],
+         "--lr", "3.0", "--epochs", "20", "--name", "too-high-lr"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in done.stdout.splitlines():
+        if "trainprov: rule" in line or "finished" in line:
+            print(f"   [training] {line.split('RuntimeWarning: ')[-1].strip()}", flush=True)
+    if done.returncode != 0:
+        sys.exit(f"the second training failed (exit status {done.returncode}):\n{done.stdout}")
+    run_id = newest_run(store, started)
+    epochs = tp.query("SELECT count(*) AS n FROM epoch_metrics WHERE run_id = ?", (run_id,), store=store)[0]["n"]
+    print(f"   it ran {epochs} of 20 epochs", flush=True)
+    print(f"\n== trainprov check {run_id}\n", flush=True)
+    subprocess.run([sys.executable, "-m", "trainprov.cli", "--store", store, "check", run_id, "--no-builtin"], check=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import surrogate_lib as lib  # noqa: E402
 
 import trainprov as tp  # noqa: E402
+from trainprov import rules  # noqa: E402
 from trainprov.capture.training import training_dataflow  # noqa: E402
 from trainprov.keras import ProvenanceCallback  # noqa: E402
 
@@ -58,7 +59,10 @@ def main() -> None:
     keras.utils.set_random_seed(args.seed)
     folder = tempfile.mkdtemp(prefix="darcy-")
 
-    callback = ProvenanceCallback(args.store, dataflow=FLOW, name=args.name,
+    # rules checked at each epoch's end: a diverging loss stops the training (docs/validation.md)
+    checks = [rules.loss_finite(), rules.no_improvement("val_loss", patience=6, action="record"),
+              rules.skew_below(max_jensen_shannon=0.1, action="record")]
+    callback = ProvenanceCallback(args.store, dataflow=FLOW, name=args.name, rules=checks,
                                   hyperparameters={"samples": samples, "seed": args.seed})
     with callback:
         run = callback.start()
@@ -83,6 +87,11 @@ def main() -> None:
         xtr, ytr, xva, yva, xte, yte, stats = lib.normalize(
             x[splits["train"]], y[splits["train"]], x[splits["val"]], y[splits["val"]], x[splits["test"]], y[splits["test"]]
         )
+
+        # profiles of the data the model sees, and the skew of validation and test against training
+        callback.profile("darcy", (xtr, ytr), "train")
+        callback.profile("darcy", (xva, yva), "validation")
+        callback.profile("darcy", (xte, yte), "test")
 
         # 2. training: a plateau schedule and early stopping, so adaptations happen
         model = lib.build_dense_ed(grid=32)

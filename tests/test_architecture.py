@@ -15,9 +15,9 @@ DOC = os.path.join(os.path.dirname(SRC), "docs", "architecture.md")
 LAYERS = {
     "trainprov.errors": 1, "trainprov.spec": 1, "trainprov.formatting": 1,
     "trainprov.store": 2,
-    "trainprov.capture": 3,
+    "trainprov.capture": 3, "trainprov.rules": 3,
     "trainprov.query": 4, "trainprov.analysis": 4, "trainprov.export": 4, "trainprov.lineage": 4,
-    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.display": 4, "trainprov.searches": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
+    "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.display": 4, "trainprov.searches": 4, "trainprov.checking": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
     "trainprov.integrations": 5, "trainprov.keras": 5, "trainprov.torch": 5, "trainprov.lightning": 5,
     "trainprov.transformers": 5, "trainprov.optuna": 5, "trainprov.keras_tuner": 5, "trainprov.importers": 5,
     "trainprov.cli": 6, "trainprov.ui": 6,

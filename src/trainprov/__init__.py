@@ -4,6 +4,7 @@ Declare a dataflow, start a run, record what its tasks use and generate, and que
 store with SQL while the training runs.
 """
 
+from .capture.training import profile
 from .capture import Element, FileRef, Run, SignalInterrupt, Task, new_run_id, start_run
 from .errors import CaptureError, QueryError, QueryTimeout, SpecError, StoreError, TrainprovError, ValueTypeError
 from .query import Reader, connect, query, query_df
@@ -33,6 +34,7 @@ __all__ = [
     "connect",
     "diff",
     "new_run_id",
+    "profile",
     "query",
     "query_df",
     "start_run",

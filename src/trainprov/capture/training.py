@@ -10,17 +10,23 @@ datasets, so one query compares them.
 
 from __future__ import annotations
 
+import collections
+import json
+import queue
 import math
 import numbers
 import os
 import threading
 import warnings
+import weakref
 from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
 from . import groups
 from .run import Element, FileRef, Run, Task, _status_for, start_run
+from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
+from .validation import ERROR, FAIL, PASS, VALIDATE, Rule, SqlRule, Validator, Verdict, validate_transformation
 
 TRAIN, ADAPT, EVALUATE = "train", "adapt", "evaluate"
 BUILT_IN = (TRAIN, ADAPT, EVALUATE)
@@ -152,6 +158,7 @@ class TrainingRecorder:
         group: str | None = None,
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
+        rules: Iterable[Rule | Any] | str | None = None,
     ) -> None:
         self.framework = framework
         self.store = store
@@ -170,11 +177,29 @@ class TrainingRecorder:
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, tuple[str, str | None]]] = {}
+        #: name -> split -> (profile rows, their elements)
+        self._profiles: dict[str, dict[str, tuple[list[dict[str, Any]], list[Element]]]] = {}
         #: (run id, rank, world size) when this process is one rank of a run of several
         #: (else TRAINPROV_RUN_ID / RANK / WORLD_SIZE decide, as for start_run)
         self.rank_of_run: tuple[str, int, int] | None = None
         if run is not None:
             self.flow = run.dataflow
+        #: the rules checked at each epoch's end (and every N steps where a rule asks)
+        self.validator: Validator | None = Validator(rules) if rules else None
+        #: the failed verdict (and its recorded row) that asked the training to stop, if any
+        self.stopped_by: tuple[Verdict, Element] | None = None
+        self._sql_checks: "queue.Queue[tuple[int, Element, list[SqlRule]] | None] | None" = None
+        self._sql_done: collections.deque[tuple[list[Verdict], Element]] = collections.deque()
+        self._sql_thread: threading.Thread | None = None
+        if self.validator is not None and self.validator.rules:
+            self._add_validation()
+        else:
+            self.validator = None
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a rule with action "stop" failed in the current training."""
+        return self.stopped_by is not None
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -186,6 +211,8 @@ class TrainingRecorder:
                                  run_id=run_id, rank=rank, world_size=world_size,
                                  group=self.group, parent=self.parent, tags=self.tags)
             self.flow = self.run.dataflow
+            if self.validator is not None and VALIDATE not in self.flow.transformations:
+                self._add_validation()
         return self.run
 
     def use(self, *elements: Element) -> None:
@@ -311,6 +338,96 @@ class TrainingRecorder:
         except CaptureError as exc:
             warnings.warn(f"trainprov: {exc}; training goes on", RuntimeWarning, stacklevel=3)
 
+    def _add_validation(self) -> None:
+        """Add the `validate` transformation (and `validation_results`) to the dataflow."""
+        uses = [n for n in ("epoch_metrics", "step_metrics") if n in self.flow.datasets]
+        self.flow = self.flow.with_transformation(validate_transformation(uses))
+        if self.run is not None and self.run.status == "running":
+            self.run.evolve(self.flow)
+
+    # ---- data profiles ---------------------------------------------------------------------
+
+    def profile(self, name: str, data: Any, split: str, *, labels: Any = None, exact: bool = False,
+                reference_run: str | None = None, **options: Any) -> list[Element]:
+        """Profile data as `data_profiles` rows of a `profile` task; the skew against other splits too.
+
+        The rows are used by the training (the current one, else the next). Each split is
+        compared with the "train" profile of the same name (or, with `reference_run`, with the
+        profile of the same split in that run); skew rules check the distances.
+        """
+        rows = profile_rows(name, data, split, labels=labels, exact=exact, **options)
+        run = self.start()
+        if PROFILE not in self.flow.transformations:
+            self.flow = self.flow.with_transformation(profile_transformation())
+            run.evolve(self.flow)
+        known = self._profiles.setdefault(name, {})
+        skews: list[dict[str, Any]] = []
+        compared: list[Element] = []  # the profiles the skew was measured against: used, for lineage
+        if reference_run is not None:
+            stored = self._stored_profile(reference_run, name, split)
+            skews += skew_rows(rows, stored, reference_run=reference_run)
+            compared += [Element("data_profiles", r["task_id"], r["element_seq"]) for r in stored]
+        elif split != "train" and "train" in known:
+            skews += skew_rows(rows, known["train"][0])
+            compared += known["train"][1]
+        elif split == "train":
+            for other, (other_rows, other_elements) in known.items():
+                if other != "train":
+                    skews += skew_rows(other_rows, rows)
+                    compared += other_elements
+        depends = [t for t in run._tasks if t.transformation not in BUILT_IN and t.transformation != PROFILE]
+        with run.task(PROFILE, depends_on=depends) as task:
+            for element in compared:
+                task.used(element)
+            elements = [task.generated("data_profiles", **row) for row in rows]
+            skew_elements = [task.generated("data_skew", **row) for row in skews]
+        known[split] = (rows, elements)
+        if self.train_task is not None:
+            for element in elements:
+                self.train_task.used(element)
+        else:
+            self.use(*elements)
+        if self.validator is not None:
+            self._validate(self.validator.profile(rows, skews), [*elements, *skew_elements])
+        self._flush()
+        return elements
+
+    def _stored_profile(self, run_id: str, name: str, split: str) -> list[dict[str, Any]]:
+        """A profile another run recorded (one read, when a drift is asked for)."""
+        backend = self.start()._writer.backend
+        mark = backend.placeholder
+        result = backend.query(f"SELECT * FROM data_profiles WHERE run_id = {mark} AND name = {mark} AND split = {mark}",
+                               (run_id, name, split))
+        rows = [dict(zip(result.columns, r)) for r in result.rows]
+        if not rows:
+            raise CaptureError(f"run {run_id} recorded no {split!r} profile named {name!r} to compare with")
+        for row in rows:
+            for key in ("histogram", "categories"):
+                if isinstance(row.get(key), str):
+                    row[key] = json.loads(row[key])
+        return rows
+
+    def _validate(self, verdicts: list[Verdict], checked: Element | list[Element] | None) -> None:
+        """Record verdicts as a `validate` task that used the checked row; act on failures."""
+        if not verdicts:
+            return
+        run = self.start()
+        depends = [self.train_task or self._last_train] if (self.train_task or self._last_train) else []
+        with run.task(VALIDATE, depends_on=depends) as task:
+            for element in [checked] if isinstance(checked, Element) else (checked or []):
+                task.used(element)
+            for verdict in verdicts:
+                stop = verdict.verdict == FAIL and verdict.action == "stop" and self.stopped_by is None
+                element = task.generated("validation_results", **verdict.row(stop))
+                if stop:
+                    self.stopped_by = (verdict, element)
+                if verdict.failed and (verdict.action in ("warn", "stop") or verdict.verdict == ERROR):
+                    where = ("the data profile" if verdict.epoch is None else f"epoch {verdict.epoch}") + (
+                        f", step {verdict.step}" if verdict.step is not None else "")
+                    what = "stops the training" if stop else verdict.severity
+                    warnings.warn(f"trainprov: rule {verdict.rule} ({what}) at {where}: {verdict.message}",
+                                  RuntimeWarning, stacklevel=4)
+
     def _grow(self, dataset: str, attributes: dict[str, Attribute | str]) -> None:
         self.flow = self.flow.with_attributes(dataset, attributes)
         if self.run is not None and self.run.status == "running":
@@ -331,6 +448,10 @@ class TrainingRecorder:
         layer_rows = [self._columns_for("layers", dict(layer)) for layer in layers]
         task = run.task(TRAIN, depends_on=depends)
         self.train_task = task
+        self.stopped_by = None
+        self._planned_epochs = _number(hyperparameters.get("epochs"))
+        if self.validator is not None:
+            self.validator.reset()
         for element in self._pending_uses:
             task.used(element)
         self._pending_uses.clear()
@@ -352,11 +473,68 @@ class TrainingRecorder:
             values["epoch_time_s"] = seconds
         with self._lock:
             element = task.generated("epoch_metrics", **values)
+        if self.validator is not None:
+            seen = dict(metrics)
+            seen.setdefault("learning_rate", learning_rate)
+            seen.setdefault("epoch_time_s", seconds)
+            self._validate(self.validator.epoch(epoch, {k: v for k, v in seen.items() if v is not None}), element)
+            self._drain_sql_checks()
         self._flush()
+        if self.validator is not None and self.validator.sql_rules:
+            due = [r for r in self.validator.sql_rules if epoch % r.every_epochs == 0]
+            if due:
+                self._start_sql_checks().put((epoch, element, due))
         return element
+
+    # ---- SQL rules, off the training thread ------------------------------------------------
+
+    def _start_sql_checks(self) -> "queue.Queue[tuple[int, Element, list[SqlRule]] | None]":
+        if self._sql_checks is None:
+            self._sql_checks = queue.Queue()
+            self._sql_thread = threading.Thread(target=self._run_sql_checks, args=(self._sql_checks, self.start()),
+                                                name="trainprov-sql-rules", daemon=True)
+            self._sql_thread.start()
+        return self._sql_checks
+
+    def _run_sql_checks(self, work: "queue.Queue[tuple[int, Element, list[SqlRule]] | None]", run: Run) -> None:
+        backend = run._writer.backend
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            epoch, element, due = item
+            verdicts = []
+            for rule in due:
+                try:
+                    result = backend.query(f"SELECT * FROM ({rule.sql}) offending WHERE run_id = {backend.placeholder}",
+                                           (run.id,))
+                    outcome = rule.check_rows([dict(zip(result.columns, row)) for row in result.rows])
+                    verdicts.append(Verdict(rule.name, epoch, None, PASS if outcome.passed else FAIL, None,
+                                            outcome.observed, outcome.threshold, outcome.message, rule.severity,
+                                            rule.action))
+                except Exception as exc:  # a broken query is a finding, not a crashed training
+                    verdicts.append(Verdict(rule.name, epoch, None, ERROR, None, None, None,
+                                            f"the query failed: {exc}", rule.severity, rule.action))
+            self._sql_done.append((verdicts, element))
+
+    def _drain_sql_checks(self, wait: bool = False) -> None:
+        """Record the verdicts of SQL rules checked since (all of them if `wait`)."""
+        if wait and self._sql_checks is not None:
+            self._sql_checks.put(None)
+            self._sql_thread.join(timeout=60)
+            self._sql_checks = self._sql_thread = None
+        while self._sql_done:
+            verdicts, element = self._sql_done.popleft()
+            self._validate(verdicts, element)
 
     def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
         """Record one training step (counted from 1 within its epoch); not flushed."""
+        element = self._step(epoch, step, metrics, global_step)
+        if self.validator is not None and self.validator.step_rules:
+            with self._lock:
+                self._validate(self.validator.step(epoch, step, metrics), element)
+
+    def _step(self, epoch: int, step: int, metrics: Mapping[str, Any], global_step: int | None) -> Element:
         # Steps come by the thousand with the same keys: once their columns are known,
         # map them directly; any value the dataset check refuses takes the general path.
         plan = self._step_columns.get(tuple(metrics))
@@ -366,23 +544,24 @@ class TrainingRecorder:
                 values = {column: metrics[key] for key, column in plan}
                 values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
                 try:
-                    task.generated("step_metrics", **values)
-                    return
+                    return task.generated("step_metrics", **values)
                 except (ValueTypeError, SpecError):
                     pass
             values = self._map_columns("step_metrics", metrics)
             if "extra" not in values:
                 self._step_columns[tuple(metrics)] = tuple((key, self._columns[("step_metrics", key)]) for key in metrics)
             values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
-            task.generated("step_metrics", **values)
+            return task.generated("step_metrics", **values)
 
-    def adaptation(self, epoch: int, kind: str, cause: str, **facts: Any) -> Element | None:
+    def adaptation(self, epoch: int, kind: str, cause: str, *, uses: Iterable[Element] = (), **facts: Any) -> Element | None:
         """Record an adaptation (a learning-rate change, early stopping) as a task of its own."""
         run = self.start()
         if kind == "learning_rate" and facts.get("old_value") == facts.get("new_value"):
             return None  # nothing changed: no adaptation
         depends = [self.train_task or self._last_train] if (self.train_task or self._last_train) else []
         with run.task(ADAPT, depends_on=depends) as task:
+            for element in uses:
+                task.used(element)
             values = {k: v for k, v in facts.items() if v is not None}
             return task.generated("adaptations", epoch=epoch, kind=kind, cause=cause, **values)
 
@@ -403,6 +582,15 @@ class TrainingRecorder:
         """End the training task."""
         if self.train_task is None:
             return
+        if self.validator is not None and self.validator.sql_rules:
+            self._drain_sql_checks(wait=True)
+        if self.stopped_by is not None and status == "finished":
+            verdict, element = self.stopped_by
+            # like early stopping: an adaptation of `epochs`, linked to the verdict that caused it
+            self.adaptation(verdict.epoch, "stopped_by_rule", f"rule {verdict.rule}: {verdict.message}",
+                            uses=[element], parameter="epochs", old_value=getattr(self, "_planned_epochs", None),
+                            new_value=verdict.epoch, monitor=verdict.metric,
+                            monitor_value=verdict.observed)
         self.train_task.end(status, error)
         self._last_train, self.train_task = self.train_task, None
         if self.run is not None:
@@ -447,6 +635,10 @@ class RecordsTraining:
         """Elements (your data, say) that the next training uses."""
         self.recorder.use(*elements)
 
+    def profile(self, name: str, data: Any, split: str = "train", **options: Any) -> list[Element]:
+        """Profile data (arrays, a DataFrame, `(x, y)`, a torch Dataset or DataLoader) as rows the training uses."""
+        return self.recorder.profile(name, data, split, **options)
+
     def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
         """Record evaluation results you computed yourself (an error in physical units, say)."""
         return self.recorder.evaluation(metrics)
@@ -464,6 +656,24 @@ class RecordsTraining:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.end(*_status_for(exc))
+
+
+_profilers: "weakref.WeakKeyDictionary[Run, TrainingRecorder]" = weakref.WeakKeyDictionary()
+
+
+def profile(name: str, data: Any, split: str = "train", *, run: Any, **options: Any) -> list[Element]:
+    """Record a data profile in a run (a `Run`, or an integration's callback/tracker): `tp.profile`.
+
+    Takes what `TrainingRecorder.profile` takes (labels, exact, max_rows, bins, reference_run).
+    """
+    recorder = getattr(run, "recorder", None)
+    if not isinstance(recorder, TrainingRecorder):
+        if not isinstance(run, Run):
+            raise CaptureError(f"profile(..., run=...) takes a Run or a trainprov integration, got {type(run).__name__}")
+        recorder = _profilers.get(run)
+        if recorder is None:
+            recorder = _profilers[run] = TrainingRecorder("profile", run=run, record_agents=False)
+    return recorder.profile(name, data, split, **options)
 
 
 def learning_rate_changes(value_at: Any, first: int, last: int) -> list[tuple[int, float, float]]:

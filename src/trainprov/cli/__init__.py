@@ -3,7 +3,8 @@
 Each command is a thin wrapper over one library call. `runs.py`: runs, show, query, schema.
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
 `copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `replay.py`: rows set aside during an outage.
-`report.py`: a run's report. `search.py`: `analyze search`. `importing.py`: import. `options.py` declares the shared options (`--store`,
+`report.py`: a run's report. `search.py`: `analyze search`. `importing.py`: import. `check.py`: a run's rule violations.
+`options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
 
@@ -15,6 +16,7 @@ import click
 
 from ..errors import TrainprovError
 from .analyze import analyze
+from .check import check_command
 from .copy import copy_command
 from .export import export_command, lineage_command
 from .importing import import_group
@@ -47,5 +49,5 @@ def main(store: str) -> None:
 
 
 for command in (runs, show, query, schema, export_command, lineage_command, analyze, ui, copy_command, diff_command,
-                reproduce_command, replay_command, report_command, import_group):
+                reproduce_command, replay_command, report_command, import_group, check_command):
     main.add_command(command)

@@ -161,11 +161,12 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         group: str | None = None,
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
+        rules: Any = None,
     ) -> None:
         super().__init__()
         self.recorder = TrainingRecorder(
             "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
-            group=group, parent=parent, tags=tags,
+            group=group, parent=parent, tags=tags, rules=rules,
         )
         self.user_hyperparameters = dict(hyperparameters or {})
         self.hyperparameters_from = hyperparameters_from
@@ -292,6 +293,8 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
             self._begin(None)
         if self.step_every and (batch + 1) % self.step_every == 0:
             self.recorder.step(self._epoch + 1, batch + 1, logs or {}, global_step=self._steps_done + batch + 1)
+            if self.recorder.should_stop:
+                self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = dict(logs or {})
@@ -303,6 +306,8 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._epochs_done = epoch + 1
         self._last_logs = logs
         self.recorder.epoch(epoch + 1, logs, learning_rate=self._epoch_learning_rate(epoch), seconds=seconds)
+        if self.recorder.should_stop:
+            self.model.stop_training = True  # a rule with action "stop" failed: Keras ends the fit after this epoch
         for callback in self._others:
             if isinstance(callback, keras.callbacks.ModelCheckpoint):
                 try:

@@ -114,16 +114,19 @@ class Provenance(RecordsTraining, Callback):
         group: str | None = None,
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
+        rules: Any = None,
+        profile: bool = False,
     ) -> None:
         super().__init__()
         self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents,
-                                   group=group, parent=parent, tags=tags)
+                                   group=group, parent=parent, tags=tags, rules=rules)
         self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
         self.logger = ProvenanceLogger(self)
         self.user_hyperparameters = dict(hyperparameters or {})
         self.include = set(include) if include is not None else None
         self.steps = steps
         self.architecture = architecture
+        self.profile_data = profile
         self._pid = os.getpid()
         self._reset()
 
@@ -321,6 +324,8 @@ class Provenance(RecordsTraining, Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:
             return
+        if self.profile_data:
+            self._profile_loaders(trainer)
         layers = model_layers(pl_module)[1] if self.architecture else []
         self.recorder.begin_training(self._hyperparameters(trainer, pl_module), layers)
         monitors = {id(c.scheduler.optimizer): c.monitor for c in trainer.lr_scheduler_configs
@@ -334,10 +339,32 @@ class Provenance(RecordsTraining, Callback):
         self._step_offset = _logging_step(trainer)  # a resumed fit goes on counting
         self._history.clear()
 
+    def _profile_loaders(self, trainer: Trainer) -> None:
+        """Profile the fit's training and validation data (the datasets of its loaders)."""
+        for split, loaders in (("train", trainer.train_dataloader), ("validation", trainer.val_dataloaders)):
+            loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader holds the user's loaders
+            if loaders is None:
+                continue
+            if isinstance(loaders, dict):
+                named = list(loaders.items())
+            elif isinstance(loaders, (list, tuple)):
+                named = [(str(i), loader) for i, loader in enumerate(loaders)]
+            else:
+                named = [("", loaders)]
+            for key, loader in named:
+                if getattr(loader, "dataset", None) is not None:
+                    self.recorder.profile(f"data{'_' + key if len(named) > 1 else ''}", loader, split)
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:
             return
         self._write_epoch()
+        if self.recorder.should_stop:
+            # a rule with action "stop" failed on the epoch just written: Lightning runs no batch
+            # of this epoch and ends the fit; the empty epoch is not recorded
+            trainer.should_stop = True
+            self._epoch_values = None
+            return
         self._epoch = trainer.current_epoch + 1
         self._epoch_values, self._epoch_seconds = {}, None
         self._train_epoch_ended = False
@@ -349,6 +376,8 @@ class Provenance(RecordsTraining, Callback):
         # epoch's training values: the row is written when the next epoch (or the fit) begins
         if not self._recording:
             return
+        if self.recorder.should_stop and self._epoch_values is None:
+            return  # the epoch a rule stopped before any batch
         self._epoch_seconds = time.perf_counter() - self._epoch_started
         self._train_epoch_ended = True
         self._write_step()

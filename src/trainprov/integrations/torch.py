@@ -23,6 +23,8 @@ from torch.optim import lr_scheduler as schedulers
 
 from ..capture.run import Element, FileRef, Run, new_run_id
 from ..capture.training import RecordsTraining, TrainingRecorder, _number
+from ..capture.validation import TrainingStopped
+from ..errors import SpecError
 from ..spec import Dataflow
 
 # Schedules that move the rate a little at (nearly) every step or epoch: their settings are
@@ -410,9 +412,17 @@ class Tracker(RecordsTraining):
         group: str | None = None,
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
+        rules: Any = None,
+        stop: str = "flag",
+        profile: bool = False,
     ) -> None:
+        if stop not in ("flag", "raise"):
+            raise SpecError(f"stop must be 'flag' or 'raise', got {stop!r}")
         self.model = model
-        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
+        self.stop = stop
+        self.profile_data = profile
+        self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name,
+                                         record_agents=record_agents, rules=rules,
                                          group=group, parent=parent, tags=tags)
         if run is None and distributed:
             join_distributed_run(self.recorder)
@@ -468,6 +478,8 @@ class Tracker(RecordsTraining):
         if self._began:
             return
         self._began = True
+        if self.profile_data and self.loader is not None:
+            self.recorder.profile("train_data", self.loader, "train")
         layers = model_layers(self.model)[1] if self.architecture else []
         self.recorder.begin_training(self._hyperparameters(), layers)
         self._epoch_started = time.perf_counter()
@@ -495,7 +507,16 @@ class Tracker(RecordsTraining):
         self.watcher.epoch_ended()
         self.steps_in_epoch = 0
         self._epoch_started = now
+        if self.stop == "raise" and self.recorder.stopped_by is not None:
+            verdict = self.recorder.stopped_by[0]
+            self.end_training()
+            raise TrainingStopped(verdict)
         return element
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a rule with action "stop" failed: end your loop (`if tracker.should_stop: break`)."""
+        return self.recorder.should_stop
 
     def save(self, obj: Any, path: str | os.PathLike, *, monitor: str | None = None, monitor_value: Any = None) -> FileRef:
         """`torch.save(obj, path)` and record the file (path, size, SHA-256) as a checkpoint of this epoch."""
@@ -526,6 +547,14 @@ class Tracker(RecordsTraining):
         if self.recorder.train_task is not None:
             self.end_training()
         return self.recorder.evaluation(metrics, seconds=seconds)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        # a rule stopped the training (stop="raise"): the `with` block ends there, the run finished
+        if isinstance(exc, TrainingStopped):
+            self.end("finished")
+            return True
+        super().__exit__(exc_type, exc, tb)
+        return False
 
     def end(self, status: str = "finished", error: str | None = None) -> None:
         """End the training (if still open) and the run; stop watching the optimizer."""

@@ -144,14 +144,17 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         group: str | None = None,
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
+        rules: Any = None,
+        profile: bool = False,
     ) -> None:
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
-            record_agents=record_agents, group=group, parent=parent, tags=tags,
+            record_agents=record_agents, group=group, parent=parent, tags=tags, rules=rules,
         )
         self.user_hyperparameters = dict(hyperparameters or {})
         self.include = set(include) if include is not None else None
         self.architecture = architecture
+        self.profile_data = profile
         self.record_checkpoints = checkpoints
         self.new_run_per_train = new_run_per_train
         self.watcher: LearningRateWatcher | None = None
@@ -231,6 +234,10 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._epoch_first_step = state.global_step
         self._epoch_open, self._epoch_end_step, self._logs_step = False, None, None
         self._logs_at_step, self._evaluations, self._saved = {}, [], {}
+        if self.profile_data:
+            for split, loader in (("train", train_dataloader), ("validation", kwargs.get("eval_dataloader"))):
+                if getattr(loader, "dataset", None) is not None:
+                    self.recorder.profile("data", loader.dataset, split)
         layers = model_layers(model)[1] if self.architecture and model is not None else []
         self.recorder.begin_training(self._hyperparameters(args, state, model, optimizer, lr_scheduler), layers)
         self._stop_watching()
@@ -243,6 +250,11 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         if not self._training:
             return
         self._close_epoch()
+        if self.recorder.should_stop:
+            # a rule with action "stop" failed on the epoch just recorded; the Trainer checks
+            # this after the next optimizer step (its first chance), and that epoch is not recorded
+            control.should_training_stop = True
+            return
         self._epoch += 1
         upe = self._updates_per_epoch
         self._epoch_first_step = (self._epoch - 1) * upe if upe else state.global_step
@@ -275,6 +287,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         if "epoch" in values:
             values[EPOCH_PROGRESS] = values.pop("epoch")
         self.recorder.step(self._epoch, state.global_step - self._epoch_first_step, values, global_step=state.global_step)
+        if self.recorder.should_stop:
+            control.should_training_stop = True  # a step rule failed
         if summary:
             return
         if state.global_step != self._logs_step:

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from .. import analysis, record, rundiff, searches
+from .. import analysis, checking, record, rundiff, searches
 from ..errors import QueryError
 from ..query import Reader
 from ..spec import ELEMENT_COLUMNS
@@ -114,7 +114,8 @@ def run_detail(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
         agent["facts"] = _agent_details(agent.get("details"))
     curves = {name: info["datasets"].get(name, {}).get("rows", 0) for name in CURVE_DATASETS}
     shown = {"rank": rank if several else None, "world_size": info["run"].get("world_size") if several else None}
-    return {**info, "inputs": inputs, "outputs": outputs, "curve_rows": curves, **shown}
+    violations = checking.recorded(reader, run_id)
+    return {**info, "inputs": inputs, "outputs": outputs, "curve_rows": curves, "violations": violations, **shown}
 
 
 def _run_state(reader: Reader, run_id: str) -> dict[str, Any]:
@@ -158,6 +159,10 @@ def epochs(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
             for row in reader.rows(f"SELECT {', '.join(wanted)} FROM adaptations WHERE run_id = {p}{ranks} "
                                    "ORDER BY recorded_at, element_seq", (run_id,))
         ]
+    out["violations"] = [
+        {k: jsonable(_nan(v)) for k, v in row.items() if k != "source"}
+        for row in checking.recorded(reader, run_id)
+    ]
     out["count"] = len(out["epochs"])
     return out
 

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from .. import analysis
+from .. import analysis, checking
 from ..query import Reader
 from .present import duration, exact, is_missing, number, when
 
@@ -160,6 +160,7 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
     metrics = display_metrics(analysis.metrics(analysis.EPOCH_DATASET, scores_only=True, store=reader))[:LIST_METRICS] \
         if has_epochs else []
     hps = key_hyperparameters(frame)
+    validated = bool(analysis.attributes("validation_results", store=reader))
     columns = [
         Column("run_id", "run", "run"),
         Column("status", "status", "status"),
@@ -171,8 +172,13 @@ def runs_list(reader: Reader, query: RunsQuery) -> RunsList:
         *(Column(f"best_{m}", f"{m} {'↑' if analysis.higher_is_better(m) else '↓'}", "number",
                  f"best {m} over the run's epochs ({'maximum' if analysis.higher_is_better(m) else 'minimum'})")
           for m in metrics),
+        *([Column("violations", "violations", "number",
+                  "rule violations recorded while the run trained (trainprov check RUN lists them)")] if validated else []),
         *(Column(h, h, "number", "hyperparameter") for h in hps),
     ]
+    if validated and not frame.empty:
+        found = checking.violation_counts(reader)  # one GROUP BY over the failed verdicts of every run
+        frame = frame.assign(violations=frame["run_id"].map(lambda r: found.get(r, 0)))
     if query.status:
         frame = frame[frame["status"] == query.status]
     if query.dataflow:

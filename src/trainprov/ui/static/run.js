@@ -22,6 +22,7 @@
   }
 
   function describe(a) {
+    if (a.kind === "stopped_by_rule") return `stopped after epoch ${a.epoch}: ${a.cause}`;
     if (a.kind === "early_stopping") {
       return `early stopping after epoch ${a.epoch}` + (a.monitor ? ` (${a.monitor} ${TP.fmt(a.monitor_value)}, best epoch ${a.best_epoch ?? "?"})` : "");
     }
@@ -47,6 +48,28 @@
           y: shown.map(a => { const i = x.lastIndexOf(a.epoch); return i >= 0 ? TP.num(first[i]) : null; }),
           name: "adaptations", type: "scatter", mode: "markers", hoverinfo: "text",
           text: shown.map(describe), marker: { symbol: "triangle-down", size: 13, color: "#b54708" },
+        });
+      }
+      // violations: a red cross on the curve of the metric the rule looked at (else the first)
+      const failed = (d.violations || []).filter(v => v.epoch !== null && v.epoch !== undefined &&
+        (names.includes(v.metric) || (index === 0 && !(v.metric in d.series))));
+      if (failed.length) {
+        traces.push({
+          x: failed.map(v => v.epoch),
+          y: failed.map(v => {
+            // on its metric's point; a NaN or infinite value has none: on another curve's point of that epoch
+            const i = x.lastIndexOf(v.epoch);
+            if (i < 0) return null;
+            const order = names.includes(v.metric) ? [v.metric, ...names.filter(n => n !== v.metric)] : names;
+            for (const name of order) {
+              const y = TP.num(d.series[name][i]);
+              if (y !== null && Number.isFinite(y)) return y;
+            }
+            return null;
+          }),
+          name: "violations", type: "scatter", mode: "markers", hoverinfo: "text",
+          text: failed.map(v => `${v.rule} (${v.severity}${v.stopped_training ? ", stopped the training" : ""}): ${v.message}`),
+          marker: { symbol: "x", size: 12, color: "#d92d20" },
         });
       }
       const shapes = shown.map(a => ({ type: "line", xref: "x", yref: "paper", x0: a.epoch, x1: a.epoch, y0: 0, y1: 1,
@@ -112,7 +135,7 @@
       d = await TP.json(`/api/runs/${encodeURIComponent(runId)}/epochs${rank}`);
       draw(d);
       showState(d);
-      const now = `${d.status} ${d.count} ${d.adaptations.length}`;
+      const now = `${d.status} ${d.count} ${d.adaptations.length} ${(d.violations || []).length}`;
       if (seen !== null && now !== seen) await refreshDetails(d.status !== "running");
       seen = now;
     } catch (e) {
