@@ -10,7 +10,7 @@ export KERAS_BACKEND ?= torch
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[rdf,keras,lightning,transformers,postgresql,ui,optuna,keras_tuner,tensorboard,mlflow]' -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[rdf,keras,lightning,transformers,postgresql,ui,optuna,keras-tuner,tensorboard,mlflow]' -r requirements-dev.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
