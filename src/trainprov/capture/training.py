@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
 from . import groups
-from .run import Element, FileRef, Run, Task, _status_for, start_run
+from .run import Element, FileRef, Run, Task, status_for, start_run
 from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
 from .validation import ERROR, FAIL, PASS, VALIDATE, Rule, SqlRule, Validator, Verdict, validate_transformation
 
@@ -118,7 +118,7 @@ def training_dataflow(
     )
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     """A metric value as a float, or None if it is not a number."""
     item = getattr(value, "item", None)
     if item is not None and not isinstance(value, numbers.Number):  # a NumPy or torch scalar
@@ -174,6 +174,7 @@ class TrainingRecorder:
         self._columns: dict[tuple[str, str], str] = {}  # (dataset, framework key) -> column
         self._last_checkpoint: FileRef | None = None
         self._last_checkpoint_element: Element | None = None
+        self._checkpoints: dict[str, tuple[FileRef, Element]] = {}  # absolute path -> its latest record
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -285,7 +286,7 @@ class TrainingRecorder:
                     continue  # nothing to store, and no type to give a new column
                 if dataset in _TYPED_BY_VALUE:
                     kind = _value_type(value)
-                elif _number(value) is not None:
+                elif number(value) is not None:
                     kind = "float"
                 else:
                     extra[key] = value
@@ -301,11 +302,11 @@ class TrainingRecorder:
                 grow[column] = kind
                 originals[column] = key
             if kind == "float" and value is not None:
-                number = _number(value)
-                if number is None:
+                as_number = number(value)
+                if as_number is None:
                     extra[key] = value
                     continue
-                value = number
+                value = as_number
             out[column] = value
         if extra and "extra" not in declared:
             grow["extra"] = "json"
@@ -428,6 +429,13 @@ class TrainingRecorder:
                     warnings.warn(f"trainprov: rule {verdict.rule} ({what}) at {where}: {verdict.message}",
                                   RuntimeWarning, stacklevel=4)
 
+    def add_attributes(self, dataset: str, attributes: Mapping[str, Attribute | str]) -> None:
+        """Declare new columns of a dataset in the run's dataflow (columns it already has stay as they are)."""
+        declared = self.flow.datasets[dataset].types
+        new = {name: kind for name, kind in attributes.items() if name not in declared}
+        if new:
+            self._grow(dataset, new)
+
     def _grow(self, dataset: str, attributes: dict[str, Attribute | str]) -> None:
         self.flow = self.flow.with_attributes(dataset, attributes)
         if self.run is not None and self.run.status == "running":
@@ -449,7 +457,7 @@ class TrainingRecorder:
         task = run.task(TRAIN, depends_on=depends)
         self.train_task = task
         self.stopped_by = None
-        self._planned_epochs = _number(hyperparameters.get("epochs"))
+        self._planned_epochs = number(hyperparameters.get("epochs"))
         if self.validator is not None:
             self.validator.reset()
         for element in self._pending_uses:
@@ -571,12 +579,21 @@ class TrainingRecorder:
         task = self.train_task or self._last_train
         if task is None or task.status != "running":
             raise CaptureError("a checkpoint is recorded during training (between begin_training and end_training)")
-        element = task.generated("checkpoints", epoch=epoch, path=path, monitor=monitor, monitor_value=_number(monitor_value))
+        element = task.generated("checkpoints", epoch=epoch, path=path, monitor=monitor, monitor_value=number(monitor_value))
         ref = element.files[0]
         if self._last_checkpoint is not None:
             task.derive(ref, [self._last_checkpoint])
         self._last_checkpoint, self._last_checkpoint_element = ref, element
+        self._checkpoints[os.path.abspath(os.fspath(path))] = (ref, element)
         return ref
+
+    def checkpoint_loaded(self, path: str | os.PathLike) -> FileRef:
+        """The framework loaded a recorded checkpoint back: later evaluations use it, not the last one saved."""
+        found = self._checkpoints.get(os.path.abspath(os.fspath(path)))
+        if found is None:
+            raise CaptureError(f"checkpoint {os.fspath(path)} was not recorded in this run: record it before loading it")
+        self._last_checkpoint, self._last_checkpoint_element = found
+        return found[0]
 
     def end_training(self, status: str = "finished", error: str | None = None) -> None:
         """End the training task."""
@@ -655,7 +672,7 @@ class RecordsTraining:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))
+        self.end(*status_for(exc))
 
 
 _profilers: "weakref.WeakKeyDictionary[Run, TrainingRecorder]" = weakref.WeakKeyDictionary()

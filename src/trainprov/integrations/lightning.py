@@ -22,11 +22,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ..capture.run import Element, FileRef, Run, _status_for, new_run_id
-from ..capture.training import RecordsTraining, TrainingRecorder, _number
+from ..capture.run import Element, FileRef, Run, status_for, new_run_id
+from ..capture.training import RecordsTraining, TrainingRecorder, number
 from ..errors import CaptureError
 from ..spec import Dataflow
-from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config
+from .torch_support import LearningRateWatcher, jsonable, model_layers, optimizer_hyperparameters, scheduler_config
 
 _SUFFIXES = ("_step", "_epoch")
 
@@ -50,7 +50,7 @@ def _logging_step(trainer: Trainer) -> int:
 def _hyperparameter_values(params: Mapping[str, Any] | Namespace) -> dict[str, Any]:
     """Hyperparameters as the store can hold them: numbers, text and JSON, never an object."""
     params = vars(params) if isinstance(params, Namespace) else dict(params)
-    return {str(key): _jsonable(value) for key, value in params.items()}
+    return {str(key): jsonable(value) for key, value in params.items()}
 
 
 class ProvenanceLogger(Logger):
@@ -307,7 +307,7 @@ class Provenance(RecordsTraining, Callback):
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
-            "gradient_clip_val": _number(trainer.gradient_clip_val),
+            "gradient_clip_val": number(trainer.gradient_clip_val),
         }
         if len(optimizers) > 1:
             values["optimizers"] = [optimizer_hyperparameters(o) for o in optimizers]
@@ -409,7 +409,7 @@ class Provenance(RecordsTraining, Callback):
         self._write_step()
         self._write_epoch()
         self._close_watchers()
-        status, error = _status_for(self._exception) if self._exception is not None else ("failed", None)
+        status, error = status_for(self._exception) if self._exception is not None else ("failed", None)
         self.recorder.end_training(status if status != "finished" else "failed", error)
 
     def _close_watchers(self) -> None:
@@ -427,7 +427,7 @@ class Provenance(RecordsTraining, Callback):
             if not stopped or callback.stopped_epoch < self._first_epoch:
                 continue  # it did not stop this fit
             monitor = callback.monitor
-            best = _number(callback.best_score)
+            best = number(callback.best_score)
             seen = {epoch: self._monitored(values, monitor) for epoch, values in self._history.items()}
             best_epoch = next((epoch for epoch, value in sorted(seen.items()) if value == best), None)
             cause = f"EarlyStopping(monitor={monitor}, patience={callback.patience})"
@@ -443,10 +443,10 @@ class Provenance(RecordsTraining, Callback):
     def _monitored(self, values: Mapping[str, Any], key: str) -> float | None:
         """A monitored key's value in an epoch's values (which hold name, not name_epoch, for forked ones)."""
         if key in values:
-            return _number(values[key])
+            return number(values[key])
         for suffix in _SUFFIXES:
             if key.endswith(suffix) and key[: -len(suffix)] in values:
-                return _number(values[key[: -len(suffix)]])
+                return number(values[key[: -len(suffix)]])
         return None
 
     # ---- test and validate ------------------------------------------------------------------
@@ -567,6 +567,6 @@ class Provenance(RecordsTraining, Callback):
         if value is None and monitor and self._epoch_values:
             value = self._monitored(self._epoch_values, monitor)
         try:
-            self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=_number(value))
+            self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=number(value))
         except CaptureError as exc:  # saved outside a training (on an exception, after the fit)
             warnings.warn(f"trainprov: checkpoint {path} not recorded: {exc}", RuntimeWarning, stacklevel=2)

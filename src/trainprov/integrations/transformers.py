@@ -25,9 +25,9 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, EarlyStoppingCallback
 
 from ..capture.run import Run
-from ..capture.training import RecordsTraining, TrainingRecorder, _number, training_dataflow
+from ..capture.training import RecordsTraining, TrainingRecorder, number, training_dataflow
 from ..spec import Dataflow
-from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config, unwrap_optimizer
+from .torch_support import LearningRateWatcher, jsonable, model_layers, optimizer_hyperparameters, scheduler_config, unwrap_optimizer
 
 FRAMEWORK = "transformers"
 # The Trainer's `epoch` is a float (1.5: half-way through the second epoch); the integer
@@ -42,7 +42,7 @@ _ARGUMENT_COLUMNS = ("per_device_train_batch_size", "gradient_accumulation_steps
 
 def _plain(value: Any) -> Any:
     """A TrainingArguments value as a plain Python value (its enums are str subclasses)."""
-    return _jsonable(value.value if isinstance(value, Enum) else value)
+    return jsonable(value.value if isinstance(value, Enum) else value)
 
 
 def _under_training_loop() -> bool:
@@ -69,7 +69,7 @@ def _calling_handler() -> CallbackHandler | None:
 def _describe_lambda(function: Any) -> Any:
     """A LambdaLR function as JSON: the Trainer's schedules are partials whose keywords define them."""
     if isinstance(function, functools.partial):
-        return {"function": getattr(function.func, "__qualname__", repr(function.func)), **_jsonable(function.keywords)}
+        return {"function": getattr(function.func, "__qualname__", repr(function.func)), **jsonable(function.keywords)}
     return getattr(function, "__qualname__", type(function).__name__)
 
 
@@ -170,7 +170,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._logs_step: int | None = None
         self._logs_at_step: dict[str, Any] = {}  # every value logged at the latest global step
         self._evaluations: list[tuple[int, int, dict[str, Any]]] = []  # (epoch, global step, eval logs)
-        self._saved: dict[str, tuple[Any, Any]] = {}  # checkpoint folder -> its (file, element) as recorded
+        self._saved: dict[str, str] = {}  # checkpoint folder -> its last weight file recorded
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -205,9 +205,9 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
                 "world_size": args.world_size,
                 "model_class": type(model).__name__ if model is not None else None,
                 "model_type": getattr(config, "model_type", None) or None,
-                "model_config": _jsonable(config.to_dict()) if hasattr(config, "to_dict") else None,
-                "training_arguments": _jsonable(args.to_dict()),  # to_dict masks every *_token
-                "trial_params": _jsonable(state.trial_params) if state.trial_params else None,
+                "model_config": jsonable(config.to_dict()) if hasattr(config, "to_dict") else None,
+                "training_arguments": jsonable(args.to_dict()),  # to_dict masks every *_token
+                "trial_params": jsonable(state.trial_params) if state.trial_params else None,
             }
         )
         if self.include is not None:
@@ -332,8 +332,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             value = self._logs_at_step.get(monitor)  # the checkpoint's model was evaluated at this step
         for path in files:
             self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=value)
-        recorder = self.recorder
-        self._saved[os.path.abspath(folder)] = (recorder._last_checkpoint, recorder._last_checkpoint_element)
+        self._saved[os.path.abspath(folder)] = files[-1]
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._training:
@@ -343,7 +342,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         best = state.best_model_checkpoint
         if args.load_best_model_at_end and best and os.path.abspath(best) in self._saved:
             # the Trainer loaded the best checkpoint back: later evaluations use it, not the last one
-            self.recorder._last_checkpoint, self.recorder._last_checkpoint_element = self._saved[os.path.abspath(best)]
+            self.recorder.checkpoint_loaded(self._saved[os.path.abspath(best)])
         if self.watcher is not None:
             self.watcher.flush()
         self._stop_watching()
@@ -391,9 +390,9 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             old_value=state.num_train_epochs,
             new_value=state.epoch,  # epochs run: a fraction when evaluations are every N steps
             monitor=monitor,
-            monitor_value=_number(seen[-1][1]) if seen else None,
+            monitor_value=number(seen[-1][1]) if seen else None,
             best_epoch=best_epoch,
-            best_value=_number(best),
+            best_value=number(best),
         )
 
     # ---- evaluate and predict ---------------------------------------------------------------
@@ -421,12 +420,10 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         for key, value in metrics.items():
             name = key[len(split) + 1:] if split and key.startswith(split + "_") else key
             if name == "runtime":
-                seconds = _number(value)
+                seconds = number(value)
             else:
                 values[EPOCH_PROGRESS if name == "epoch" else name] = value
-        recorder = self.recorder
-        recorder.start()
-        if "split" not in recorder.flow.datasets["test_results"].types:
-            recorder._grow("test_results", {"split": "str"})  # a str would otherwise go to `extra`
+        self.recorder.start()
+        self.recorder.add_attributes("test_results", {"split": "str"})  # a str would otherwise go to `extra`
         values["split"] = split
-        recorder.evaluation(values, seconds=seconds)
+        self.recorder.evaluation(values, seconds=seconds)
