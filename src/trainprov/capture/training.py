@@ -159,8 +159,14 @@ class TrainingRecorder:
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
         rules: Iterable[Rule | Any] | str | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        include: Iterable[str] | None = None,
     ) -> None:
         self.framework = framework
+        #: your hyperparameters, recorded with every training (they win over the framework's)
+        self.user_hyperparameters = dict(hyperparameters or {})
+        #: the framework's hyperparameters to keep (None: all of them)
+        self.include = set(include) if include is not None else None
         self.store = store
         self.flow = dataflow or training_dataflow(f"{sanitize_name(framework)}_training")
         self.run: Run | None = run
@@ -175,6 +181,7 @@ class TrainingRecorder:
         self._last_checkpoint: FileRef | None = None
         self._last_checkpoint_element: Element | None = None
         self._checkpoints: dict[str, tuple[FileRef, Element]] = {}  # absolute path -> its latest record
+        self._epochs: dict[int, dict[str, Any]] = {}  # the current training's epochs: epoch -> the values reported
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -196,6 +203,11 @@ class TrainingRecorder:
             self._add_validation()
         else:
             self.validator = None
+
+    @property
+    def epochs_recorded(self) -> Mapping[int, Mapping[str, Any]]:
+        """The current (or last) training's epochs: epoch -> the values reported for it."""
+        return self._epochs
 
     @property
     def should_stop(self) -> bool:
@@ -443,6 +455,23 @@ class TrainingRecorder:
 
     # ---- a fit ------------------------------------------------------------------------------
 
+    def hyperparameters(self, facts: Mapping[str, Any], *, logged: Mapping[str, Any] | None = None,
+                        chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A training's hyperparameters: the framework's facts (those in `include`), logged values, chosen ones, yours.
+
+        `logged` values (what a model saved as its hyperparameters) never hide a fact of the
+        same name that differs (optimizer="adam" next to the class Adam, a column every
+        framework's runs share): such a value goes to `hparam_<name>`. `chosen` values (named
+        by the user, `hyperparameters_from`) and the recorder's own `hyperparameters` win.
+        """
+        values = dict(facts) if self.include is None else {k: v for k, v in facts.items() if k in self.include}
+        for key, value in (logged or {}).items():
+            taken = key in values and values[key] is not None and values[key] != value
+            values[f"hparam_{key}" if taken else key] = value
+        values.update(chosen or {})
+        values.update(self.user_hyperparameters)
+        return values
+
     def begin_training(self, hyperparameters: Mapping[str, Any], layers: Iterable[Mapping[str, Any]] = ()) -> Task:
         """Start a training task; record its hyperparameters and architecture."""
         run = self.start()
@@ -457,6 +486,7 @@ class TrainingRecorder:
         task = run.task(TRAIN, depends_on=depends)
         self.train_task = task
         self.stopped_by = None
+        self._epochs = {}
         self._planned_epochs = number(hyperparameters.get("epochs"))
         if self.validator is not None:
             self.validator.reset()
@@ -481,6 +511,7 @@ class TrainingRecorder:
             values["epoch_time_s"] = seconds
         with self._lock:
             element = task.generated("epoch_metrics", **values)
+        self._epochs[epoch] = dict(metrics)
         if self.validator is not None:
             seen = dict(metrics)
             seen.setdefault("learning_rate", learning_rate)
@@ -572,6 +603,31 @@ class TrainingRecorder:
                 task.used(element)
             values = {k: v for k, v in facts.items() if v is not None}
             return task.generated("adaptations", epoch=epoch, kind=kind, cause=cause, **values)
+
+    def early_stopping(self, epoch: int, cause: str, *, monitor: str | None = None, planned_epochs: Any = None,
+                       epochs_run: Any = None, best_value: Any = None, best_epoch: int | None = None,
+                       monitor_value: Any = None, step: int | None = None,
+                       seen: Iterable[tuple[int, Any]] | None = None) -> Element | None:
+        """Record that a training stopped before its planned epochs: an adaptation of `epochs` at `epoch`.
+
+        The monitored values are those this training recorded per epoch, or `seen` ((epoch,
+        value) pairs, for evaluations that are not epoch rows). Unless given, the best epoch
+        is the first whose value equals `best_value`, the monitored value the one at `epoch`,
+        and the epochs run `epoch`.
+        """
+        if seen is None:
+            seen = [(e, values.get(monitor)) for e, values in sorted(self._epochs.items())] if monitor else []
+        observed = [(e, number(value)) for e, value in seen]
+        best = number(best_value)
+        if best_epoch is None and best is not None:
+            best_epoch = next((e for e, value in observed if value == best), None)
+        if monitor_value is None:
+            monitor_value = dict(observed).get(epoch)
+        return self.adaptation(
+            epoch, "early_stopping", cause, step=step, parameter="epochs", old_value=number(planned_epochs),
+            new_value=number(epochs_run if epochs_run is not None else epoch), monitor=monitor,
+            monitor_value=number(monitor_value), best_epoch=best_epoch, best_value=best,
+        )
 
     def checkpoint(self, path: str | os.PathLike, *, epoch: int | None = None, monitor: str | None = None,
                    monitor_value: float | None = None) -> FileRef:

@@ -166,11 +166,9 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         super().__init__()
         self.recorder = TrainingRecorder(
             "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
-            group=group, parent=parent, tags=tags, rules=rules,
+            group=group, parent=parent, tags=tags, rules=rules, hyperparameters=hyperparameters, include=include,
         )
-        self.user_hyperparameters = dict(hyperparameters or {})
         self.hyperparameters_from = hyperparameters_from
-        self.include = set(include) if include is not None else None
         self.step_every = int(steps) if steps else 0
         self.architecture = architecture
         self.new_run_per_fit = new_run_per_fit
@@ -185,7 +183,6 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._steps_done = 0
         self._pending_checkpoints: list[tuple[int, str, str | None, Any, float]] = []
         self._recorded_files: dict[str, int] = {}  # path -> modification time when recorded
-        self._last_logs: dict[str, Any] = {}
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -225,14 +222,11 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
             "trainable_params": trainable,
             "non_trainable_params": model.count_params() - trainable,
         }
-        if self.include is not None:
-            values = {k: v for k, v in values.items() if k in self.include}
+        chosen = {}
         if self.hyperparameters_from is not None:
             source, names = self.hyperparameters_from
-            for attr in names:
-                values[attr] = source[attr] if isinstance(source, Mapping) else getattr(source, attr)
-        values.update(self.user_hyperparameters)
-        return values
+            chosen = {attr: source[attr] if isinstance(source, Mapping) else getattr(source, attr) for attr in names}
+        return self.recorder.hyperparameters(values, chosen=chosen)
 
     # ---- fit --------------------------------------------------------------------------------
 
@@ -304,7 +298,6 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._record_schedule_changes(epoch, self._iterations_at_epoch, iterations)
         self._steps_done += iterations - self._iterations_at_epoch
         self._epochs_done = epoch + 1
-        self._last_logs = logs
         self.recorder.epoch(epoch + 1, logs, learning_rate=self._epoch_learning_rate(epoch), seconds=seconds)
         if self.recorder.should_stop:
             self.model.stop_training = True  # a rule with action "stop" failed: Keras ends the fit after this epoch
@@ -342,17 +335,10 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._pending_checkpoints = []
         for callback in self._others:
             if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
-                self.recorder.adaptation(
-                    callback.stopped_epoch + 1,
-                    "early_stopping",
-                    f"EarlyStopping(monitor={callback.monitor}, patience={callback.patience})",
-                    parameter="epochs",
-                    old_value=self.params.get("epochs"),
-                    new_value=callback.stopped_epoch + 1,
-                    monitor=callback.monitor,
-                    monitor_value=self._last_logs.get(callback.monitor),
-                    best_epoch=callback.best_epoch + 1,
-                    best_value=None if callback.best is None else float(callback.best),
+                self.recorder.early_stopping(
+                    callback.stopped_epoch + 1, f"EarlyStopping(monitor={callback.monitor}, patience={callback.patience})",
+                    monitor=callback.monitor, planned_epochs=self.params.get("epochs"),
+                    best_epoch=callback.best_epoch + 1, best_value=callback.best,
                 )
         self._in_fit = False
         self.recorder.end_training("finished")

@@ -119,11 +119,10 @@ class Provenance(RecordsTraining, Callback):
     ) -> None:
         super().__init__()
         self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents,
-                                   group=group, parent=parent, tags=tags, rules=rules)
+                                   group=group, parent=parent, tags=tags, rules=rules,
+                                   hyperparameters=hyperparameters, include=include)
         self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
         self.logger = ProvenanceLogger(self)
-        self.user_hyperparameters = dict(hyperparameters or {})
-        self.include = set(include) if include is not None else None
         self.steps = steps
         self.architecture = architecture
         self.profile_data = profile
@@ -147,7 +146,6 @@ class Provenance(RecordsTraining, Callback):
         self._step_offset = 0  # Lightning's steps before the watcher saw its first
         self._step: int | None = None  # the logging step of the step row being gathered
         self._step_values: dict[str, Any] = {}
-        self._history: dict[int, dict[str, Any]] = {}  # epoch -> its values, for early stopping
         self._eval_values: dict[str, Any] = {}
         self._eval_epoch_ended = False
         self._eval_started = 0.0
@@ -311,15 +309,7 @@ class Provenance(RecordsTraining, Callback):
         }
         if len(optimizers) > 1:
             values["optimizers"] = [optimizer_hyperparameters(o) for o in optimizers]
-        if self.include is not None:
-            values = {k: v for k, v in values.items() if k in self.include}
-        for key, value in self._lightning_hyperparameters.items():
-            # an init argument named like a recorded fact (optimizer="adam") must not hide the
-            # fact (the class, Adam), which every framework's runs share: it keeps its own column
-            taken = key in values and values[key] is not None and values[key] != value
-            values[f"hparam_{key}" if taken else key] = value
-        values.update(self.user_hyperparameters)
-        return values
+        return self.recorder.hyperparameters(values, logged=self._lightning_hyperparameters)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:
@@ -337,7 +327,6 @@ class Provenance(RecordsTraining, Callback):
             self._watchers.append(watcher)
         self._first_epoch = trainer.current_epoch
         self._step_offset = _logging_step(trainer)  # a resumed fit goes on counting
-        self._history.clear()
 
     def _profile_loaders(self, trainer: Trainer) -> None:
         """Profile the fit's training and validation data (the datasets of its loaders)."""
@@ -388,7 +377,6 @@ class Provenance(RecordsTraining, Callback):
         if self._epoch_values is None or not self._train_epoch_ended:
             return  # no epoch, or one that did not reach its end
         values, self._epoch_values = self._epoch_values, None
-        self._history[self._epoch] = values
         learning_rate = self._watchers[0].learning_rate if self._watchers else None
         self.recorder.epoch(self._epoch, values, learning_rate=learning_rate, seconds=self._epoch_seconds)
 
@@ -427,17 +415,14 @@ class Provenance(RecordsTraining, Callback):
             if not stopped or callback.stopped_epoch < self._first_epoch:
                 continue  # it did not stop this fit
             monitor = callback.monitor
-            best = number(callback.best_score)
-            seen = {epoch: self._monitored(values, monitor) for epoch, values in self._history.items()}
-            best_epoch = next((epoch for epoch, value in sorted(seen.items()) if value == best), None)
             cause = f"EarlyStopping(monitor={monitor}, patience={callback.patience})"
             if reason is not None and reason.name != "PATIENCE_EXHAUSTED":
                 cause += f": {reason.name.lower().replace('_', ' ')}"
-            self.recorder.adaptation(
-                callback.stopped_epoch + 1, "early_stopping", cause, parameter="epochs",
-                old_value=trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None,
-                new_value=self._epoch, monitor=monitor, monitor_value=seen.get(callback.stopped_epoch + 1),
-                best_epoch=best_epoch, best_value=best,
+            self.recorder.early_stopping(
+                callback.stopped_epoch + 1, cause, monitor=monitor, best_value=callback.best_score,
+                planned_epochs=trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None,
+                epochs_run=self._epoch,
+                seen=[(epoch, self._monitored(values, monitor)) for epoch, values in self.recorder.epochs_recorded.items()],
             )
 
     def _monitored(self, values: Mapping[str, Any], key: str) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from ..capture.run import Element, FileRef, Run
-from ..capture.training import RecordsTraining, TrainingRecorder, number
+from ..capture.training import RecordsTraining, TrainingRecorder
 from ..capture.validation import TrainingStopped
 from ..errors import SpecError
 from ..spec import Dataflow
@@ -74,8 +74,8 @@ class Tracker(RecordsTraining):
         self.stop = stop
         self.profile_data = profile
         self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name,
-                                         record_agents=record_agents, rules=rules,
-                                         group=group, parent=parent, tags=tags)
+                                         record_agents=record_agents, rules=rules, group=group, parent=parent,
+                                         tags=tags, hyperparameters=hyperparameters)
         if run is None and distributed:
             join_distributed_run(self.recorder)
         elif run is None and distributed is None and not os.environ.get("TRAINPROV_RUN_ID"):
@@ -86,7 +86,6 @@ class Tracker(RecordsTraining):
                     f"records a run of its own; pass Tracker(..., distributed=True) on every rank to record one "
                     f"run of {where[1]} ranks (or set TRAINPROV_RUN_ID), or distributed=False on a Tracker made "
                     "on one rank only", RuntimeWarning, stacklevel=2)
-        self.user_hyperparameters = dict(hyperparameters or {})
         self.scheduler = scheduler
         self.loader = loader
         self.batch_size = batch_size
@@ -114,7 +113,7 @@ class Tracker(RecordsTraining):
         seen = [self.scheduler] if self.scheduler is not None else self.watcher.find_schedulers()
         schedules = [scheduler_config(s) for s in seen]
         loss = self.loss
-        return {
+        return self.recorder.hyperparameters({
             **optimizer_hyperparameters(self.watcher.optimizer),
             "lr_schedule": schedules[0] if len(schedules) == 1 else (schedules or None),
             "loss": loss if loss is None or isinstance(loss, str) else type(loss).__name__,
@@ -122,8 +121,7 @@ class Tracker(RecordsTraining):
             "epochs": self.epochs,
             "steps_per_epoch": steps_per_epoch,
             **facts,
-            **self.user_hyperparameters,
-        }
+        })
 
     def begin(self) -> None:
         """Record hyperparameters and architecture; done by itself at the first step or epoch."""
@@ -182,11 +180,14 @@ class Tracker(RecordsTraining):
 
     def stopped_early(self, *, monitor: str | None = None, best_epoch: int | None = None, best_value: Any = None,
                       monitor_value: Any = None, cause: str = "early stopping") -> Element | None:
-        """Record that the loop stopped before its planned epochs (an adaptation of `epochs`)."""
-        return self.recorder.adaptation(
-            self.epochs_done, "early_stopping", cause, parameter="epochs", old_value=self.epochs,
-            new_value=self.epochs_done, monitor=monitor, monitor_value=number(monitor_value),
-            best_epoch=best_epoch, best_value=number(best_value),
+        """Record that the loop stopped before its planned epochs (an adaptation of `epochs`).
+
+        Without `best_epoch`, the first epoch recorded with `best_value` of `monitor` is the
+        best; without `monitor_value`, the value the last epoch recorded.
+        """
+        return self.recorder.early_stopping(
+            self.epochs_done, cause, monitor=monitor, planned_epochs=self.epochs, best_value=best_value,
+            best_epoch=best_epoch, monitor_value=monitor_value,
         )
 
     def end_training(self, status: str = "finished", error: str | None = None) -> None:

@@ -150,9 +150,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
             record_agents=record_agents, group=group, parent=parent, tags=tags, rules=rules,
+            hyperparameters=hyperparameters, include=include,
         )
-        self.user_hyperparameters = dict(hyperparameters or {})
-        self.include = set(include) if include is not None else None
         self.architecture = architecture
         self.profile_data = profile
         self.record_checkpoints = checkpoints
@@ -210,10 +209,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
                 "trial_params": jsonable(state.trial_params) if state.trial_params else None,
             }
         )
-        if self.include is not None:
-            values = {k: v for k, v in values.items() if k in self.include}
-        values.update(self.user_hyperparameters)
-        return values
+        return self.recorder.hyperparameters(values)
 
     # ---- train ------------------------------------------------------------------------------
 
@@ -378,21 +374,13 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             return  # something else stopped the training
         monitor = self._monitor(args)
         seen = [(epoch, entry[monitor]) for epoch, _, entry in self._evaluations if monitor in entry]
-        best = state.best_metric
-        best_epoch = next((epoch for epoch, value in seen if value == best), None)
-        self.recorder.adaptation(
+        self.recorder.early_stopping(
             self._epoch,
-            "early_stopping",
             f"EarlyStoppingCallback(monitor={monitor}, patience={stopper.early_stopping_patience}, "
             f"threshold={stopper.early_stopping_threshold})",
-            step=state.global_step - self._epoch_first_step,
-            parameter="epochs",
-            old_value=state.num_train_epochs,
-            new_value=state.epoch,  # epochs run: a fraction when evaluations are every N steps
-            monitor=monitor,
-            monitor_value=number(seen[-1][1]) if seen else None,
-            best_epoch=best_epoch,
-            best_value=number(best),
+            step=state.global_step - self._epoch_first_step, monitor=monitor, planned_epochs=state.num_train_epochs,
+            epochs_run=state.epoch,  # a fraction when evaluations are every N steps
+            monitor_value=seen[-1][1] if seen else None, best_value=state.best_metric, seen=seen,
         )
 
     # ---- evaluate and predict ---------------------------------------------------------------
