@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
 from . import groups
-from .run import Element, FileRef, Run, Task, status_for, start_run
+from .run import Element, FileRef, Run, Task, new_run_id, status_for, start_run
 from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
 from .validation import ERROR, FAIL, PASS, VALIDATE, Rule, SqlRule, Validator, Verdict, validate_transformation
 
@@ -227,6 +227,32 @@ class TrainingRecorder:
             if self.validator is not None and VALIDATE not in self.flow.transformations:
                 self._add_validation()
         return self.run
+
+    def run_to_share(self, world_size: int, *, first_call: bool) -> str | None:
+        """Rank zero's run for a call by `world_size` processes: the one still open, or a new one; None if ranks cannot join.
+
+        `first_call`: this process records its first run, so a launcher's TRAINPROV_RUN_ID applies.
+        """
+        run = self.run
+        if run is None and first_call:
+            return os.environ.get("TRAINPROV_RUN_ID") or new_run_id()
+        if run is None or run.status != "running":
+            return new_run_id()
+        if run.world_size == world_size:
+            return run.id  # fit, then test: one run for both
+        opened = "by this process alone" if run.world_size is None else f"for {run.world_size} processes"
+        warnings.warn(f"trainprov: run {run.id}, started {opened}, is still open: only global rank zero records "
+                      f"this {world_size}-process call, into it; end it first (prov.end()) for a run of "
+                      "every rank (see docs/lightning.md)", RuntimeWarning, stacklevel=4)
+        return None
+
+    def join_run(self, run_id: str, rank: int, world_size: int) -> Run:
+        """Record into run `run_id` as `rank` of `world_size` processes from now on (another run still open ends first)."""
+        run = self.run
+        if run is not None and run.status == "running" and run.id != run_id:
+            self.end()  # rank zero went on to a new run: this rank's part of the old one is over
+        self.rank_of_run = (run_id, rank, world_size)
+        return self.start()
 
     def use(self, *elements: Element) -> None:
         """Elements (data, say) that the next training task uses."""

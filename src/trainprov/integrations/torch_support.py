@@ -361,9 +361,7 @@ def join_distributed_run(recorder: TrainingRecorder) -> None:
     shared = [None]
     if rank == 0:
         shared[0] = os.environ.get("TRAINPROV_RUN_ID") or new_run_id()
-        recorder.rank_of_run = (shared[0], 0, world_size)
-        recorder.start()  # first: two processes creating one new SQLite file at once can find it locked
+        recorder.join_run(shared[0], 0, world_size)  # first: two processes creating one new SQLite file at once can find it locked
     torch.distributed.broadcast_object_list(shared, src=0)
     if rank != 0:
-        recorder.rank_of_run = (shared[0], rank, world_size)
-        recorder.start()
+        recorder.join_run(shared[0], rank, world_size)
