@@ -129,3 +129,30 @@ def test_the_architecture_doc_lists_every_module():
     files = {os.path.relpath(p, SRC).replace(os.sep, "/") for p in modules().values()}
     assert sorted(files - listed) == [], "modules missing from docs/architecture.md's table"
     assert sorted(listed - files) == [], "docs/architecture.md lists modules that do not exist"
+
+
+def private_imports() -> list[str]:
+    """Every `from <trainprov module> import _name` of one module from another (inside functions too)."""
+    found = modules()
+    known = set(found)
+    out = []
+    for module, path in sorted(found.items()):
+        package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base != "trainprov" and not base.startswith("trainprov."):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if name.startswith("_") and not name.startswith("__") and f"{base}.{name}" not in known:
+                    out.append(f"{module} imports {base}.{name}")
+    return out
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports() == []

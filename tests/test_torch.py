@@ -322,3 +322,20 @@ def test_a_crashing_loop_keeps_its_epochs(store):
     status = tp.query("SELECT status, error FROM runs", store=store)[0]
     assert status["status"] == "failed" and "out of memory" in status["error"]
     assert not math.isnan(tp.query("SELECT loss FROM epoch_metrics WHERE epoch = 3", store=store)[0]["loss"])
+
+
+def test_stopped_early_finds_the_best_epoch_among_the_recorded_ones(store):
+    # a hand-written loop with its own patience: it knows the best value, the tracker knows where it was
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    val_losses = [0.9, 0.5, 0.7, 0.8]
+    with Tracker(model, opt, store, epochs=10) as tracker:
+        for val_loss in val_losses:
+            opt.step()
+            tracker.epoch(val_loss=val_loss)
+        tracker.stopped_early(monitor="val_loss", best_value=min(val_losses), cause="patience 2")
+    row = tp.query("SELECT epoch, old_value, new_value, monitor, monitor_value, best_epoch, best_value, cause "
+                   "FROM adaptations WHERE kind = 'early_stopping'", store=store)[0]
+    assert (row["epoch"], row["old_value"], row["new_value"]) == (4, 10, 4)
+    assert (row["monitor"], row["monitor_value"], row["best_epoch"], row["best_value"]) == ("val_loss", 0.8, 2, 0.5)
+    assert row["cause"] == "patience 2"

@@ -125,7 +125,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _status_for(exc: BaseException | None) -> tuple[str, str | None]:
+def status_for(exc: BaseException | None) -> tuple[str, str | None]:
+    """How a run or task ends after an exception (or none): (status, error text)."""
     if exc is None:
         return "finished", None
     if isinstance(exc, SignalInterrupt):
@@ -302,7 +303,7 @@ class Task:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))
+        self.end(*status_for(exc))
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.transformation} {self.status}>"
@@ -511,7 +512,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        status, error = _status_for(exc)
+        status, error = status_for(exc)
         try:
             self.end(status, error)
         except CaptureError as failure:
@@ -611,7 +612,7 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
     # An uncaught exception ends the process: open runs end failed (or interrupted) with it.
     for run in list(_open_runs):
         try:
-            run.end(*_status_for(exc))
+            run.end(*status_for(exc))
         except Exception as failure:  # the original exception is what the user must see
             print(f"trainprov: could not end run {run.id}: {failure!r}", file=sys.stderr)
     _previous_excepthook(exc_type, exc, tb)

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
 from . import groups
-from .run import Element, FileRef, Run, Task, _status_for, start_run
+from .run import Element, FileRef, Run, Task, new_run_id, status_for, start_run
 from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
 from .validation import ERROR, FAIL, PASS, VALIDATE, Rule, SqlRule, Validator, Verdict, validate_transformation
 
@@ -118,7 +118,7 @@ def training_dataflow(
     )
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     """A metric value as a float, or None if it is not a number."""
     item = getattr(value, "item", None)
     if item is not None and not isinstance(value, numbers.Number):  # a NumPy or torch scalar
@@ -159,8 +159,14 @@ class TrainingRecorder:
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
         rules: Iterable[Rule | Any] | str | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        include: Iterable[str] | None = None,
     ) -> None:
         self.framework = framework
+        #: your hyperparameters, recorded with every training (they win over the framework's)
+        self.user_hyperparameters = dict(hyperparameters or {})
+        #: the framework's hyperparameters to keep (None: all of them)
+        self.include = set(include) if include is not None else None
         self.store = store
         self.flow = dataflow or training_dataflow(f"{sanitize_name(framework)}_training")
         self.run: Run | None = run
@@ -174,6 +180,8 @@ class TrainingRecorder:
         self._columns: dict[tuple[str, str], str] = {}  # (dataset, framework key) -> column
         self._last_checkpoint: FileRef | None = None
         self._last_checkpoint_element: Element | None = None
+        self._checkpoints: dict[str, tuple[FileRef, Element]] = {}  # absolute path -> its latest record
+        self._epochs: dict[int, dict[str, Any]] = {}  # the current training's epochs: epoch -> the values reported
         self._lock = threading.RLock()
         self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
         self._store_types: dict[str, dict[str, tuple[str, str | None]]] = {}
@@ -197,6 +205,11 @@ class TrainingRecorder:
             self.validator = None
 
     @property
+    def epochs_recorded(self) -> Mapping[int, Mapping[str, Any]]:
+        """The current (or last) training's epochs: epoch -> the values reported for it."""
+        return self._epochs
+
+    @property
     def should_stop(self) -> bool:
         """True once a rule with action "stop" failed in the current training."""
         return self.stopped_by is not None
@@ -214,6 +227,32 @@ class TrainingRecorder:
             if self.validator is not None and VALIDATE not in self.flow.transformations:
                 self._add_validation()
         return self.run
+
+    def run_to_share(self, world_size: int, *, first_call: bool) -> str | None:
+        """Rank zero's run for a call by `world_size` processes: the one still open, or a new one; None if ranks cannot join.
+
+        `first_call`: this process records its first run, so a launcher's TRAINPROV_RUN_ID applies.
+        """
+        run = self.run
+        if run is None and first_call:
+            return os.environ.get("TRAINPROV_RUN_ID") or new_run_id()
+        if run is None or run.status != "running":
+            return new_run_id()
+        if run.world_size == world_size:
+            return run.id  # fit, then test: one run for both
+        opened = "by this process alone" if run.world_size is None else f"for {run.world_size} processes"
+        warnings.warn(f"trainprov: run {run.id}, started {opened}, is still open: only global rank zero records "
+                      f"this {world_size}-process call, into it; end it first (prov.end()) for a run of "
+                      "every rank (see docs/lightning.md)", RuntimeWarning, stacklevel=4)
+        return None
+
+    def join_run(self, run_id: str, rank: int, world_size: int) -> Run:
+        """Record into run `run_id` as `rank` of `world_size` processes from now on (another run still open ends first)."""
+        run = self.run
+        if run is not None and run.status == "running" and run.id != run_id:
+            self.end()  # rank zero went on to a new run: this rank's part of the old one is over
+        self.rank_of_run = (run_id, rank, world_size)
+        return self.start()
 
     def use(self, *elements: Element) -> None:
         """Elements (data, say) that the next training task uses."""
@@ -285,7 +324,7 @@ class TrainingRecorder:
                     continue  # nothing to store, and no type to give a new column
                 if dataset in _TYPED_BY_VALUE:
                     kind = _value_type(value)
-                elif _number(value) is not None:
+                elif number(value) is not None:
                     kind = "float"
                 else:
                     extra[key] = value
@@ -301,11 +340,11 @@ class TrainingRecorder:
                 grow[column] = kind
                 originals[column] = key
             if kind == "float" and value is not None:
-                number = _number(value)
-                if number is None:
+                as_number = number(value)
+                if as_number is None:
                     extra[key] = value
                     continue
-                value = number
+                value = as_number
             out[column] = value
         if extra and "extra" not in declared:
             grow["extra"] = "json"
@@ -428,12 +467,36 @@ class TrainingRecorder:
                     warnings.warn(f"trainprov: rule {verdict.rule} ({what}) at {where}: {verdict.message}",
                                   RuntimeWarning, stacklevel=4)
 
+    def add_attributes(self, dataset: str, attributes: Mapping[str, Attribute | str]) -> None:
+        """Declare new columns of a dataset in the run's dataflow (columns it already has stay as they are)."""
+        declared = self.flow.datasets[dataset].types
+        new = {name: kind for name, kind in attributes.items() if name not in declared}
+        if new:
+            self._grow(dataset, new)
+
     def _grow(self, dataset: str, attributes: dict[str, Attribute | str]) -> None:
         self.flow = self.flow.with_attributes(dataset, attributes)
         if self.run is not None and self.run.status == "running":
             self.run.evolve(self.flow)
 
     # ---- a fit ------------------------------------------------------------------------------
+
+    def hyperparameters(self, facts: Mapping[str, Any], *, logged: Mapping[str, Any] | None = None,
+                        chosen: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A training's hyperparameters: the framework's facts (those in `include`), logged values, chosen ones, yours.
+
+        `logged` values (what a model saved as its hyperparameters) never hide a fact of the
+        same name that differs (optimizer="adam" next to the class Adam, a column every
+        framework's runs share): such a value goes to `hparam_<name>`. `chosen` values (named
+        by the user, `hyperparameters_from`) and the recorder's own `hyperparameters` win.
+        """
+        values = dict(facts) if self.include is None else {k: v for k, v in facts.items() if k in self.include}
+        for key, value in (logged or {}).items():
+            taken = key in values and values[key] is not None and values[key] != value
+            values[f"hparam_{key}" if taken else key] = value
+        values.update(chosen or {})
+        values.update(self.user_hyperparameters)
+        return values
 
     def begin_training(self, hyperparameters: Mapping[str, Any], layers: Iterable[Mapping[str, Any]] = ()) -> Task:
         """Start a training task; record its hyperparameters and architecture."""
@@ -449,7 +512,8 @@ class TrainingRecorder:
         task = run.task(TRAIN, depends_on=depends)
         self.train_task = task
         self.stopped_by = None
-        self._planned_epochs = _number(hyperparameters.get("epochs"))
+        self._epochs = {}
+        self._planned_epochs = number(hyperparameters.get("epochs"))
         if self.validator is not None:
             self.validator.reset()
         for element in self._pending_uses:
@@ -473,6 +537,7 @@ class TrainingRecorder:
             values["epoch_time_s"] = seconds
         with self._lock:
             element = task.generated("epoch_metrics", **values)
+        self._epochs[epoch] = dict(metrics)
         if self.validator is not None:
             seen = dict(metrics)
             seen.setdefault("learning_rate", learning_rate)
@@ -565,18 +630,52 @@ class TrainingRecorder:
             values = {k: v for k, v in facts.items() if v is not None}
             return task.generated("adaptations", epoch=epoch, kind=kind, cause=cause, **values)
 
+    def early_stopping(self, epoch: int, cause: str, *, monitor: str | None = None, planned_epochs: Any = None,
+                       epochs_run: Any = None, best_value: Any = None, best_epoch: int | None = None,
+                       monitor_value: Any = None, step: int | None = None,
+                       seen: Iterable[tuple[int, Any]] | None = None) -> Element | None:
+        """Record that a training stopped before its planned epochs: an adaptation of `epochs` at `epoch`.
+
+        The monitored values are those this training recorded per epoch, or `seen` ((epoch,
+        value) pairs, for evaluations that are not epoch rows). Unless given, the best epoch
+        is the first whose value equals `best_value`, the monitored value the one at `epoch`,
+        and the epochs run `epoch`.
+        """
+        if seen is None:
+            seen = [(e, values.get(monitor)) for e, values in sorted(self._epochs.items())] if monitor else []
+        observed = [(e, number(value)) for e, value in seen]
+        best = number(best_value)
+        if best_epoch is None and best is not None:
+            best_epoch = next((e for e, value in observed if value == best), None)
+        if monitor_value is None:
+            monitor_value = dict(observed).get(epoch)
+        return self.adaptation(
+            epoch, "early_stopping", cause, step=step, parameter="epochs", old_value=number(planned_epochs),
+            new_value=number(epochs_run if epochs_run is not None else epoch), monitor=monitor,
+            monitor_value=number(monitor_value), best_epoch=best_epoch, best_value=best,
+        )
+
     def checkpoint(self, path: str | os.PathLike, *, epoch: int | None = None, monitor: str | None = None,
                    monitor_value: float | None = None) -> FileRef:
         """Record a checkpoint file, derived from the previous one."""
         task = self.train_task or self._last_train
         if task is None or task.status != "running":
             raise CaptureError("a checkpoint is recorded during training (between begin_training and end_training)")
-        element = task.generated("checkpoints", epoch=epoch, path=path, monitor=monitor, monitor_value=_number(monitor_value))
+        element = task.generated("checkpoints", epoch=epoch, path=path, monitor=monitor, monitor_value=number(monitor_value))
         ref = element.files[0]
         if self._last_checkpoint is not None:
             task.derive(ref, [self._last_checkpoint])
         self._last_checkpoint, self._last_checkpoint_element = ref, element
+        self._checkpoints[os.path.abspath(os.fspath(path))] = (ref, element)
         return ref
+
+    def checkpoint_loaded(self, path: str | os.PathLike) -> FileRef:
+        """The framework loaded a recorded checkpoint back: later evaluations use it, not the last one saved."""
+        found = self._checkpoints.get(os.path.abspath(os.fspath(path)))
+        if found is None:
+            raise CaptureError(f"checkpoint {os.fspath(path)} was not recorded in this run: record it before loading it")
+        self._last_checkpoint, self._last_checkpoint_element = found
+        return found[0]
 
     def end_training(self, status: str = "finished", error: str | None = None) -> None:
         """End the training task."""
@@ -655,7 +754,7 @@ class RecordsTraining:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.end(*_status_for(exc))
+        self.end(*status_for(exc))
 
 
 _profilers: "weakref.WeakKeyDictionary[Run, TrainingRecorder]" = weakref.WeakKeyDictionary()

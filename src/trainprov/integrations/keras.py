@@ -7,29 +7,19 @@ Backend-agnostic (tested with KERAS_BACKEND=torch).
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import time
 from typing import Any, Iterable, Mapping
 
 import keras
-import numpy as np
 
 from ..capture.run import FileRef, Run
-from ..capture.training import RecordsTraining, TrainingRecorder, learning_rate_changes
+from ..capture.training import RecordsTraining, TrainingRecorder
 from ..spec import Dataflow
+from .keras_support import (accelerated, batch_size_of, layer_facts, model_hyperparameters,
+                            schedule_changes, to_float)
 
 _LR_CALLBACK_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
-
-
-def _float(value: Any) -> float:
-    return float(keras.ops.convert_to_numpy(value))
-
-
-def _name_of(thing: Any) -> str | None:
-    if thing is None or isinstance(thing, str):
-        return thing
-    return getattr(thing, "name", None) or getattr(thing, "__name__", None) or type(thing).__name__
 
 
 def _calling_list() -> keras.callbacks.CallbackList | None:
@@ -62,70 +52,6 @@ def _changer() -> tuple[keras.callbacks.Callback | None, str | None, dict]:
     return None, None, {}
 
 
-def _accelerated() -> bool:
-    """True if the Keras backend computes on a GPU or another accelerator."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "torch":
-            import torch
-
-            return bool(torch.cuda.is_available())
-        if backend == "jax":
-            import jax
-
-            return jax.default_backend() != "cpu"
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return bool(tf.config.list_physical_devices("GPU"))
-    except Exception:  # a backend that cannot say: assume the accelerator, the safe side for speed
-        return True
-    return False
-
-
-def layer_facts(model: keras.Model) -> list[dict[str, Any]]:
-    """One dict per layer: name, class, output shape, parameters and the settings that define it."""
-    rows = []
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    for index, layer in enumerate(layers, 1):
-        try:
-            shape = str(tuple(layer.output.shape))
-        except Exception:  # subclassed models have no symbolic outputs
-            shape = None
-        activation = getattr(layer, "activation", None)
-        if activation is not None:
-            try:
-                activation = keras.activations.serialize(activation)
-            except Exception:  # a custom callable
-                activation = _name_of(activation)
-            activation = activation if isinstance(activation, str) else _name_of(activation)
-        rate = getattr(layer, "rate", None) if isinstance(layer, keras.layers.Dropout) else getattr(layer, "dropout", None)
-        rows.append(
-            {
-                "layer_index": index,
-                "name": layer.name,
-                "class_name": type(layer).__name__,
-                "output_shape": shape,
-                "params": layer.count_params() if layer.built else None,
-                "trainable_params": sum(math.prod(w.shape) for w in layer.trainable_weights),
-                "activation": activation,
-                "units": getattr(layer, "units", None),
-                "filters": getattr(layer, "filters", None),
-                "kernel_size": str(layer.kernel_size) if hasattr(layer, "kernel_size") else None,
-                "strides": str(layer.strides) if hasattr(layer, "strides") else None,
-                "dropout_rate": float(rate) if isinstance(rate, (int, float)) else None,
-            }
-        )
-    return rows
-
-
-def _batch_size(data: Any) -> int | None:
-    try:
-        return int(keras.tree.flatten(data)[0].shape[0])
-    except Exception:  # an input without a leading batch dimension
-        return None
-
-
 class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
     """Records hyperparameters, architecture, epochs (and steps), adaptations, checkpoints and evaluations.
 
@@ -142,7 +68,7 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         numbers on the training thread would wait for the device every step; on a CPU,
         handing every step to a thread pool costs more than the conversion it saves.
         """
-        return _accelerated()
+        return accelerated()
 
     def __init__(
         self,
@@ -166,11 +92,9 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         super().__init__()
         self.recorder = TrainingRecorder(
             "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
-            group=group, parent=parent, tags=tags, rules=rules,
+            group=group, parent=parent, tags=tags, rules=rules, hyperparameters=hyperparameters, include=include,
         )
-        self.user_hyperparameters = dict(hyperparameters or {})
         self.hyperparameters_from = hyperparameters_from
-        self.include = set(include) if include is not None else None
         self.step_every = int(steps) if steps else 0
         self.architecture = architecture
         self.new_run_per_fit = new_run_per_fit
@@ -185,7 +109,6 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._steps_done = 0
         self._pending_checkpoints: list[tuple[int, str, str | None, Any, float]] = []
         self._recorded_files: dict[str, int] = {}  # path -> modification time when recorded
-        self._last_logs: dict[str, Any] = {}
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -204,35 +127,12 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         return lr if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) else None
 
     def _hyperparameters(self, batch_size: int | None) -> dict[str, Any]:
-        model, opt = self.model, self._optimizer()
-        schedule = self._schedule()
-        try:
-            compiled = model.get_compile_config() or {}
-        except Exception:  # a model whose compile arguments do not serialize
-            compiled = {}
-        trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
-        values: dict[str, Any] = {
-            "optimizer": type(opt).__name__,
-            "learning_rate": _float(schedule(0)) if schedule is not None else _float(opt.learning_rate),
-            "optimizer_config": opt.get_config(),
-            "lr_schedule": {"class": type(schedule).__name__, **schedule.get_config()} if schedule is not None else None,
-            "loss": _name_of(model.loss),
-            "metrics": compiled.get("metrics"),
-            "batch_size": batch_size,
-            "epochs": self.params.get("epochs"),
-            "steps_per_epoch": self.params.get("steps"),
-            "n_layers": len([layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]),
-            "trainable_params": trainable,
-            "non_trainable_params": model.count_params() - trainable,
-        }
-        if self.include is not None:
-            values = {k: v for k, v in values.items() if k in self.include}
+        facts = model_hyperparameters(self.model, self._optimizer(), self._schedule(), self.params, batch_size)
+        chosen = {}
         if self.hyperparameters_from is not None:
             source, names = self.hyperparameters_from
-            for attr in names:
-                values[attr] = source[attr] if isinstance(source, Mapping) else getattr(source, attr)
-        values.update(self.user_hyperparameters)
-        return values
+            chosen = {attr: source[attr] if isinstance(source, Mapping) else getattr(source, attr) for attr in names}
+        return self.recorder.hyperparameters(facts, chosen=chosen)
 
     # ---- fit --------------------------------------------------------------------------------
 
@@ -257,7 +157,7 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
 
         def first_step(data: Any) -> Any:
             self._unwrap_first_step()
-            self._begin(_batch_size(data))
+            self._begin(batch_size_of(data))
             return original(data)
 
         model.train_step = first_step
@@ -277,7 +177,7 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self.recorder.begin_training(self._hyperparameters(batch_size), layers)
 
     def _iterations(self) -> int:
-        return int(_float(self._optimizer().iterations))
+        return int(to_float(self._optimizer().iterations))
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -304,7 +204,6 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._record_schedule_changes(epoch, self._iterations_at_epoch, iterations)
         self._steps_done += iterations - self._iterations_at_epoch
         self._epochs_done = epoch + 1
-        self._last_logs = logs
         self.recorder.epoch(epoch + 1, logs, learning_rate=self._epoch_learning_rate(epoch), seconds=seconds)
         if self.recorder.should_stop:
             self.model.stop_training = True  # a rule with action "stop" failed: Keras ends the fit after this epoch
@@ -342,17 +241,10 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._pending_checkpoints = []
         for callback in self._others:
             if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch > 0:
-                self.recorder.adaptation(
-                    callback.stopped_epoch + 1,
-                    "early_stopping",
-                    f"EarlyStopping(monitor={callback.monitor}, patience={callback.patience})",
-                    parameter="epochs",
-                    old_value=self.params.get("epochs"),
-                    new_value=callback.stopped_epoch + 1,
-                    monitor=callback.monitor,
-                    monitor_value=self._last_logs.get(callback.monitor),
-                    best_epoch=callback.best_epoch + 1,
-                    best_value=None if callback.best is None else float(callback.best),
+                self.recorder.early_stopping(
+                    callback.stopped_epoch + 1, f"EarlyStopping(monitor={callback.monitor}, patience={callback.patience})",
+                    monitor=callback.monitor, planned_epochs=self.params.get("epochs"),
+                    best_epoch=callback.best_epoch + 1, best_value=callback.best,
                 )
         self._in_fit = False
         self.recorder.end_training("finished")
@@ -386,9 +278,9 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         original = variable.assign
 
         def assign(value: Any, *args: Any, **kwargs: Any) -> Any:
-            old = _float(variable.value)
+            old = to_float(variable.value)
             result = original(value, *args, **kwargs)
-            new = _float(variable.value)
+            new = to_float(variable.value)
             if new != old:
                 self._learning_rate_changed(old, new)
             return result
@@ -426,12 +318,12 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         """The learning rate the epoch's last step used."""
         schedule = self._schedule()
         if schedule is not None:
-            return _float(schedule(max(0, int(_float(self._optimizer().iterations)) - 1)))
+            return to_float(schedule(max(0, int(to_float(self._optimizer().iterations)) - 1)))
         # a callback before us may already have lowered it for the next epoch
         for first_epoch, hook, old, _new in self._lr_changes:
             if first_epoch == epoch + 2 and hook == "on_epoch_end":
                 return old
-        return _float(self._optimizer().learning_rate)
+        return to_float(self._optimizer().learning_rate)
 
     def _record_schedule_changes(self, epoch: int, first: int, end: int) -> None:
         """Discrete schedules (piecewise constant, staircase) change the rate at steps: find them.
@@ -441,15 +333,8 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         schedule = self._schedule()
         if schedule is None or end <= first:
             return
-        config = schedule.get_config()
-        if isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay):
-            # the first step above each boundary b (iteration b + 1) takes the next value
-            bounds, values = config["boundaries"], config["values"]
-            changes = [(int(b) + 1, float(np.float32(values[k])), float(np.float32(values[k + 1])))
-                       for k, b in enumerate(bounds) if first <= int(b) + 1 <= end - 1]
-        elif config.get("staircase"):  # a monotone step function: bisection finds each step
-            changes = learning_rate_changes(lambda k: _float(schedule(k)), max(0, first - 1), end - 1)
-        else:
+        changes = schedule_changes(schedule, first, end)
+        if changes is None:
             return  # a continuous decay: its config is a hyperparameter, its rates are in epoch_metrics
         for i, old, new in changes:
             self.recorder.adaptation(

@@ -22,36 +22,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ..capture.run import Element, FileRef, Run, _status_for, new_run_id
-from ..capture.training import RecordsTraining, TrainingRecorder, _number
+from ..capture.run import Element, FileRef, Run, status_for
+from ..capture.training import RecordsTraining, TrainingRecorder, number
 from ..errors import CaptureError
 from ..spec import Dataflow
-from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config
-
-_SUFFIXES = ("_step", "_epoch")
-
-
-def _forked_names(trainer: Trainer) -> set[str]:
-    """Names logged with both on_step and on_epoch, which Lightning reports as name_step and name_epoch."""
-    # Lightning keeps this only in its result collection; without it, keys keep Lightning's names.
-    try:
-        return {metric.meta.name for metric in trainer._results.values() if metric.meta.forked}
-    except Exception:
-        return set()
-
-
-def _logging_step(trainer: Trainer) -> int:
-    """The step Lightning gives loggers: training batches that stepped the optimizer so far."""
-    # private, but it is the counter Lightning's own callbacks log with (LearningRateMonitor)
-    steps = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
-    return steps if isinstance(steps, int) else trainer.global_step
-
-
-def _hyperparameter_values(params: Mapping[str, Any] | Namespace) -> dict[str, Any]:
-    """Hyperparameters as the store can hold them: numbers, text and JSON, never an object."""
-    params = vars(params) if isinstance(params, Namespace) else dict(params)
-    return {str(key): _jsonable(value) for key, value in params.items()}
-
+from .lightning_support import (fit_loaders, forked_names, hyperparameter_values, logging_step, monitored,
+                                trainer_hyperparameters)
+from .torch_support import LearningRateWatcher, model_layers
 
 class ProvenanceLogger(Logger):
     """The logger half of `Provenance`: hands what Lightning logs to its callback; writes no files."""
@@ -119,11 +96,10 @@ class Provenance(RecordsTraining, Callback):
     ) -> None:
         super().__init__()
         self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents,
-                                   group=group, parent=parent, tags=tags, rules=rules)
+                                   group=group, parent=parent, tags=tags, rules=rules,
+                                   hyperparameters=hyperparameters, include=include)
         self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
         self.logger = ProvenanceLogger(self)
-        self.user_hyperparameters = dict(hyperparameters or {})
-        self.include = set(include) if include is not None else None
         self.steps = steps
         self.architecture = architecture
         self.profile_data = profile
@@ -147,7 +123,6 @@ class Provenance(RecordsTraining, Callback):
         self._step_offset = 0  # Lightning's steps before the watcher saw its first
         self._step: int | None = None  # the logging step of the step row being gathered
         self._step_values: dict[str, Any] = {}
-        self._history: dict[int, dict[str, Any]] = {}  # epoch -> its values, for early stopping
         self._eval_values: dict[str, Any] = {}
         self._eval_epoch_ended = False
         self._eval_started = 0.0
@@ -221,43 +196,20 @@ class Provenance(RecordsTraining, Callback):
 
         A collective call: every rank makes it in `setup`, after the process group exists.
         """
-        proposal = self._proposed_run_id(trainer) if trainer.is_global_zero else None
+        # not in workers a strategy launches anew for every trainer call (ddp_spawn): their runs are one per call
+        first_call = self.recorder.run is None and os.getpid() == self._pid
+        proposal = self.recorder.run_to_share(trainer.world_size, first_call=first_call) if trainer.is_global_zero else None
         if proposal is not None:
             # rank zero opens the store first: two processes creating one new SQLite file at
             # once can find it locked
-            self._join(proposal, trainer)
+            self.recorder.join_run(proposal, trainer.global_rank, trainer.world_size)
         # broadcast works for every launcher (ddp's script, ddp_spawn's workers, torchrun)
         run_id = trainer.strategy.broadcast(proposal, src=0)
         if run_id is None:
             return trainer.is_global_zero  # rank zero records alone (it had a run of its own open)
         if not trainer.is_global_zero:
-            self._join(run_id, trainer)
+            self.recorder.join_run(run_id, trainer.global_rank, trainer.world_size)
         return True
-
-    def _join(self, run_id: str, trainer: Trainer) -> None:
-        """Record into run `run_id` as this trainer's rank, from now on (every rank is alive from setup)."""
-        run = self.recorder.run
-        if run is not None and run.status == "running" and run.id != run_id:
-            self.end()  # rank zero went on to a new run: this rank's part of the old one is over
-        self.recorder.rank_of_run = (run_id, trainer.global_rank, trainer.world_size)
-        self.recorder.start()
-
-    def _proposed_run_id(self, trainer: Trainer) -> str | None:
-        """Rank zero's run for this call: the one still open, or a new one; None if ranks cannot join it."""
-        run = self.recorder.run
-        if run is None and os.getpid() == self._pid:
-            # the id a launcher gave (torchrun with TRAINPROV_RUN_ID); not in workers a strategy
-            # launches anew for every trainer call (ddp_spawn), whose runs are one per call
-            return os.environ.get("TRAINPROV_RUN_ID") or new_run_id()
-        if run is None or run.status != "running":
-            return new_run_id()
-        if run.world_size == trainer.world_size:
-            return run.id  # fit, then test: one run for both
-        opened = "by this process alone" if run.world_size is None else f"for {run.world_size} processes"
-        warnings.warn(f"trainprov: run {run.id}, started {opened}, is still open: only global rank zero records "
-                      f"this {trainer.world_size}-process call, into it; end it first (prov.end()) for a run of "
-                      "every rank (see docs/lightning.md)", RuntimeWarning, stacklevel=3)
-        return None
 
     # ---- every trainer call -----------------------------------------------------------------
 
@@ -287,39 +239,7 @@ class Provenance(RecordsTraining, Callback):
     # ---- fit ----------------------------------------------------------------------------------
 
     def _hyperparameters(self, trainer: Trainer, module: LightningModule) -> dict[str, Any]:
-        optimizers = list(trainer.optimizers)
-        configs = list(trainer.lr_scheduler_configs)
-        schedules = [
-            {**(scheduler_config(c.scheduler) or {}), "interval": c.interval, "frequency": c.frequency,
-             **({"monitor": c.monitor} if c.monitor else {})}
-            for c in configs
-        ]
-        loader = trainer.train_dataloader
-        batches = trainer.num_training_batches
-        facts, _ = model_layers(module)
-        values: dict[str, Any] = {
-            **(optimizer_hyperparameters(optimizers[0]) if optimizers else {}),
-            "lr_schedule": schedules[0] if len(schedules) == 1 else (schedules or None),
-            "batch_size": getattr(loader, "batch_size", None),
-            "epochs": trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None,
-            "steps_per_epoch": batches if isinstance(batches, int) else None,
-            **facts,
-            "world_size": trainer.world_size,
-            "precision": str(trainer.precision),
-            "accumulate_grad_batches": trainer.accumulate_grad_batches,
-            "gradient_clip_val": _number(trainer.gradient_clip_val),
-        }
-        if len(optimizers) > 1:
-            values["optimizers"] = [optimizer_hyperparameters(o) for o in optimizers]
-        if self.include is not None:
-            values = {k: v for k, v in values.items() if k in self.include}
-        for key, value in self._lightning_hyperparameters.items():
-            # an init argument named like a recorded fact (optimizer="adam") must not hide the
-            # fact (the class, Adam), which every framework's runs share: it keeps its own column
-            taken = key in values and values[key] is not None and values[key] != value
-            values[f"hparam_{key}" if taken else key] = value
-        values.update(self.user_hyperparameters)
-        return values
+        return self.recorder.hyperparameters(trainer_hyperparameters(trainer, module), logged=self._lightning_hyperparameters)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:
@@ -336,24 +256,12 @@ class Provenance(RecordsTraining, Callback):
             watcher.epochs_ended = trainer.current_epoch  # resumed from a checkpoint: epochs go on
             self._watchers.append(watcher)
         self._first_epoch = trainer.current_epoch
-        self._step_offset = _logging_step(trainer)  # a resumed fit goes on counting
-        self._history.clear()
+        self._step_offset = logging_step(trainer)  # a resumed fit goes on counting
 
     def _profile_loaders(self, trainer: Trainer) -> None:
         """Profile the fit's training and validation data (the datasets of its loaders)."""
-        for split, loaders in (("train", trainer.train_dataloader), ("validation", trainer.val_dataloaders)):
-            loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader holds the user's loaders
-            if loaders is None:
-                continue
-            if isinstance(loaders, dict):
-                named = list(loaders.items())
-            elif isinstance(loaders, (list, tuple)):
-                named = [(str(i), loader) for i, loader in enumerate(loaders)]
-            else:
-                named = [("", loaders)]
-            for key, loader in named:
-                if getattr(loader, "dataset", None) is not None:
-                    self.recorder.profile(f"data{'_' + key if len(named) > 1 else ''}", loader, split)
+        for name, split, loader in fit_loaders(trainer):
+            self.recorder.profile(name, loader, split)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._recording:
@@ -368,7 +276,7 @@ class Provenance(RecordsTraining, Callback):
         self._epoch = trainer.current_epoch + 1
         self._epoch_values, self._epoch_seconds = {}, None
         self._train_epoch_ended = False
-        self._steps_before_epoch = _logging_step(trainer)
+        self._steps_before_epoch = logging_step(trainer)
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -388,7 +296,6 @@ class Provenance(RecordsTraining, Callback):
         if self._epoch_values is None or not self._train_epoch_ended:
             return  # no epoch, or one that did not reach its end
         values, self._epoch_values = self._epoch_values, None
-        self._history[self._epoch] = values
         learning_rate = self._watchers[0].learning_rate if self._watchers else None
         self.recorder.epoch(self._epoch, values, learning_rate=learning_rate, seconds=self._epoch_seconds)
 
@@ -409,7 +316,7 @@ class Provenance(RecordsTraining, Callback):
         self._write_step()
         self._write_epoch()
         self._close_watchers()
-        status, error = _status_for(self._exception) if self._exception is not None else ("failed", None)
+        status, error = status_for(self._exception) if self._exception is not None else ("failed", None)
         self.recorder.end_training(status if status != "finished" else "failed", error)
 
     def _close_watchers(self) -> None:
@@ -427,27 +334,15 @@ class Provenance(RecordsTraining, Callback):
             if not stopped or callback.stopped_epoch < self._first_epoch:
                 continue  # it did not stop this fit
             monitor = callback.monitor
-            best = _number(callback.best_score)
-            seen = {epoch: self._monitored(values, monitor) for epoch, values in self._history.items()}
-            best_epoch = next((epoch for epoch, value in sorted(seen.items()) if value == best), None)
             cause = f"EarlyStopping(monitor={monitor}, patience={callback.patience})"
             if reason is not None and reason.name != "PATIENCE_EXHAUSTED":
                 cause += f": {reason.name.lower().replace('_', ' ')}"
-            self.recorder.adaptation(
-                callback.stopped_epoch + 1, "early_stopping", cause, parameter="epochs",
-                old_value=trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None,
-                new_value=self._epoch, monitor=monitor, monitor_value=seen.get(callback.stopped_epoch + 1),
-                best_epoch=best_epoch, best_value=best,
+            self.recorder.early_stopping(
+                callback.stopped_epoch + 1, cause, monitor=monitor, best_value=callback.best_score,
+                planned_epochs=trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None,
+                epochs_run=self._epoch,
+                seen=[(epoch, monitored(values, monitor)) for epoch, values in self.recorder.epochs_recorded.items()],
             )
-
-    def _monitored(self, values: Mapping[str, Any], key: str) -> float | None:
-        """A monitored key's value in an epoch's values (which hold name, not name_epoch, for forked ones)."""
-        if key in values:
-            return _number(values[key])
-        for suffix in _SUFFIXES:
-            if key.endswith(suffix) and key[: -len(suffix)] in values:
-                return _number(values[key[: -len(suffix)]])
-        return None
 
     # ---- test and validate ------------------------------------------------------------------
 
@@ -487,7 +382,7 @@ class Provenance(RecordsTraining, Callback):
     def _hyperparameters_logged(self, params: Mapping[str, Any] | Namespace) -> None:
         if not self._recording:
             return
-        values = _hyperparameter_values(params)
+        values = hyperparameter_values(params)
         if self.recorder.train_task is not None and values != self._lightning_hyperparameters:
             warnings.warn("trainprov: hyperparameters logged during training are recorded with the next fit",
                           RuntimeWarning, stacklevel=3)
@@ -546,7 +441,7 @@ class Provenance(RecordsTraining, Callback):
             if column is None:
                 column = key
                 base = key[: -len(suffix)]
-                if key.endswith(suffix) and base not in metrics and base in _forked_names(self._trainer):
+                if key.endswith(suffix) and base not in metrics and base in forked_names(self._trainer):
                     column = base
                 self._renamed[(suffix, key)] = column
             if column != "epoch":  # Lightning adds its own 0-based epoch; ours is a column already
@@ -565,8 +460,8 @@ class Provenance(RecordsTraining, Callback):
         monitor = getattr(callback, "monitor", None)
         value = getattr(callback, "best_k_models", {}).get(path)  # the score it was saved with
         if value is None and monitor and self._epoch_values:
-            value = self._monitored(self._epoch_values, monitor)
+            value = monitored(self._epoch_values, monitor)
         try:
-            self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=_number(value))
+            self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=number(value))
         except CaptureError as exc:  # saved outside a training (on an exception, after the fit)
             warnings.warn(f"trainprov: checkpoint {path} not recorded: {exc}", RuntimeWarning, stacklevel=2)

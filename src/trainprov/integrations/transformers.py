@@ -10,39 +10,27 @@ PyTorch integration's `LearningRateWatcher`. Nothing here talks to the Hugging F
 
 from __future__ import annotations
 
-import functools
-import glob
 import inspect
 import os
-import re
-import sys
 import time
 import warnings
-from enum import Enum
 from typing import Any, Iterable, Mapping
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, EarlyStoppingCallback
 
 from ..capture.run import Run
-from ..capture.training import RecordsTraining, TrainingRecorder, _number, training_dataflow
+from ..capture.training import RecordsTraining, TrainingRecorder, number, training_dataflow
 from ..spec import Dataflow
-from .torch import LearningRateWatcher, _jsonable, model_layers, optimizer_hyperparameters, scheduler_config, unwrap_optimizer
+from .torch_support import LearningRateWatcher, model_layers, unwrap_optimizer
+from .transformers_support import (checkpoint_folder, checkpoint_weights, schedule_config, split_of,
+                                   trainer_hyperparameters, updates_per_epoch)
 
 FRAMEWORK = "transformers"
 # The Trainer's `epoch` is a float (1.5: half-way through the second epoch); the integer
 # epoch (from 1) is the `epoch` column, the Trainer's value goes here.
 EPOCH_PROGRESS = "epoch_progress"
-# Files of a checkpoint folder that hold the model's weights (whole, sharded, or a PEFT adapter).
-_WEIGHTS = re.compile(r"^(model|adapter_model)(-\d+-of-\d+)?\.safetensors$|^(pytorch_model|adapter_model)(-\d+-of-\d+)?\.bin$")
-# A few TrainingArguments that deserve a column of their own (all of them are in `training_arguments`).
-_ARGUMENT_COLUMNS = ("per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm",
-                     "lr_scheduler_type", "seed")
-
-
-def _plain(value: Any) -> Any:
-    """A TrainingArguments value as a plain Python value (its enums are str subclasses)."""
-    return _jsonable(value.value if isinstance(value, Enum) else value)
+__all__ = ["EPOCH_PROGRESS", "FRAMEWORK", "ProvenanceCallback", "checkpoint_weights", "schedule_config"]
 
 
 def _under_training_loop() -> bool:
@@ -64,60 +52,6 @@ def _calling_handler() -> CallbackHandler | None:
             return candidate
         frame = frame.f_back
     return None
-
-
-def _describe_lambda(function: Any) -> Any:
-    """A LambdaLR function as JSON: the Trainer's schedules are partials whose keywords define them."""
-    if isinstance(function, functools.partial):
-        return {"function": getattr(function.func, "__qualname__", repr(function.func)), **_jsonable(function.keywords)}
-    return getattr(function, "__qualname__", type(function).__name__)
-
-
-def schedule_config(scheduler: Any) -> dict[str, Any] | None:
-    """The learning-rate scheduler's settings, with the Trainer's LambdaLR functions and their arguments."""
-    config = scheduler_config(scheduler)
-    lambdas = getattr(scheduler, "lr_lambdas", None)
-    if config is not None and lambdas:
-        described = [_describe_lambda(f) for f in lambdas]
-        # the Trainer gives every parameter group the same function: say it once
-        config["lr_lambdas"] = described[:1] if all(d == described[0] for d in described) else described
-    return config
-
-
-def _updates_per_epoch(args: Any, dataloader: Any) -> int | None:
-    """Optimizer updates per epoch, computed as the Trainer does; None for a loader without a length."""
-    try:
-        batches = len(dataloader)
-    except TypeError:
-        return None
-    accumulation = max(1, int(args.gradient_accumulation_steps))
-    return max(batches // accumulation + int(batches % accumulation > 0), 1)
-
-
-def checkpoint_weights(folder: str) -> list[str]:
-    """The weight files the Trainer wrote in a checkpoint folder (one, or its shards), sorted."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(os.path.join(folder, n) for n in names if _WEIGHTS.match(n))
-
-
-def _checkpoint_folder(args: Any, state: Any) -> str | None:
-    """The folder of the checkpoint just saved: output_dir/checkpoint-N (or under a search trial's folder)."""
-    name = f"checkpoint-{state.global_step}"
-    direct = os.path.join(args.output_dir, name)
-    if os.path.isdir(direct):
-        return direct
-    # hyperparameter search saves under output_dir/<trial>/: the newest such folder is ours
-    found = [p for p in glob.glob(os.path.join(glob.escape(args.output_dir), "*", name)) if os.path.isdir(p)]
-    return max(found, key=os.path.getmtime) if found else None
-
-
-def _split_of(metrics: Mapping[str, Any]) -> str | None:
-    """The metric_key_prefix of an evaluation ('eval', 'test', 'eval_<name>'): the Trainer always reports <prefix>_runtime."""
-    prefixes = [k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")]
-    return min(prefixes, key=len) if prefixes else None
 
 
 class ProvenanceCallback(RecordsTraining, TrainerCallback):
@@ -150,9 +84,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
             record_agents=record_agents, group=group, parent=parent, tags=tags, rules=rules,
+            hyperparameters=hyperparameters, include=include,
         )
-        self.user_hyperparameters = dict(hyperparameters or {})
-        self.include = set(include) if include is not None else None
         self.architecture = architecture
         self.profile_data = profile
         self.record_checkpoints = checkpoints
@@ -170,7 +103,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._logs_step: int | None = None
         self._logs_at_step: dict[str, Any] = {}  # every value logged at the latest global step
         self._evaluations: list[tuple[int, int, dict[str, Any]]] = []  # (epoch, global step, eval logs)
-        self._saved: dict[str, tuple[Any, Any]] = {}  # checkpoint folder -> its (file, element) as recorded
+        self._saved: dict[str, str] = {}  # checkpoint folder -> its last weight file recorded
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -181,39 +114,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
     # ---- what the training was configured with --------------------------------------------
 
     def _hyperparameters(self, args: Any, state: Any, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        if optimizer is not None:
-            values.update(optimizer_hyperparameters(optimizer))
-        else:
-            values["learning_rate"] = float(args.learning_rate)
-        config = getattr(model, "config", None)
-        facts, _ = model_layers(model) if model is not None else ({}, [])
-        values.update(
-            {
-                "lr_schedule": schedule_config(scheduler),
-                "loss": getattr(model, "loss_type", None),  # the Transformers loss family (ForCausalLM, ...)
-                # samples per optimizer update, across gradient accumulation and data-parallel processes
-                "batch_size": (state.train_batch_size or args.per_device_train_batch_size)
-                * args.gradient_accumulation_steps * max(1, args.world_size),
-                # without a dataloader length the Trainer plans sys.maxsize epochs: no number to record
-                "epochs": state.num_train_epochs if state.num_train_epochs < sys.maxsize else None,
-                "steps_per_epoch": self._updates_per_epoch,
-                **facts,
-                **{name: _plain(getattr(args, name, None)) for name in _ARGUMENT_COLUMNS},
-                "max_steps": state.max_steps,
-                "warmup_steps": args.get_warmup_steps(state.max_steps) if hasattr(args, "get_warmup_steps") else None,
-                "world_size": args.world_size,
-                "model_class": type(model).__name__ if model is not None else None,
-                "model_type": getattr(config, "model_type", None) or None,
-                "model_config": _jsonable(config.to_dict()) if hasattr(config, "to_dict") else None,
-                "training_arguments": _jsonable(args.to_dict()),  # to_dict masks every *_token
-                "trial_params": _jsonable(state.trial_params) if state.trial_params else None,
-            }
-        )
-        if self.include is not None:
-            values = {k: v for k, v in values.items() if k in self.include}
-        values.update(self.user_hyperparameters)
-        return values
+        facts = trainer_hyperparameters(args, state, model, optimizer, scheduler, self._updates_per_epoch)
+        return self.recorder.hyperparameters(facts)
 
     # ---- train ------------------------------------------------------------------------------
 
@@ -228,7 +130,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         optimizer = unwrap_optimizer(optimizer) if optimizer is not None else None
         self._training = True
         self._handler = _calling_handler()
-        self._updates_per_epoch = _updates_per_epoch(args, train_dataloader)
+        self._updates_per_epoch = updates_per_epoch(args, train_dataloader)
         # a resumed training starts after the epochs its checkpoint had done, as the Trainer does
         self._epoch = state.global_step // self._updates_per_epoch if self._updates_per_epoch else 0
         self._epoch_first_step = state.global_step
@@ -294,7 +196,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         if state.global_step != self._logs_step:
             self._logs_step, self._logs_at_step = state.global_step, {}
         self._logs_at_step.update((k, v) for k, v in entry.items() if k != "epoch")
-        if _split_of(entry) is not None:
+        if split_of(entry) is not None:
             self._evaluations.append((self._epoch, state.global_step, entry))
 
     @staticmethod
@@ -320,7 +222,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._training or not self.record_checkpoints:
             return
-        folder = _checkpoint_folder(args, state)
+        folder = checkpoint_folder(args, state)
         files = checkpoint_weights(folder) if folder is not None else []
         if not files:
             warnings.warn(f"trainprov: no model weights found for checkpoint-{state.global_step} in {args.output_dir}",
@@ -332,8 +234,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             value = self._logs_at_step.get(monitor)  # the checkpoint's model was evaluated at this step
         for path in files:
             self.recorder.checkpoint(path, epoch=self._epoch, monitor=monitor, monitor_value=value)
-        recorder = self.recorder
-        self._saved[os.path.abspath(folder)] = (recorder._last_checkpoint, recorder._last_checkpoint_element)
+        self._saved[os.path.abspath(folder)] = files[-1]
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._training:
@@ -343,7 +244,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         best = state.best_model_checkpoint
         if args.load_best_model_at_end and best and os.path.abspath(best) in self._saved:
             # the Trainer loaded the best checkpoint back: later evaluations use it, not the last one
-            self.recorder._last_checkpoint, self.recorder._last_checkpoint_element = self._saved[os.path.abspath(best)]
+            self.recorder.checkpoint_loaded(self._saved[os.path.abspath(best)])
         if self.watcher is not None:
             self.watcher.flush()
         self._stop_watching()
@@ -379,21 +280,13 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             return  # something else stopped the training
         monitor = self._monitor(args)
         seen = [(epoch, entry[monitor]) for epoch, _, entry in self._evaluations if monitor in entry]
-        best = state.best_metric
-        best_epoch = next((epoch for epoch, value in seen if value == best), None)
-        self.recorder.adaptation(
+        self.recorder.early_stopping(
             self._epoch,
-            "early_stopping",
             f"EarlyStoppingCallback(monitor={monitor}, patience={stopper.early_stopping_patience}, "
             f"threshold={stopper.early_stopping_threshold})",
-            step=state.global_step - self._epoch_first_step,
-            parameter="epochs",
-            old_value=state.num_train_epochs,
-            new_value=state.epoch,  # epochs run: a fraction when evaluations are every N steps
-            monitor=monitor,
-            monitor_value=_number(seen[-1][1]) if seen else None,
-            best_epoch=best_epoch,
-            best_value=_number(best),
+            step=state.global_step - self._epoch_first_step, monitor=monitor, planned_epochs=state.num_train_epochs,
+            epochs_run=state.epoch,  # a fraction when evaluations are every N steps
+            monitor_value=seen[-1][1] if seen else None, best_value=state.best_metric, seen=seen,
         )
 
     # ---- evaluate and predict ---------------------------------------------------------------
@@ -415,18 +308,16 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             return
         if self._training:  # the training raised before its end
             self._training_failed()
-        split = _split_of(metrics)
+        split = split_of(metrics)
         values: dict[str, Any] = {}
         seconds = None
         for key, value in metrics.items():
             name = key[len(split) + 1:] if split and key.startswith(split + "_") else key
             if name == "runtime":
-                seconds = _number(value)
+                seconds = number(value)
             else:
                 values[EPOCH_PROGRESS if name == "epoch" else name] = value
-        recorder = self.recorder
-        recorder.start()
-        if "split" not in recorder.flow.datasets["test_results"].types:
-            recorder._grow("test_results", {"split": "str"})  # a str would otherwise go to `extra`
+        self.recorder.start()
+        self.recorder.add_attributes("test_results", {"split": "str"})  # a str would otherwise go to `extra`
         values["split"] = split
-        recorder.evaluation(values, seconds=seconds)
+        self.recorder.evaluation(values, seconds=seconds)
