@@ -18,6 +18,7 @@ LAYERS = {
     "trainprov.capture": 3, "trainprov.rules": 3,
     "trainprov.query": 4, "trainprov.analysis": 4, "trainprov.export": 4, "trainprov.lineage": 4,
     "trainprov.record": 4, "trainprov.rundiff": 4, "trainprov.display": 4, "trainprov.searches": 4, "trainprov.checking": 4, "trainprov.reproduce": 4, "trainprov.transfer": 4,
+    "trainprov.runview": 4, "trainprov.provgraph": 4,
     "trainprov.integrations": 5, "trainprov.keras": 5, "trainprov.torch": 5, "trainprov.lightning": 5,
     "trainprov.transformers": 5, "trainprov.optuna": 5, "trainprov.keras_tuner": 5, "trainprov.importers": 5,
     "trainprov.cli": 6, "trainprov.ui": 6,
@@ -156,3 +157,34 @@ def private_imports() -> list[str]:
 
 def test_no_module_imports_another_modules_private_names():
     assert private_imports() == []
+
+
+#: words that only a SQL statement spells in capitals (the package writes SQL in capitals)
+SQL_WORDS = re.compile(r"\b(SELECT|FROM|WHERE|JOIN|GROUP BY|ORDER BY|INSERT INTO|DELETE FROM)\b")
+
+
+def sql_literals(path: str) -> list[str]:
+    """The string literals of a module that spell SQL, f-strings included; an error message may quote an example."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    quoted = {id(n) for call in ast.walk(tree) if isinstance(call, ast.Call)
+              and (getattr(call.func, "id", "") or getattr(call.func, "attr", "")).endswith(("Error", "JSON"))
+              for arg in call.args for n in ast.walk(arg)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in quoted:
+            continue
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+        else:
+            continue
+        if SQL_WORDS.search(text):
+            found.append(f"{os.path.relpath(path, SRC)}:{node.lineno}: {text[:60]!r}")
+    return found
+
+
+def test_the_dashboard_modules_hold_no_sql():
+    """SQL is read-side code (query, analysis, runview, provgraph, ...): ui/ only shapes what they return."""
+    ui = [p for m, p in modules().items() if m == "trainprov.ui" or m.startswith("trainprov.ui.")]
+    assert ui and [hit for path in sorted(ui) for hit in sql_literals(path)] == []

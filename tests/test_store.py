@@ -153,6 +153,23 @@ def test_nan_and_infinities_round_trip_distinct_from_null(store):
     assert tp.query("SELECT s FROM (SELECT 'NaN' AS s)", store=store) == [{"s": "NaN"}]
 
 
+def test_a_text_nan_is_text_even_where_another_dataset_has_a_float_of_that_name(store):
+    """The reader decodes a NaN by the column's type in the catalog, not by the column's name alone."""
+    flow = tp.Dataflow("names", [tp.Transformation("t", generates=[tp.Dataset("scores", i=int, x=float),
+                                                                    tp.Dataset("notes", i=int, x=str)])])
+    with tp.start_run(flow, store) as run, run.task("t") as task:
+        for i, x in enumerate([math.nan, 1.0, None, math.inf]):
+            task.generated("scores", i=i, x=x)
+        task.generated("notes", i=0, x="NaN")
+    assert tp.query("SELECT x FROM notes", store=store) == [{"x": "NaN"}]
+    assert tp.query("SELECT i, x FROM notes", store=store) == [{"i": 0, "x": "NaN"}]
+    assert math.isnan(tp.query("SELECT x FROM scores WHERE i = 0", store=store)[0]["x"])
+    # the store's one NaN filter: numbers (infinities too) pass, NaN and NULL do not
+    with tp.connect(store) as reader:
+        kept = reader.rows(f"SELECT i FROM scores WHERE {reader.backend.not_nan('x')} ORDER BY i")
+    assert kept == [{"i": 1}, {"i": 3}]
+
+
 def test_other_types_round_trip(store):
     flow = tp.Dataflow("types", [tp.Transformation("t", generates=[
         tp.Dataset("typed", n=int, s=str, b=bool, at="datetime", config="json")])])

@@ -12,7 +12,7 @@ each rank; every function reads one rank's rows, rank 0 by default (`rank=K` for
 so that epochs of different ranks are not mixed. Runs of one process are read whole.
 
 NaN is a value a diverging training produces: it never wins a minimum or a maximum, and it
-is left out of averages (`x <> 'NaN'` filters it on both backends), but a *last* value or a
+is left out of averages (the store's `Backend.not_nan` filter), but a *last* value or a
 value *at an epoch* that is NaN is reported as NaN.
 """
 
@@ -168,11 +168,6 @@ def _and_where(where: str, condition: str) -> str:
     return where + condition if where else " WHERE" + condition[len(" AND"):]
 
 
-def not_nan(column: str) -> str:
-    """A condition true for numbers, false for NaN and NULL, on SQLite (NaN is the text 'NaN') and PostgreSQL."""
-    return f"{column} <> 'NaN'"
-
-
 def _as_timestamps(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     """Aggregates of timestamps come back as text from SQLite: make them datetimes (UTC)."""
     for column in columns:
@@ -278,10 +273,10 @@ def runs_overview(
         inner, inner_params = _where(reader, run_ids)
         inner = _and_where(inner, ranks)
         if has_metrics:
-            # min() already passes NaN over on both backends unless every value is NaN ('NaN' text
-            # sorts after numbers in SQLite, NaN after numbers in PostgreSQL); max() needs the filter
+            # min() already passes NaN over on both backends unless every value is NaN (NaN sorts
+            # after numbers on both); max() needs the store's filter
             aggregates = "".join(
-                f", max(CASE WHEN {not_nan(m)} THEN {m} END) AS best_{m}" if higher_is_better(m) else f", min({m}) AS best_{m}"
+                f", max(CASE WHEN {reader.backend.not_nan(m)} THEN {m} END) AS best_{m}" if higher_is_better(m) else f", min({m}) AS best_{m}"
                 for m in chosen
             )
             select += ", m.epochs_run, m.last_epoch_at" + "".join(f", m.best_{m}" for m in chosen)
@@ -343,7 +338,7 @@ def best_runs(
         where = _and_where(where, ranks)
         conditions = [where[len(" WHERE "):]] if where else []
         if statistic in ("min", "max"):
-            conditions.append(not_nan(f"m.{metric}"))
+            conditions.append(reader.backend.not_nan(f"m.{metric}"))
             order = f"m.{metric} {'ASC' if statistic == 'min' else 'DESC'}, m.epoch, m.recorded_at"
         elif statistic == "last":
             conditions.append(f"m.{metric} IS NOT NULL")
@@ -435,7 +430,7 @@ def adaptation_effect(
         shown = [c for c in ("epoch", "step", "kind", "old_value", "new_value", "cause", "monitor") if c in kinds]
         run_ids = _run_ids(reader, runs)
         p = reader.backend.placeholder
-        mean = f"avg(CASE WHEN {not_nan('m.' + metric)} THEN m.{metric} END)"
+        mean = f"avg(CASE WHEN {reader.backend.not_nan('m.' + metric)} THEN m.{metric} END)"
         of_rank = rank_filter(reader, rank, "m.task_id", run_ids)
         sql = (
             f"SELECT a.run_id, {', '.join('a.' + c for c in shown)}, "
@@ -488,12 +483,12 @@ def convergence(
         near = (f"x.{metric} <= b.best + {p} * abs(b.best)" if statistic == "min"
                 else f"x.{metric} >= b.best - {p} * abs(b.best)")
         sql = (
-            f"WITH b AS (SELECT run_id, {statistic}(CASE WHEN {not_nan(metric)} THEN {metric} END) AS best, "
+            f"WITH b AS (SELECT run_id, {statistic}(CASE WHEN {reader.backend.not_nan(metric)} THEN {metric} END) AS best, "
             f"max(epoch) AS epochs_run FROM {dataset}{where} GROUP BY run_id) "
             f"SELECT b.run_id, b.best AS best_{metric}, "
             f"min(CASE WHEN x.{metric} = b.best THEN x.epoch END) AS best_epoch, "
             f"min(x.epoch) AS converged_at_epoch, b.epochs_run "
-            f"FROM b JOIN {dataset} x ON x.run_id = b.run_id AND {not_nan('x.' + metric)} AND {near}"
+            f"FROM b JOIN {dataset} x ON x.run_id = b.run_id AND {reader.backend.not_nan('x.' + metric)} AND {near}"
             f"{rank_filter(reader, rank, 'x.task_id')} "
             f"GROUP BY b.run_id, b.best, b.epochs_run ORDER BY b.run_id"
         )
@@ -525,7 +520,7 @@ def epoch_time(
             f"SELECT {keys + ', ' if keys else ''}count(DISTINCT m.run_id) AS runs, count(*) AS epochs, "
             f"avg({t}) AS mean_epoch_s, min({t}) AS fastest_epoch_s, max({t}) AS slowest_epoch_s "
             f"FROM hyperparameters h JOIN {dataset} m ON m.run_id = h.run_id AND m.task_id = h.task_id "
-            f"WHERE {not_nan(t)}{rank_filter(reader, rank, 'm.task_id')}" + (f" GROUP BY {keys}" if keys else "") + " ORDER BY mean_epoch_s"
+            f"WHERE {reader.backend.not_nan(t)}{rank_filter(reader, rank, 'm.task_id')}" + (f" GROUP BY {keys}" if keys else "") + " ORDER BY mean_epoch_s"
         )
         frame = reader.df(sql)
     return _as_numbers(frame, "mean_epoch_s", "fastest_epoch_s", "slowest_epoch_s")
@@ -675,7 +670,7 @@ def _series(reader: Reader, run_ids: list[str], metric: str, dataset: str, rank:
     out: dict[str, dict[int, float]] = {r: {} for r in run_ids}
     for run_id, epoch, value in rows:
         if value is not None and epoch is not None:
-            out[run_id][int(epoch)] = math.nan if value == "NaN" else float(value)
+            out[run_id][int(epoch)] = float(value)
     return out
 
 

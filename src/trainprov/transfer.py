@@ -97,15 +97,6 @@ def _plural(n: int, word: str) -> str:
 # ---- values -----------------------------------------------------------------------------
 
 
-def _to_float(value: Any) -> Any:
-    return float(value)  # SQLite keeps NaN as the text 'NaN', which its reader may leave as text
-
-
-def _to_text(value: Any) -> Any:
-    # SQLite's reader may have taken a text 'NaN' for a float NaN: the column says it is text
-    return "NaN" if isinstance(value, float) and math.isnan(value) else value
-
-
 def _to_datetime(value: Any) -> _dt.datetime:
     if isinstance(value, str):
         value = _dt.datetime.fromisoformat(value)
@@ -123,9 +114,7 @@ def _to_json(value: Any) -> str:
 
 
 _NORMALIZE: dict[str, Callable[[Any], Any]] = {
-    "float": _to_float,
-    "str": _to_text,
-    "file": _to_text,
+    "float": float,  # a whole number a REAL column gave back as an int
     "datetime": _to_datetime,
     "json": _to_json,
     "bool": bool,

@@ -69,6 +69,15 @@ class Backend(ABC):
     #: how this backend's SQL marks a query parameter
     placeholder: str = "?"
 
+    def not_nan(self, column: str) -> str:
+        """A SQL condition true for a number in `column`, false for NaN and NULL (for filters and aggregates).
+
+        One spelling for both backends: SQLite keeps a NaN as the text 'NaN' in a REAL column
+        (it cannot store a float NaN), PostgreSQL as the float NaN, and both compare it
+        unequal to 'NaN' only when it is a number. Infinities pass (they are numbers).
+        """
+        return f"{column} <> 'NaN'"
+
     @abstractmethod
     def declare(self, flow: Dataflow) -> int:
         """Create or evolve the tables of a dataflow and record it; return its version."""

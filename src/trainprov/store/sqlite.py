@@ -38,11 +38,13 @@ def _parse_timestamp(raw: bytes) -> Any:
 
 
 def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callable[[], dict[tuple[str, str], str]]) -> None:
-    """Turn the text 'NaN' back into float NaN in result columns that hold floats.
+    """Decode the text 'NaN' that stands for a float NaN (SQLite cannot store one) in result columns of floats.
 
-    A column holds floats if it is named like a float attribute, has numbers beside the
-    'NaN', or comes from a statement that read float attributes and no text attributes
-    (an aggregate such as max(loss) AS worst).
+    The types the catalog knows decide: a result column holds floats if the statement read
+    a float column of that name (a catalog table's or a dataset's attribute), if it read
+    float columns and no text ones (an expression such as max(loss) AS worst), or if it
+    holds numbers beside the 'NaN' (a REAL column; a TEXT column holds no numbers). A text
+    'NaN' in a text column stays text.
     """
     cols = [
         j
@@ -51,9 +53,12 @@ def _fix_nan(result: Result, read: set[tuple[str, str]], attribute_types: Callab
     ]
     if not cols:
         return
-    types = attribute_types()
-    float_names = {name for (_, name), kind in types.items() if kind == "float"} | {"duration_s"}
-    read_types = {types.get(pair) for pair in read}
+    attributes = attribute_types()
+    kinds = {**_CATALOG_TYPES, **attributes}
+    float_names = {name for (table, name) in read if kinds.get((table, name)) == "float"}
+    # an expression over floats beside ids and names (run_id, runs.name) is still a float: only
+    # the text a user recorded (str, json, file attributes) makes an expression's 'NaN' text
+    read_types = {attributes.get(pair) or ("float" if _CATALOG_TYPES.get(pair) == "float" else None) for pair in read}
     only_floats_read = "float" in read_types and not read_types & {"str", "json", "file"}
     for j in cols:
         numeric = only_floats_read or result.columns[j] in float_names or any(

@@ -119,12 +119,18 @@ class Dashboard:
         return f"SQL is only run for the dashboard's own pages: {why}" if why else None
 
 
-def _page(board: Dashboard, render: Callable[[Request, Reader], Response]) -> Callable[[Request], Response]:
+def _board(request: Request) -> Dashboard:
+    """The dashboard an application serves (create_app keeps it in the app's state)."""
+    return request.app.state.dashboard
+
+
+def _page(render: Callable[[Dashboard, Request, Reader], Response]) -> Callable[[Request], Response]:
     """A page handler: the store's problems become readable pages, not tracebacks."""
 
     def handler(request: Request) -> Response:
+        board = _board(request)
         try:
-            return render(request, board.reader())
+            return render(board, request, board.reader())
         except StoreError as exc:
             return board.page(request, "problem.html", 503, title="Waiting for the store", message=str(exc), retry=True)
         except TrainprovError as exc:  # an unknown run, a bad parameter, ...
@@ -135,12 +141,13 @@ def _page(board: Dashboard, render: Callable[[Request, Reader], Response]) -> Ca
     return handler
 
 
-def _api(board: Dashboard, answer: Callable[[Request, Reader], Any]) -> Callable[[Request], Response]:
+def _api(answer: Callable[[Dashboard, Request, Reader], Any]) -> Callable[[Request], Response]:
     """A JSON handler: errors are {"error": message} with a fitting status."""
 
     def handler(request: Request) -> Response:
+        board = _board(request)
         try:
-            result = answer(request, board.reader())
+            result = answer(board, request, board.reader())
         except StoreError as exc:
             return JSON({"error": str(exc)}, 503)
         except TrainprovError as exc:
@@ -157,203 +164,248 @@ def _run_ref(request: Request, reader: Reader) -> str:
 # ---- pages ----------------------------------------------------------------------------------
 
 
-def routes(board: Dashboard) -> list[Any]:
-    """Every route of the dashboard."""
+def runs_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """The runs list: `/`."""
+    runs = listing.runs_list(reader, listing.RunsQuery.from_params(request.query_params))
+    return board.page(request, "runs.html", listing=runs, nav="runs")
 
-    def runs_page(request: Request, reader: Reader) -> Response:
-        runs = listing.runs_list(reader, listing.RunsQuery.from_params(request.query_params))
-        return board.page(request, "runs.html", listing=runs, nav="runs")
 
-    def runs_table(request: Request, reader: Reader) -> Response:
-        runs = listing.runs_list(reader, listing.RunsQuery.from_params(request.query_params))
-        return board.page(request, "_runs_table.html", listing=runs)
+def runs_table(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """The runs table alone, for the list's live refresh."""
+    runs = listing.runs_list(reader, listing.RunsQuery.from_params(request.query_params))
+    return board.page(request, "_runs_table.html", listing=runs)
 
-    def run_page(request: Request, reader: Reader) -> Response:
-        run_id = _run_ref(request, reader)
-        if run_id != request.path_params["run"]:
-            query = f"?{request.url.query}" if request.url.query else ""
-            return RedirectResponse(f"/runs/{run_id}{query}", status_code=303)
-        return board.page(request, "run.html", detail=data.run_detail(reader, run_id, data.rank_of(request.query_params)),
-                          run_id=run_id, nav="runs")
 
-    def run_details(request: Request, reader: Reader) -> Response:
-        run_id = _run_ref(request, reader)
-        return board.page(request, "_run_details.html", detail=data.run_detail(reader, run_id, data.rank_of(request.query_params)),
-                          run_id=run_id)
+def run_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A run's page (a prefix or 'latest' redirects to the run's id)."""
+    run_id = _run_ref(request, reader)
+    if run_id != request.path_params["run"]:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"/runs/{run_id}{query}", status_code=303)
+    return board.page(request, "run.html", detail=data.run_detail(reader, run_id, data.rank_of(request.query_params)),
+                      run_id=run_id, nav="runs")
 
-    def run_graph_page(request: Request, reader: Reader) -> Response:
-        run_id = _run_ref(request, reader)
-        expand = [name for value in request.query_params.getlist("expand") for name in value.split(",") if name]
-        drawn = graph_layout.layout(graphs.run_graph(reader, run_id, expand=expand))
-        return board.page(request, "graph.html", title=f"Provenance of run {run_id}", layout=drawn, run_id=run_id,
-                          nav="runs", graphviz=shutil.which("dot") is not None, expanded=expand,
-                          note="One node per task, per dataset a task used or generated (with its number of elements), "
-                               "per group of files and per agent; the tasks of a transformation that ran more than "
-                               f"{graphs.COLLAPSE_AFTER} times are one node with their count (click it to expand them). "
-                               "The full W3C PROV graph, one node per element, is an export.")
 
-    def dataflow_page(request: Request, reader: Reader) -> Response:
-        name, version = request.path_params["name"], request.path_params["version"]
-        drawn = graph_layout.layout(graphs.dataflow_graph(reader, name, version))
-        return board.page(request, "graph.html", title=f"Dataflow {name} v{version}", layout=drawn,
-                          nav="runs", note="Transformations (blue) and the datasets (yellow) they use and generate; "
-                                           "hover a dataset for its attributes.")
+def run_details(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A run page's details alone, for its live refresh."""
+    run_id = _run_ref(request, reader)
+    return board.page(request, "_run_details.html", detail=data.run_detail(reader, run_id, data.rank_of(request.query_params)),
+                      run_id=run_id)
 
-    def group_page(request: Request, reader: Reader) -> Response:
-        name = request.path_params["name"]
-        found = reader.group(name)  # an unknown group: a page that names the groups there are
-        query = listing.RunsQuery.from_params(request.query_params)
-        query.group = name
-        return board.page(request, "group.html", group=found["group"], details=data.group_details(found["group"]),
-                          listing=listing.runs_list(reader, query), search=data.group_search(reader, name), nav="runs")
 
-    def compare_page(request: Request, reader: Reader) -> Response:
-        refs = request.query_params.getlist("runs")
-        refs = [r for ref in refs for r in ref.split(",") if r]
-        comparison = data.compare(reader, refs, request.query_params.get("metric"), data.rank_of(request.query_params))
-        return board.page(request, "compare.html", comparison=comparison, nav="compare")
+def run_graph_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A run's provenance graph at the level of tasks."""
+    run_id = _run_ref(request, reader)
+    expand = [name for value in request.query_params.getlist("expand") for name in value.split(",") if name]
+    drawn = graph_layout.layout(graphs.run_graph(reader, run_id, expand=expand))
+    return board.page(request, "graph.html", title=f"Provenance of run {run_id}", layout=drawn, run_id=run_id,
+                      nav="runs", graphviz=shutil.which("dot") is not None, expanded=expand,
+                      note="One node per task, per dataset a task used or generated (with its number of elements), "
+                           "per group of files and per agent; the tasks of a transformation that ran more than "
+                           f"{graphs.COLLAPSE_AFTER} times are one node with their count (click it to expand them). "
+                           "The full W3C PROV graph, one node per element, is an export.")
 
-    def sql_page(request: Request, reader: Reader) -> Response:
-        # A statement in the address fills the editor; it runs by itself only when a page
-        # of the dashboard linked to it, never from a link on another site.
-        return board.page(request, "sql.html", tables=data.schema(reader), nav="sql",
-                          initial=request.query_params.get("sql", ""),
-                          autorun=request.headers.get("sec-fetch-site") == "same-origin",
-                          sql_rows=data.SQL_ROWS, sql_timeout=board.console.timeout and f"{board.console.timeout:g}")
 
-    def export_run(request: Request, reader: Reader) -> Response:
-        run_id = _run_ref(request, reader)
-        fmt = FORMATS.get(request.path_params["format"])
-        if fmt is None:
-            raise ExportError(f"unknown export format {request.path_params['format']!r}; formats: {', '.join(FORMATS)}")
-        body = serialize(build_document([run_id], store=reader), fmt.name)
-        media = MIME_TYPES[fmt.name]
-        inline = request.query_params.get("inline") == "1"
-        disposition = "inline" if inline else f'attachment; filename="run-{run_id}{fmt.extension}"'
-        return Response(body, media_type=media, headers={"Content-Disposition": disposition})
+def dataflow_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A dataflow's graph: transformations and the datasets they use and generate."""
+    name, version = request.path_params["name"], request.path_params["version"]
+    drawn = graph_layout.layout(graphs.dataflow_graph(reader, name, version))
+    return board.page(request, "graph.html", title=f"Dataflow {name} v{version}", layout=drawn,
+                      nav="runs", note="Transformations (blue) and the datasets (yellow) they use and generate; "
+                                       "hover a dataset for its attributes.")
 
-    def report_run(request: Request, reader: Reader) -> Response:
-        run_id = _run_ref(request, reader)
-        fmt = request.query_params.get("format", "html")
-        if fmt not in report.FORMATS:
-            raise report.ReportError(f"unknown report format {fmt!r}; formats: {', '.join(report.FORMATS)}")
-        body = report.html(reader, run_id) if fmt == "html" else report.markdown(reader, run_id)
-        media = "text/html; charset=utf-8" if fmt == "html" else "text/markdown; charset=utf-8"
-        return Response(body, media_type=media,
-                        headers={"Content-Disposition": f'attachment; filename="run-{run_id}.{fmt}"'})
 
-    # ---- JSON
+def group_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A run group's page: its runs and, for a search, its analysis."""
+    name = request.path_params["name"]
+    found = reader.group(name)  # an unknown group: a page that names the groups there are
+    query = listing.RunsQuery.from_params(request.query_params)
+    query.group = name
+    return board.page(request, "group.html", group=found["group"], details=data.group_details(found["group"]),
+                      listing=listing.runs_list(reader, query), search=data.group_search(reader, name), nav="runs")
 
-    def api_runs(request: Request, reader: Reader) -> Any:
-        runs = listing.runs_list(reader, listing.RunsQuery.from_params(request.query_params))
-        return {"total": runs.total, "matched": runs.matched, "counts": runs.counts,
-                "runs": records(runs.frame.head(runs.query.limit))}
 
-    def api_run(request: Request, reader: Reader) -> Any:
-        return data.run_detail(reader, _run_ref(request, reader), data.rank_of(request.query_params))
+def compare_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """The comparison of runs."""
+    refs = request.query_params.getlist("runs")
+    refs = [r for ref in refs for r in ref.split(",") if r]
+    comparison = data.compare(reader, refs, request.query_params.get("metric"), data.rank_of(request.query_params))
+    return board.page(request, "compare.html", comparison=comparison, nav="compare")
 
-    def api_epochs(request: Request, reader: Reader) -> Any:
-        return data.epochs(reader, _run_ref(request, reader), data.rank_of(request.query_params))
 
-    def api_steps(request: Request, reader: Reader) -> Any:
-        try:
-            points = int(request.query_params.get("points", data.STEP_POINTS))
-        except ValueError:
-            points = data.STEP_POINTS
-        return data.steps(reader, _run_ref(request, reader), points, data.rank_of(request.query_params))
+def sql_page(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """The SQL console."""
+    # A statement in the address fills the editor; it runs by itself only when a page
+    # of the dashboard linked to it, never from a link on another site.
+    return board.page(request, "sql.html", tables=data.schema(reader), nav="sql",
+                      initial=request.query_params.get("sql", ""),
+                      autorun=request.headers.get("sec-fetch-site") == "same-origin",
+                      sql_rows=data.SQL_ROWS, sql_timeout=board.console.timeout and f"{board.console.timeout:g}")
 
-    def api_compare(request: Request, reader: Reader) -> Any:
-        refs = [r for ref in request.query_params.getlist("runs") for r in ref.split(",") if r]
-        return data.compare_curves(reader, refs, data.rank_of(request.query_params))
 
-    def api_schema(request: Request, reader: Reader) -> Any:
-        return data.schema(reader)
+def export_run(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A run as a W3C PROV document in one format (a download, or inline)."""
+    run_id = _run_ref(request, reader)
+    fmt = FORMATS.get(request.path_params["format"])
+    if fmt is None:
+        raise ExportError(f"unknown export format {request.path_params['format']!r}; formats: {', '.join(FORMATS)}")
+    body = serialize(build_document([run_id], store=reader), fmt.name)
+    media = MIME_TYPES[fmt.name]
+    inline = request.query_params.get("inline") == "1"
+    disposition = "inline" if inline else f'attachment; filename="run-{run_id}{fmt.extension}"'
+    return Response(body, media_type=media, headers={"Content-Disposition": disposition})
 
-    async def console_answer(request: Request, sql: Any, token: str | None, work: Callable[[], Any]) -> Response:
-        refusal = board.sql_refusal(request, token)
-        if refusal:
-            return JSON({"error": refusal}, 403)
-        if not isinstance(sql, str):
-            return JSON({"error": "sql must be text"}, 400)
-        try:
-            return await work()
-        except ConsoleBusy as exc:
-            busy = JSON({"error": str(exc)}, 429)
-            busy.headers["Retry-After"] = "1"
-            return busy
-        except QueryTimeout as exc:
-            return JSON({"error": f"{exc} (the SQL console's limit, set with `trainprov ui --sql-timeout`)"}, 400)
-        except StoreError as exc:
-            return JSON({"error": str(exc)}, 503)
-        except TrainprovError as exc:
-            return JSON({"error": str(exc)}, 400)
 
-    async def api_sql(request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return JSON({"error": 'send {"sql": "SELECT ..."} as JSON'}, 400)
-        sql = body.get("sql", "")
+def report_run(board: Dashboard, request: Request, reader: Reader) -> Response:
+    """A run's report as a download: HTML or Markdown."""
+    run_id = _run_ref(request, reader)
+    fmt = request.query_params.get("format", "html")
+    if fmt not in report.FORMATS:
+        raise report.ReportError(f"unknown report format {fmt!r}; formats: {', '.join(report.FORMATS)}")
+    body = report.html(reader, run_id) if fmt == "html" else report.markdown(reader, run_id)
+    media = "text/html; charset=utf-8" if fmt == "html" else "text/markdown; charset=utf-8"
+    return Response(body, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="run-{run_id}.{fmt}"'})
 
-        async def work() -> Response:
-            return JSON(await board.console.call(lambda reader: data.run_sql(reader, sql, timeout=board.console.timeout)))
 
-        return await console_answer(request, sql, request.headers.get(TOKEN_HEADER), work)
+# ---- JSON -----------------------------------------------------------------------------------
 
-    async def api_sql_csv(request: Request) -> Response:
-        # a form of the SQL page posts it (a download the browser streams to disk)
-        fields = parse_qs((await request.body()).decode("utf-8", "replace"))
-        sql = fields.get("sql", [""])[-1]
-        token = request.headers.get(TOKEN_HEADER) or fields.get(TOKEN_FIELD, [None])[-1]
 
-        async def work() -> Response:
-            first, rest = await board.console.stream(
-                lambda reader: data.sql_csv_chunks(reader, sql, timeout=board.console.timeout))
+def api_runs(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """The runs list as JSON."""
+    runs = listing.runs_list(reader, listing.RunsQuery.from_params(request.query_params))
+    return {"total": runs.total, "matched": runs.matched, "counts": runs.counts,
+            "runs": records(runs.frame.head(runs.query.limit))}
 
-            async def body() -> Any:
-                yield first
-                async for chunk in rest:
-                    yield chunk
 
-            return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
-                "Content-Disposition": 'attachment; filename="query.csv"', "Cache-Control": "no-store"})
+def api_run(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """A run's details as JSON."""
+    return data.run_detail(reader, _run_ref(request, reader), data.rank_of(request.query_params))
 
-        return await console_answer(request, sql, token, work)
 
-    def plotly(request: Request) -> Response:
-        return FileResponse(plotly_js(), media_type="text/javascript",
-                            headers={"Cache-Control": "public, max-age=86400"})
+def api_epochs(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """A run's per-epoch curves, adaptations and state as JSON."""
+    return data.epochs(reader, _run_ref(request, reader), data.rank_of(request.query_params))
 
-    async def health(request: Request) -> Response:
-        # on the event loop, no thread: it answers while every worker is busy
-        return PlainTextResponse("ok")
 
-    return [
-        Route("/", _page(board, runs_page)),
-        Route("/runs/table", _page(board, runs_table)),
-        Route("/runs/{run}", _page(board, run_page)),
-        Route("/runs/{run}/details", _page(board, run_details)),
-        Route("/runs/{run}/graph", _page(board, run_graph_page)),
-        Route("/runs/{run}/export/{format}", _page(board, export_run)),
-        Route("/runs/{run}/report", _page(board, report_run)),
-        Route("/dataflows/{name}/{version:int}", _page(board, dataflow_page)),
-        Route("/groups/{name:path}", _page(board, group_page)),
-        Route("/compare", _page(board, compare_page)),
-        Route("/sql", _page(board, sql_page)),
-        Route("/api/runs", _api(board, api_runs)),
-        Route("/api/runs/{run}", _api(board, api_run)),
-        Route("/api/runs/{run}/epochs", _api(board, api_epochs)),
-        Route("/api/runs/{run}/steps", _api(board, api_steps)),
-        Route("/api/compare", _api(board, api_compare)),
-        Route("/api/schema", _api(board, api_schema)),
-        Route("/api/sql", api_sql, methods=["POST"]),
-        Route("/api/sql.csv", api_sql_csv, methods=["POST"]),
-        Route("/static/plotly.min.js", plotly),
-        Route("/health", health),
-        Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
-    ]
+def api_steps(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """A run's per-step curves, downsampled, as JSON."""
+    try:
+        points = int(request.query_params.get("points", data.STEP_POINTS))
+    except ValueError:
+        points = data.STEP_POINTS
+    return data.steps(reader, _run_ref(request, reader), points, data.rank_of(request.query_params))
+
+
+def api_compare(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """The per-epoch curves of several runs as JSON."""
+    refs = [r for ref in request.query_params.getlist("runs") for r in ref.split(",") if r]
+    return data.compare_curves(reader, refs, data.rank_of(request.query_params))
+
+
+def api_schema(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """The tables and columns a query can use, as JSON."""
+    return data.schema(reader)
+
+
+async def _console_answer(board: Dashboard, request: Request, sql: Any, token: str | None, work: Callable[[], Any]) -> Response:
+    """A console request's answer: refused without the page's token, errors as JSON."""
+    refusal = board.sql_refusal(request, token)
+    if refusal:
+        return JSON({"error": refusal}, 403)
+    if not isinstance(sql, str):
+        return JSON({"error": "sql must be text"}, 400)
+    try:
+        return await work()
+    except ConsoleBusy as exc:
+        busy = JSON({"error": str(exc)}, 429)
+        busy.headers["Retry-After"] = "1"
+        return busy
+    except QueryTimeout as exc:
+        return JSON({"error": f"{exc} (the SQL console's limit, set with `trainprov ui --sql-timeout`)"}, 400)
+    except StoreError as exc:
+        return JSON({"error": str(exc)}, 503)
+    except TrainprovError as exc:
+        return JSON({"error": str(exc)}, 400)
+
+
+async def api_sql(request: Request) -> Response:
+    """One statement of the SQL console, its first rows as JSON."""
+    board = _board(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return JSON({"error": 'send {"sql": "SELECT ..."} as JSON'}, 400)
+    sql = body.get("sql", "")
+
+    async def work() -> Response:
+        return JSON(await board.console.call(lambda reader: data.run_sql(reader, sql, timeout=board.console.timeout)))
+
+    return await _console_answer(board, request, sql, request.headers.get(TOKEN_HEADER), work)
+
+
+async def api_sql_csv(request: Request) -> Response:
+    """One statement of the SQL console, every row as a CSV download."""
+    # a form of the SQL page posts it (a download the browser streams to disk)
+    board = _board(request)
+    fields = parse_qs((await request.body()).decode("utf-8", "replace"))
+    sql = fields.get("sql", [""])[-1]
+    token = request.headers.get(TOKEN_HEADER) or fields.get(TOKEN_FIELD, [None])[-1]
+
+    async def work() -> Response:
+        first, rest = await board.console.stream(
+            lambda reader: data.sql_csv_chunks(reader, sql, timeout=board.console.timeout))
+
+        async def body() -> Any:
+            yield first
+            async for chunk in rest:
+                yield chunk
+
+        return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": 'attachment; filename="query.csv"', "Cache-Control": "no-store"})
+
+    return await _console_answer(board, request, sql, token, work)
+
+
+def plotly(request: Request) -> Response:
+    """plotly.min.js from the installed plotly package."""
+    return FileResponse(plotly_js(), media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
+async def health(request: Request) -> Response:
+    """A liveness check."""
+    # on the event loop, no thread: it answers while every worker is busy
+    return PlainTextResponse("ok")
+
+
+#: every route of the dashboard; handlers find their Dashboard in the application's state
+ROUTES = [
+    Route("/", _page(runs_page)),
+    Route("/runs/table", _page(runs_table)),
+    Route("/runs/{run}", _page(run_page)),
+    Route("/runs/{run}/details", _page(run_details)),
+    Route("/runs/{run}/graph", _page(run_graph_page)),
+    Route("/runs/{run}/export/{format}", _page(export_run)),
+    Route("/runs/{run}/report", _page(report_run)),
+    Route("/dataflows/{name}/{version:int}", _page(dataflow_page)),
+    Route("/groups/{name:path}", _page(group_page)),
+    Route("/compare", _page(compare_page)),
+    Route("/sql", _page(sql_page)),
+    Route("/api/runs", _api(api_runs)),
+    Route("/api/runs/{run}", _api(api_run)),
+    Route("/api/runs/{run}/epochs", _api(api_epochs)),
+    Route("/api/runs/{run}/steps", _api(api_steps)),
+    Route("/api/compare", _api(api_compare)),
+    Route("/api/schema", _api(api_schema)),
+    Route("/api/sql", api_sql, methods=["POST"]),
+    Route("/api/sql.csv", api_sql_csv, methods=["POST"]),
+    Route("/static/plotly.min.js", plotly),
+    Route("/health", health),
+    Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
+]
 
 
 def create_app(store: str | os.PathLike | None = None, *, token: str | None = None,
@@ -375,7 +427,7 @@ def create_app(store: str | os.PathLike | None = None, *, token: str | None = No
         yield
         board.close()
 
-    app = Starlette(routes=routes(board), lifespan=lifespan)
+    app = Starlette(routes=ROUTES, lifespan=lifespan)
     app.state.dashboard = board
     app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts, sessions=board.sessions)
     return app

@@ -10,13 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from .. import analysis, checking, record, rundiff, searches
+from .. import analysis, checking, record, rundiff, runview, searches
 from ..errors import QueryError
 from ..query import Reader
 from ..spec import ELEMENT_COLUMNS
@@ -49,16 +48,12 @@ def resolve(reader: Reader, ref: str) -> str:
     return reader.resolve_run(ref)
 
 
-def _dataset_table(reader: Reader, dataset: str, run_id: str, limit: int = TABLE_ROWS, ranks: str = "") -> dict[str, Any]:
-    """A dataset's rows of one run (of one rank: `ranks` from analysis.rank_filter) for display.
+def _dataset_table(reader: Reader, dataset: str, run_id: str, limit: int = TABLE_ROWS, rank: int = 0) -> dict[str, Any]:
+    """A dataset's rows of one run (of `rank`) for display.
 
     Element columns and columns without any value are left out.
     """
-    p = reader.backend.placeholder
-    result = reader.result(
-        f"SELECT * FROM {dataset} WHERE run_id = {p}{ranks} ORDER BY recorded_at, element_seq LIMIT {int(limit) + 1}",
-        (run_id,),
-    )
+    result = runview.run_rows(reader, dataset, run_id, limit=int(limit) + 1, rank=rank)
     rows = result.rows[:limit]
     keep = [j for j, c in enumerate(result.columns)
             if c not in ELEMENT_COLUMNS and any(row[j] is not None for row in rows)]
@@ -94,18 +89,17 @@ CURVE_DATASETS = (analysis.EPOCH_DATASET, analysis.STEP_DATASET)
 
 def run_detail(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
     """A run page's static parts: the run, its inputs and outputs (of `rank` in a run of several processes), tasks, agents, files."""
-    ranks = analysis.rank_filter(reader, rank, runs=[run_id])
+    analysis.rank_filter(reader, rank, runs=[run_id])  # an unknown rank is an error before anything is read
     info = reader.show(run_id)
     several = (info["run"].get("world_size") or 1) > 1
     if several:
-        p = reader.backend.placeholder
         for name, entry in info["datasets"].items():  # the rows of the rank shown
-            entry["rows"] = reader.result(f"SELECT count(*) FROM {name} WHERE run_id = {p}{ranks}", (run_id,)).rows[0][0]
+            entry["rows"] = runview.row_count(reader, name, run_id, rank=rank)
     inputs, outputs = [], []
     for name, entry in info["datasets"].items():
         if not entry["rows"] or name in CURVE_DATASETS:
             continue
-        table = _dataset_table(reader, name, run_id, ranks=ranks)
+        table = _dataset_table(reader, name, run_id, rank=rank)
         table["count"] = entry["rows"]
         if name == "hyperparameters" and entry["rows"] <= 3:
             table["transpose"] = True
@@ -119,11 +113,7 @@ def run_detail(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
 
 
 def _run_state(reader: Reader, run_id: str) -> dict[str, Any]:
-    p = reader.backend.placeholder
-    rows = reader.rows(f"SELECT status, started_at, ended_at, duration_s, error FROM runs WHERE run_id = {p}", (run_id,))
-    if not rows:
-        raise QueryError(f"no run {run_id!r}")
-    run = rows[0]
+    run = runview.run_state(reader, run_id)
     seconds = run["duration_s"]
     if run["status"] == "running" and run["started_at"] is not None:
         started = pd.Timestamp(run["started_at"])
@@ -138,37 +128,18 @@ def epochs(reader: Reader, run_id: str, rank: int = 0) -> dict[str, Any]:
     A run of several processes: the epochs and adaptations of `rank`.
     """
     out: dict[str, Any] = {"run_id": run_id, **_run_state(reader, run_id), "epochs": [], "series": {}, "adaptations": []}
-    p = reader.backend.placeholder
-    ranks = analysis.rank_filter(reader, rank, runs=[run_id])
-    names = analysis.metrics(analysis.EPOCH_DATASET, store=reader)
-    if names and "epoch" in analysis.attributes(analysis.EPOCH_DATASET, store=reader):
-        result = reader.result(
-            f"SELECT epoch, {', '.join(names)} FROM {analysis.EPOCH_DATASET} WHERE run_id = {p}{ranks} "
-            "ORDER BY recorded_at, element_seq", (run_id,))
-        out["epochs"] = [r[0] for r in result.rows]
-        for j, name in enumerate(names, start=1):
-            values = [r[j] for r in result.rows]
-            if any(v is not None for v in values):
-                out["series"][name] = [jsonable(_nan(v)) for v in values]
-    adaptation_columns = analysis.attributes("adaptations", store=reader)
-    if "epoch" in adaptation_columns:
-        wanted = [c for c in ("epoch", "step", "kind", "parameter", "old_value", "new_value", "cause", "monitor",
-                              "monitor_value", "best_epoch", "best_value") if c in adaptation_columns]
-        out["adaptations"] = [
-            {k: jsonable(v) for k, v in row.items()}
-            for row in reader.rows(f"SELECT {', '.join(wanted)} FROM adaptations WHERE run_id = {p}{ranks} "
-                                   "ORDER BY recorded_at, element_seq", (run_id,))
-        ]
+    analysis.rank_filter(reader, rank, runs=[run_id])  # an unknown rank is an error even without curves
+    epochs, series = runview.epoch_curves(reader, run_id, rank=rank)
+    out["epochs"] = epochs
+    out["series"] = {name: [jsonable(v) for v in values] for name, values in series.items()}
+    out["adaptations"] = [{k: jsonable(v) for k, v in row.items()}
+                          for row in runview.adaptations(reader, run_id, rank=rank)]
     out["violations"] = [
-        {k: jsonable(_nan(v)) for k, v in row.items() if k != "source"}
+        {k: jsonable(v) for k, v in row.items() if k != "source"}
         for row in checking.recorded(reader, run_id)
     ]
     out["count"] = len(out["epochs"])
     return out
-
-
-def _nan(value: Any) -> Any:
-    return math.nan if value == "NaN" else value
 
 
 def steps(reader: Reader, run_id: str, points: int = STEP_POINTS, rank: int = 0) -> dict[str, Any]:
@@ -178,58 +149,13 @@ def steps(reader: Reader, run_id: str, points: int = STEP_POINTS, rank: int = 0)
     it, so that spikes stay visible; runs with fewer steps than `points` are drawn whole.
     A run of several processes: the steps of `rank`.
     """
-    out: dict[str, Any] = {"run_id": run_id, "x": [], "series": {}, "rows": 0, "bucket": 1}
-    columns = analysis.attributes(analysis.STEP_DATASET, store=reader)
-    names = [n for n in analysis.metrics(analysis.STEP_DATASET, store=reader)]
-    if not names or "global_step" not in columns:
-        return out
-    p = reader.backend.placeholder
-    ranks = analysis.rank_filter(reader, rank, runs=[run_id])
-    count, first, last = reader.result(
-        f"SELECT count(*), min(global_step), max(global_step) FROM {analysis.STEP_DATASET} "
-        f"WHERE run_id = {p} AND global_step IS NOT NULL{ranks}", (run_id,)).rows[0]
-    out["rows"] = int(count or 0)
-    if not count:
-        return out
-    points = max(10, int(points))
-    if count <= points:
-        result = reader.result(
-            f"SELECT global_step, {', '.join(names)} FROM {analysis.STEP_DATASET} WHERE run_id = {p} "
-            f"AND global_step IS NOT NULL{ranks} ORDER BY global_step, recorded_at", (run_id,))
-        out["x"] = [r[0] for r in result.rows]
-        for j, name in enumerate(names, start=1):
-            values = [r[j] for r in result.rows]
-            if any(v is not None for v in values):
-                out["series"][name] = {"mean": [jsonable(_nan(v)) for v in values]}
-        return out
-    bucket = max(1, math.ceil((int(last) - int(first) + 1) / points))
-    group = f"(global_step - {int(first)}) / {bucket}"  # integers: integer division on both backends
-    aggregates = []
-    for name in names:
-        value = f"CASE WHEN {analysis.not_nan(name)} THEN {name} END"
-        aggregates += [f"avg({value})", f"min({value})", f"max({value})"]
-    result = reader.result(
-        f"SELECT {group} AS bucket, min(global_step), {', '.join(aggregates)} FROM {analysis.STEP_DATASET} "
-        f"WHERE run_id = {p} AND global_step IS NOT NULL{ranks} GROUP BY {group} ORDER BY bucket", (run_id,))
-    out["bucket"] = bucket
-    out["x"] = [r[1] for r in result.rows]
-    for j, name in enumerate(names):
-        mean, low, high = ([jsonable(r[2 + 3 * j + k]) for r in result.rows] for k in range(3))
-        if any(v is not None for v in mean):
-            out["series"][name] = {"mean": mean, "min": low, "max": high}
-    return out
+    curves = runview.step_curves(reader, run_id, points, rank=rank)
+    series = {name: {part: [jsonable(v) for v in values] for part, values in parts.items()}
+              for name, parts in curves["series"].items()}
+    return {"run_id": run_id, **curves, "series": series}
 
 
 # ---- comparing runs -------------------------------------------------------------------------
-
-
-def _runs(reader: Reader, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Name and status of some runs, by id."""
-    if not run_ids:
-        return {}
-    marks = ", ".join([reader.backend.placeholder] * len(run_ids))
-    rows = reader.rows(f"SELECT run_id, name, status FROM runs WHERE run_id IN ({marks})", list(run_ids))
-    return {r["run_id"]: {"name": r["name"], "status": r["status"]} for r in rows}
 
 
 def compare(reader: Reader, refs: Sequence[str], metric: str | None, rank: int = 0) -> dict[str, Any]:
@@ -238,7 +164,7 @@ def compare(reader: Reader, refs: Sequence[str], metric: str | None, rank: int =
     scores = display_metrics(analysis.metrics(analysis.EPOCH_DATASET, scores_only=True, store=reader)) \
         if analysis.attributes(analysis.EPOCH_DATASET, store=reader) else []
     metric = metric if metric in scores else (scores[0] if scores else None)
-    known = _runs(reader, run_ids)
+    known = runview.run_names(reader, run_ids)
     runs = [{"run_id": r, **known.get(r, {"name": None, "status": None})} for r in run_ids]
     hp = analysis.differing_hyperparameters(run_ids, rank=rank, store=reader) if len(run_ids) > 1 and \
         analysis.attributes("hyperparameters", store=reader) else pd.DataFrame()
@@ -267,7 +193,7 @@ def compare_curves(reader: Reader, refs: Sequence[str], rank: int = 0) -> dict[s
         out["series"][run_id] = {"epochs": data["epochs"], **data["series"]}
         for name in data["series"]:
             out["higher_is_better"][name] = analysis.higher_is_better(name)
-    known = _runs(reader, run_ids)
+    known = runview.run_names(reader, run_ids)
     for entry in out["runs"]:
         entry["name"] = known.get(entry["run_id"], {}).get("name")
     if len(run_ids) > 1 and analysis.attributes("hyperparameters", store=reader):
@@ -341,14 +267,8 @@ def group_search(reader: Reader, name: str) -> dict[str, Any] | None:
         summary = searches.search_summary(name, reader)
     except QueryError:
         return None
-    curves = {}
-    for row in reader.rows(
-        f"SELECT t.trial_number, t.intermediate_values FROM runs r JOIN trials t ON t.run_id = r.run_id "
-        f"WHERE r.group_name = {reader.backend.placeholder} ORDER BY t.trial_number", (name,)
-    ):
-        steps = row["intermediate_values"]
-        steps = json.loads(steps) if isinstance(steps, str) else (steps or {})
-        curves[str(row["trial_number"])] = sorted(([int(k), jsonable(v)] for k, v in steps.items()), key=lambda kv: kv[0])
+    curves = {str(number): [[step, jsonable(v)] for step, v in values]
+              for number, values in runview.trial_curves(reader, name).items()}
     trials = summary.trials.astype(object).where(summary.trials.notna(), None)
     return {
         "direction": summary.direction,

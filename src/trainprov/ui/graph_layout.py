@@ -14,7 +14,7 @@ import datetime
 import math
 from typing import Any
 
-from .graphs import Graph, Node
+from .graphs import Graph, Node, style
 
 #: label font size, and the width of an average character of it (Helvetica/Arial), in page pixels
 FONT_PX = 12
@@ -28,7 +28,7 @@ ARROW_PX = 9
 
 def node_size(node: Node) -> tuple[float, float]:
     """Width and height of a node, from its label (ellipses and houses need more room than boxes)."""
-    shape = node.style()[0]
+    shape = style(node)[0]
     width = max(len(line) for line in node.label) * CHAR_PX + 20
     height = len(node.label) * LINE_PX + 12
     if shape == "ellipse":
@@ -162,7 +162,7 @@ def layout(graph: Graph) -> dict[str, Any]:
     for i, node in enumerate(graph.nodes):
         centre = point(i)
         centres.append(centre)
-        shape, fill, border = node.style()
+        shape, fill, border = style(node)
         nodes.append({
             "id": node.id, "kind": node.kind, "shape": shape, "fill": fill, "border": border,
             "x": round(centre[0], 1), "y": round(centre[1], 1), "w": sizes[i][0], "h": sizes[i][1],
@@ -178,8 +178,8 @@ def layout(graph: Graph) -> dict[str, Any]:
         if pairs[e] != (s, t):
             bends.reverse()
         path = [centres[s], *bends, centres[t]]
-        path[0] = _clip(centres[s], path[1], sizes[s], graph.nodes[s].style()[0])
-        path[-1] = _clip(centres[t], path[-2], sizes[t], graph.nodes[t].style()[0])
+        path[0] = _clip(centres[s], path[1], sizes[s], style(graph.nodes[s])[0])
+        path[-1] = _clip(centres[t], path[-2], sizes[t], style(graph.nodes[t])[0])
         edges.append({"source": edge.source, "target": edge.target, "relation": edge.relation,
                       "points": [[round(x, 1), round(y, 1)] for x, y in path], "arrow": _arrowhead(path[-1], path[-2])})
     xs = [n["x"] - n["w"] / 2 for n in nodes] + [n["x"] + n["w"] / 2 for n in nodes]

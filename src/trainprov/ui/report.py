@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any
 
-from .. import __version__, record
+from .. import __version__, record, runview
 from ..display import figures
 from ..errors import TrainprovError
 from ..export import build_document, serialize
@@ -78,11 +78,10 @@ def _table(rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> dict[str, 
 
 def _validations(reader: Reader, run_id: str) -> dict[str, Any] | None:
     """The run's validation results, when the store has the dataset (None otherwise)."""
-    known = {r["name"] for r in reader.rows("SELECT name FROM datasets")}
-    if VALIDATIONS not in known:
+    if VALIDATIONS not in runview.datasets(reader):
         return None
-    p = reader.backend.placeholder
-    rows = reader.rows(f"SELECT * FROM {VALIDATIONS} WHERE run_id = {p} ORDER BY recorded_at, element_seq", (run_id,))
+    result = runview.run_rows(reader, VALIDATIONS, run_id, rank=None)
+    rows = [dict(zip(result.columns, row)) for row in result.rows]
     return _table([{k: v for k, v in r.items() if k not in ("run_id", "task_id", "element_seq", "recorded_at")} for r in rows])
 
 
@@ -90,10 +89,7 @@ def collect(reader: Reader, ref: str) -> dict[str, Any]:
     """Everything a report shows about one run (an id, a unique prefix or 'latest'), as plain values."""
     rec = record.read(reader, ref)
     run_id = rec.run_id
-    p = reader.backend.placeholder
-    files = reader.rows(
-        f"SELECT file_id, task_id, path, role, dataset, size_bytes, sha256 FROM files WHERE run_id = {p} "
-        "ORDER BY recorded_at, file_id", (run_id,))
+    files = runview.run_files(reader, run_id)
     checkpoints = [f for f in files if f["dataset"] in CHECKPOINT_DATASETS or (f["role"] or "").startswith("checkpoint")]
     data = [f for f in files if f not in checkpoints]
     program = {k: v for k, v in rec.program.items() if k not in ("environment", "git_patch")}
