@@ -124,10 +124,10 @@ def main() -> None:
 def bad_run(store: str) -> None:
     """A second, short training with a learning rate far too high, stopped by a rule, and its check."""
     started = time.time()
-    print("\n== a second run with learning rate 3.0 (too high): the rule loss_finite stops it", flush=True)
+    print("\n== a second run with learning rate 1e6 (far too high): the rule loss_finite stops it", flush=True)
     done = subprocess.run(
         [sys.executable, "-u", os.path.join(HERE, "surrogate_darcy.py"), "--quiet", *sys.argv[1:],
-         "--lr", "3.0", "--epochs", "20", "--name", "too-high-lr"],
+         "--lr", "1e6", "--epochs", "20", "--name", "too-high-lr"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in done.stdout.splitlines():
         if "trainprov: rule" in line or "finished" in line:

@@ -118,7 +118,7 @@ def test_the_demo_shows_epochs_live_and_the_analysis(tmp_path):
         assert f"docs/queries/{query}" in out
     assert str(tmp_path / "demo.db") in out
     # the second run, with a learning rate far too high, is stopped by the built-in rule and checked
-    assert "== a second run with learning rate 3.0" in out
+    assert "== a second run with learning rate 1e6" in out
     ran = int(re.search(r"it ran (\d+) of 20 epochs", out).group(1))
     assert ran < 20 and re.search(r"training stopped by rule loss_finite at epoch \d+: (val_)?loss is (nan|inf)", out)
 
