@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from ..errors import CaptureError, SpecError
 from ..spec import Dataflow, check_text
@@ -414,6 +414,15 @@ class Run:
         self._iterations[transformation] = iteration
         self._tasks.add(task)
         return task
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The rows of one read-only statement (`?` placeholders) on the run's store, e.g. another run's profile."""
+        return self._writer.backend.query(sql, params).dicts()
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The tasks of this process that have not ended, oldest first."""
+        return sorted(self._tasks, key=lambda t: t.started)
 
     def stored_attributes(self, dataset: str) -> dict[str, tuple[str, str | None]] | None:
         """The attributes the store has for a dataset: name -> (type, original name); None while the store is down."""

@@ -414,7 +414,7 @@ class TrainingRecorder:
                 if other != "train":
                     skews += skew_rows(other_rows, rows)
                     compared += other_elements
-        depends = [t for t in run._tasks if t.transformation not in BUILT_IN and t.transformation != PROFILE]
+        depends = [t for t in run.tasks if t.transformation not in BUILT_IN and t.transformation != PROFILE]
         with run.task(PROFILE, depends_on=depends) as task:
             for element in compared:
                 task.used(element)
@@ -433,11 +433,8 @@ class TrainingRecorder:
 
     def _stored_profile(self, run_id: str, name: str, split: str) -> list[dict[str, Any]]:
         """A profile another run recorded (one read, when a drift is asked for)."""
-        backend = self.start()._writer.backend
-        mark = backend.placeholder
-        result = backend.query(f"SELECT * FROM data_profiles WHERE run_id = {mark} AND name = {mark} AND split = {mark}",
-                               (run_id, name, split))
-        rows = [dict(zip(result.columns, r)) for r in result.rows]
+        rows = self.start().read("SELECT * FROM data_profiles WHERE run_id = ? AND name = ? AND split = ?",
+                                 (run_id, name, split))
         if not rows:
             raise CaptureError(f"run {run_id} recorded no {split!r} profile named {name!r} to compare with")
         for row in rows:
@@ -503,7 +500,7 @@ class TrainingRecorder:
         run = self.start()
         if self.train_task is not None:  # the previous fit never reached its end
             self.end_training("failed", "the training did not reach its end")
-        depends = [t for t in run._tasks if t.transformation not in BUILT_IN]
+        depends = [t for t in run.tasks if t.transformation not in BUILT_IN]
         depends += [self._last_train] if self._last_train is not None else []
         inside = groups.ambient()
         chosen = dict(inside.hyperparameters()) if inside is not None and inside.hyperparameters is not None else {}
@@ -562,7 +559,6 @@ class TrainingRecorder:
         return self._sql_checks
 
     def _run_sql_checks(self, work: "queue.Queue[tuple[int, Element, list[SqlRule]] | None]", run: Run) -> None:
-        backend = run._writer.backend
         while True:
             item = work.get()
             if item is None:
@@ -571,9 +567,7 @@ class TrainingRecorder:
             verdicts = []
             for rule in due:
                 try:
-                    result = backend.query(f"SELECT * FROM ({rule.sql}) offending WHERE run_id = {backend.placeholder}",
-                                           (run.id,))
-                    outcome = rule.check_rows([dict(zip(result.columns, row)) for row in result.rows])
+                    outcome = rule.check_rows(run.read(f"SELECT * FROM ({rule.sql}) offending WHERE run_id = ?", (run.id,)))
                     verdicts.append(Verdict(rule.name, epoch, None, PASS if outcome.passed else FAIL, None,
                                             outcome.observed, outcome.threshold, outcome.message, rule.severity,
                                             rule.action))
