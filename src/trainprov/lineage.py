@@ -21,13 +21,13 @@ lineage stops.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import re
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from .capture.run import file_sha256
 from .errors import QueryError
 from .export.identifiers import ADAPTATIONS, CHECKPOINT_ROLES, EPOCH, element_identifier, file_identifier, parse_identifier
 from .query import Reader
@@ -107,14 +107,6 @@ def _file_start(reader: Reader, rows: list[dict[str, Any]], what: str) -> tuple[
     return {"kind": "f", "file_id": row["file_id"]}, note
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_entity(
     reader: Reader, entity: str, *, run: str | None = None, where: str | None = None
 ) -> tuple[dict[str, Any], str | None]:
@@ -143,7 +135,7 @@ def resolve_entity(
     if entity in _datasets(reader):
         return _dataset_start(reader, entity, run, where), None
     if os.path.isfile(entity):
-        digest = _sha256(entity)
+        digest = file_sha256(entity)
         rows = reader.rows(f"SELECT * FROM files WHERE sha256 = {p}", (digest,))
         if rows:
             return _file_start(reader, rows, f"the content of {entity} (sha256 {digest[:12]}...)")

@@ -7,7 +7,6 @@ machine's environment and files with the record. Nothing is re-executed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import sys
@@ -15,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .capture import reproduction
+from .capture.run import file_sha256
 from .rundiff import Change, compare_mappings
 from .query import Reader
 from .record import RunRecord, read
@@ -141,14 +141,10 @@ class Reproduction:
 
 def sha256_of(path: str) -> str | None:
     """The sha256 of a file, or None if it cannot be read."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _data(record: RunRecord) -> list[DataFile]:

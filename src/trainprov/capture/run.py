@@ -138,7 +138,8 @@ def status_for(exc: BaseException | None) -> tuple[str, str | None]:
     return "failed", _describe(exc)
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
     with open(path, "rb") as f:
         if hasattr(hashlib, "file_digest"):
             return hashlib.file_digest(f, "sha256").hexdigest()
@@ -257,7 +258,7 @@ class Task:
         path = os.path.abspath(os.fspath(path))
         try:
             stat = os.stat(path)
-            digest = _sha256(path)
+            digest = file_sha256(path)
         except OSError as exc:
             raise CaptureError(f"cannot record file {path}: {exc.strerror or exc}") from None
         file_id = f"{self.run._task_prefix}f{next(self._files)}"

@@ -131,7 +131,8 @@ def number(value: Any) -> float | None:
     return float(value)
 
 
-def _value_type(value: Any) -> str:
+def value_type(value: Any) -> str:
+    """The trainprov type a new column takes from its first value (bool, int, float, str, else json)."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, numbers.Integral):
@@ -323,7 +324,7 @@ class TrainingRecorder:
                 if value is None:
                     continue  # nothing to store, and no type to give a new column
                 if dataset in _TYPED_BY_VALUE:
-                    kind = _value_type(value)
+                    kind = value_type(value)
                 elif number(value) is not None:
                     kind = "float"
                 else:

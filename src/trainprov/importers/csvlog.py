@@ -15,6 +15,7 @@ import csv
 import os
 from typing import Any
 
+from ..capture.training import value_type
 from .common import (ImportSourceError, ImportSummary, PastRun, content_id, exists, import_dataflow, importer_agent, mtime,
                      now, source_files, stored_types, with_columns)
 
@@ -52,18 +53,6 @@ def _hparams(folder: str) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    return "json"
-
-
 def import_csv(path: str | os.PathLike, store: str | os.PathLike | None = None, *, name: str | None = None,
                group: str | None = None) -> ImportSummary:
     """Import one CSV log as a run; a file imported before (same content) adds nothing."""
@@ -98,7 +87,7 @@ def import_csv(path: str | os.PathLike, store: str | os.PathLike | None = None, 
     backend = writer_for(store).backend
     flow, epoch_cols = with_columns(flow, "epoch_metrics", {m: "float" for m in epoch_metrics}, stored_types(backend, "epoch_metrics"))
     flow, step_cols = with_columns(flow, "step_metrics", {m: "float" for m in step_metrics}, stored_types(backend, "step_metrics"))
-    flow, hp_cols = with_columns(flow, "hyperparameters", {k: _kind(v) for k, v in hparams.items()},
+    flow, hp_cols = with_columns(flow, "hyperparameters", {k: value_type(v) for k, v in hparams.items()},
                                  stored_types(backend, "hyperparameters"))
     when = mtime(path)
     run = PastRun(flow, store, run_id=run_id, started=when, ended=when, name=name or os.path.basename(folder) or path,

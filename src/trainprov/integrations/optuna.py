@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..capture import groups
 from ..capture.past import PastRun, exists
 from ..capture.run import Run
-from ..capture.training import ADAPT, TRAIN, training_dataflow
+from ..capture.training import ADAPT, TRAIN, training_dataflow, value_type
 from ..errors import CaptureError
 from ..spec import Dataflow, sanitize_name
 from .trials import TRIAL
@@ -64,18 +64,6 @@ def _distribution(d: Any) -> dict[str, Any]:
 def _time(value: _dt.datetime | None) -> float | None:
     # Optuna's datetimes are naive local time
     return None if value is None else value.timestamp()
-
-
-def _value_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    return "json"
 
 
 class StudyRecorder:
@@ -280,7 +268,7 @@ class StudyRecorder:
             column = sanitize_name(key)
             if column in ("framework", "run_id", "task_id", "element_seq", "recorded_at"):
                 column += "_"
-            kind = _value_type(value)
+            kind = value_type(value)
             known = declared.get(column) or self._store_types.get(column)
             if known is not None and known != kind and not (known == "float" and kind == "int"):
                 column = f"{column}_{kind}"  # the name is taken with another type by other runs

@@ -10,12 +10,12 @@ recorded digest, and says so.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
 from typing import Any
 
+from ..capture.run import file_sha256
 from ..export import build_document, serialize
 from ..query import Reader
 from . import report
@@ -25,17 +25,9 @@ SPEC = "https://w3id.org/ro/crate/1.1"
 METADATA = "ro-crate-metadata.json"
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_entity(path: str, crate_id: str, name: str, media: str, **extra: Any) -> dict[str, Any]:
     return {"@id": crate_id, "@type": "File", "name": name, "encodingFormat": media,
-            "contentSize": str(os.path.getsize(path)), "sha256": _sha256(path), **extra}
+            "contentSize": str(os.path.getsize(path)), "sha256": file_sha256(path), **extra}
 
 
 def _iso(value: Any) -> str | None:
