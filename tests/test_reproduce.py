@@ -242,15 +242,15 @@ NOTEBOOK_CELLS = [
 def _run_notebook(path, store, env):
     import nbclient
     import nbformat
-    from jupyter_client.manager import KernelManager
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"STORE = {store!r}")] + [nbformat.v4.new_code_cell(c) for c in NOTEBOOK_CELLS]
     nbformat.write(nb, path)
     nb = nbformat.read(path, as_version=4)
     # the kernel gets the environment a Jupyter server gives it (JPY_SESSION_NAME: the notebook's path)
-    manager = KernelManager(kernel_name="python3")
-    client = nbclient.NotebookClient(nb, km=manager, timeout=300, resources={"metadata": {"path": str(path.parent)}})
+    # the client makes (and so shuts down) its own kernel manager: one passed in is left running
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                     resources={"metadata": {"path": str(path.parent)}})
     with client.setup_kernel(env=dict(os.environ, **env)):
         client.execute_cell(nb.cells[0], 0)
         for index, cell in enumerate(nb.cells[1:], 1):
