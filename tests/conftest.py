@@ -191,3 +191,21 @@ def store_execute(store: str, sql: str) -> None:
 
         with psycopg.connect(store, autocommit=True) as conn:
             conn.execute(sql)
+
+
+def run_notebook(path, store: str, cells: list[str], env: dict | None = None) -> list:
+    """Write a notebook (a first cell sets STORE), run it in a fresh kernel with `env` added; its cells with outputs."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"STORE = {store!r}")] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    nb = nbformat.read(path, as_version=4)
+    # the client makes (and so shuts down) its own kernel manager: one passed in is left running
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                     resources={"metadata": {"path": str(path.parent)}})
+    with client.setup_kernel(env=dict(os.environ, **(env or {}))):
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+    return nb.cells

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
+import conftest
 import trainprov as tp
 
 CELLS = [
@@ -29,21 +29,8 @@ CELLS = [
 
 
 def run_notebook(path, store: str) -> list:
-    """Write the notebook, run it in a fresh kernel as a Jupyter server would (the notebook's path known); its cells."""
-    import nbclient
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(f"STORE = {store!r}")] + [nbformat.v4.new_code_cell(c) for c in CELLS]
-    nbformat.write(nb, path)
-    nb = nbformat.read(path, as_version=4)
-    # the client makes (and so shuts down) its own kernel manager: one passed in is left running
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
-                                     resources={"metadata": {"path": str(path.parent)}})
-    with client.setup_kernel(env=dict(os.environ, JPY_SESSION_NAME=str(path), KERAS_BACKEND="torch")):
-        for index, cell in enumerate(nb.cells):
-            client.execute_cell(cell, index)
-    return nb.cells
+    """Run the notebook in a fresh kernel as a Jupyter server would (the notebook's path known); its cells."""
+    return conftest.run_notebook(path, store, CELLS, {"JPY_SESSION_NAME": str(path), "KERAS_BACKEND": "torch"})
 
 
 def html_of(cell) -> str:

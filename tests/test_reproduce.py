@@ -15,7 +15,7 @@ from trainprov import reproduce
 from trainprov.capture import reproduction
 from trainprov.transfer import copy_runs
 
-from conftest import run_python
+from conftest import run_notebook, run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "trainprov.cli"]
@@ -240,22 +240,9 @@ NOTEBOOK_CELLS = [
 
 
 def _run_notebook(path, store, env):
-    import nbclient
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(f"STORE = {store!r}")] + [nbformat.v4.new_code_cell(c) for c in NOTEBOOK_CELLS]
-    nbformat.write(nb, path)
-    nb = nbformat.read(path, as_version=4)
     # the kernel gets the environment a Jupyter server gives it (JPY_SESSION_NAME: the notebook's path)
-    # the client makes (and so shuts down) its own kernel manager: one passed in is left running
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
-                                     resources={"metadata": {"path": str(path.parent)}})
-    with client.setup_kernel(env=dict(os.environ, **env)):
-        client.execute_cell(nb.cells[0], 0)
-        for index, cell in enumerate(nb.cells[1:], 1):
-            client.execute_cell(cell, index)
-    return nb.cells[-1].outputs[0]["text"].strip()
+    cells = run_notebook(path, store, NOTEBOOK_CELLS, env)
+    return cells[-1].outputs[0]["text"].strip()
 
 
 @pytest.mark.parametrize("known", [True, False], ids=["jupyter-server", "no-path"])
