@@ -248,6 +248,9 @@ class SQLiteBackend(SQLBackend):
     checkpoint_max_share = 0.5
     #: the share while they fail (readers' statements outlast the wait)
     checkpoint_failed_share = 0.1
+    #: while they fail, the writer still tries again each time the log grows by this many
+    #: WAL limits, so a long back-off cannot let it grow without bound
+    checkpoint_retry_growth = 2
 
     def __init__(self, path: str, *, wal_limit_bytes: int = 64 << 20, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.path = os.path.abspath(path)
@@ -259,6 +262,7 @@ class SQLiteBackend(SQLBackend):
         self._waited = 0.0  # how long the last checkpoint that waited for readers took
         self._waited_at = 0.0  # when it ended (monotonic)
         self._wait_backoff = 0.0  # seconds between such checkpoints while they fail (0: the last one succeeded)
+        self._waited_size = 0  # the WAL's size when the last such checkpoint began
 
     # ---- connections -----------------------------------------------------------------
 
@@ -444,7 +448,8 @@ class SQLiteBackend(SQLBackend):
         begun before it end (at most `checkpoint_wait_s`). Such waits take a bounded share
         of the writer's time: while they succeed, 10% per WAL limit the log holds (so the
         log settles a little past its limit), at most half; while they fail, 10%, backing
-        off up to 16 s apart. The writer keeps most of its pace.
+        off up to 16 s apart, but tried again whenever the log has grown by two more limits.
+        The writer keeps most of its pace.
         """
         size = self.wal_size()
         if size <= self.wal_limit_bytes:
@@ -458,8 +463,10 @@ class SQLiteBackend(SQLBackend):
         else:  # the further past its limit the log is, the more of its time the writer gives
             share = min(self.checkpoint_max_share, self.checkpoint_wait_share * size / self.wal_limit_bytes)
             gap = self._waited / share
-        if now - self._waited_at < gap:
+        grown = size - self._waited_size >= self.checkpoint_retry_growth * self.wal_limit_bytes
+        if now - self._waited_at < gap and not (self._wait_backoff and grown):
             return
+        self._waited_size = size
         done = self._checkpoint(conn, self.checkpoint_wait_s)
         self._waited_at = time.monotonic()
         self._waited = self._waited_at - now
