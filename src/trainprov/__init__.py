@@ -4,6 +4,7 @@ Declare a dataflow, start a run, record what its tasks use and generate, and que
 store with SQL while the training runs.
 """
 
+from .capture.steering import steer
 from .capture.training import profile
 from .capture import Element, FileRef, Run, SignalInterrupt, Task, new_run_id, start_run
 from .errors import CaptureError, QueryError, QueryTimeout, SpecError, StoreError, TrainprovError, ValueTypeError
@@ -38,4 +39,5 @@ __all__ = [
     "query",
     "query_df",
     "start_run",
+    "steer",
 ]

@@ -55,3 +55,7 @@ class GraphError(TrainprovError):
 
 class ConsoleBusy(TrainprovError):
     """As many console statements as allowed are running; try again when one ends."""
+
+
+class SteeringError(TrainprovError, ValueError):
+    """A steering request that cannot be made: an unknown run or action, a value that is not one, a store that refuses it."""

@@ -60,12 +60,13 @@ class Reader:
         try:
             self.backend.query("SELECT group_name, parent_run_id FROM runs LIMIT 0")
             self.backend.query("SELECT run_id FROM run_tags LIMIT 0")
+            self.backend.query("SELECT request_id FROM steering_requests LIMIT 0")
         except QueryError:
             try:
                 self.backend.ensure_catalog()
             except Exception as exc:  # a read-only role: say what is missing rather than fail on each query
                 raise StoreError(f"{self.backend.url} was made by an earlier trainprov and lacks the run-group "
-                                 f"tables; open it once with write access to upgrade it ({exc})") from None
+                                 f"and steering tables; open it once with write access to upgrade it ({exc})") from None
 
     @property
     def url(self) -> str:

@@ -55,6 +55,7 @@ CATALOG_TABLES = (
     "agents",
     "run_groups",
     "run_tags",
+    "steering_requests",
 )
 
 # Words that would force users to quote a name in SQL: SQLite's keywords and PostgreSQL's

@@ -32,7 +32,7 @@ DECLARATION_TABLES = ("dataflows", "transformations", "transformation_datasets",
 VIA_PARENT = {"task_dependencies": ("tasks", "task_id"), "file_derivations": ("files", "file_id"),
               "run_groups": ("runs", "group_name")}
 #: store tables added after the first release: a source store may not have them yet
-NEWER_TABLES = ("run_groups", "run_tags")
+NEWER_TABLES = ("run_groups", "run_tags", "steering_requests")
 #: rows per write transaction, and per page read from the source
 BATCH_ROWS = 5000
 _UTC = _dt.timezone.utc

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 from ..errors import CaptureError, SpecError
 from ..spec import Dataflow, check_text
 from ..store import liveness
-from ..store.catalog import element_target, target
+from ..store.catalog import Target, element_target, target
 from . import agents, groups
 from .writer import Writer, before_close, writer_for
 
@@ -437,6 +437,10 @@ class Run:
                 raise
             return None
         return {name: (kind, original) for name, kind, original in rows}
+
+    def write_row(self, target: Target, row: tuple) -> None:
+        """Queue one row of a store table (a catalog update, say); written in order with the run's other rows."""
+        self._writer.put((target, row))
 
     def tag(self, **tags: Any) -> None:
         """Set tags on the run (a tag set before takes the new value); written with the next flush."""

@@ -25,6 +25,7 @@ from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
 from . import groups
 from .run import Element, FileRef, Run, Task, new_run_id, status_for, start_run
+from .steering import Steering, SteeringRequest
 from .profile import PROFILE, profile_rows, profile_transformation, skew_rows
 from .validation import ERROR, FAIL, PASS, VALIDATE, Rule, SqlRule, Validator, Verdict, validate_transformation
 
@@ -100,7 +101,11 @@ def training_dataflow(
         monitor_value=float,
         best_epoch=int,
         best_value=float,
-        description="changes made during training: learning-rate changes, early stopping",
+        reason=str,
+        requested_by=str,
+        requested_at="datetime",
+        request_id=str,
+        description="changes made during training: learning-rate changes, early stopping, steering requests",
     )
     test_results = Dataset(
         "test_results", loss=float, evaluation_time_s=float, extra="json",
@@ -162,6 +167,7 @@ class TrainingRecorder:
         rules: Iterable[Rule | Any] | str | None = None,
         hyperparameters: Mapping[str, Any] | None = None,
         include: Iterable[str] | None = None,
+        steering: bool = True,
     ) -> None:
         self.framework = framework
         #: your hyperparameters, recorded with every training (they win over the framework's)
@@ -204,6 +210,9 @@ class TrainingRecorder:
             self._add_validation()
         else:
             self.validator = None
+        #: online steering: requests read from the store, applied at step and epoch boundaries
+        self.steering = Steering()
+        self.steering_enabled = steering
 
     @property
     def epochs_recorded(self) -> Mapping[int, Mapping[str, Any]]:
@@ -215,6 +224,35 @@ class TrainingRecorder:
         """True once a rule with action "stop" failed in the current training."""
         return self.stopped_by is not None
 
+    @property
+    def stop_requested(self) -> bool:
+        """True once someone asked (trainprov steer --stop) that the training stop at the end of this epoch."""
+        return self.steering.stop_request is not None
+
+    # ---- online steering --------------------------------------------------------------------
+
+    def steerable(self, name: str, get: Any, set: Any, *, type: type = float, low: float | None = None,
+                  high: float | None = None) -> None:
+        """Let people change `name` while the training runs (`trainprov steer RUN --set name=value`)."""
+        self.steering.register(name, get, set, kind=type, low=low, high=high)
+
+    def apply_steering(self, epoch: int | None, step: int | None = None) -> None:
+        """Apply the steering requests that arrived (call at a step or epoch boundary; costs nothing without any)."""
+        if self.steering.pending:
+            with self._lock:
+                self.steering.apply(self, epoch, step)
+
+    def record_steering(self, request: SteeringRequest, epoch: int | None, *, kind: str, step: int | None = None,
+                        parameter: str | None = None, old_value: Any = None, new_value: Any = None,
+                        uses: Iterable[Element] = ()) -> Element | None:
+        """Record an applied steering request as an adaptation (cause `steering`) naming who asked and why."""
+        def as_number(value: Any) -> float | None:
+            return float(value) if isinstance(value, bool) else number(value)
+        return self.adaptation(epoch, kind, "steering", uses=uses, step=step, parameter=parameter,
+                               old_value=as_number(old_value), new_value=as_number(new_value), reason=request.reason,
+                               requested_by=request.requested_by, requested_at=request.requested_at,
+                               request_id=request.request_id)
+
     # ---- the run --------------------------------------------------------------------------
 
     def start(self) -> Run:
@@ -225,6 +263,8 @@ class TrainingRecorder:
                                  run_id=run_id, rank=rank, world_size=world_size,
                                  group=self.group, parent=self.parent, tags=self.tags)
             self.flow = self.run.dataflow
+            if self.steering_enabled and self.run.rank is None:  # several ranks would apply a change apart
+                self.steering.listen(self.run)
             if self.validator is not None and VALIDATE not in self.flow.transformations:
                 self._add_validation()
         return self.run
@@ -270,6 +310,7 @@ class TrainingRecorder:
             if inside is not None and inside.hold and inside.run is self.run:
                 inside.ended = (status, error)  # e.g. an Optuna trial: it records the outcome, then ends the run
                 return
+            self.steering.stop_listening()
             self.run.end(status, error)
 
     # ---- columns that appear as training goes ------------------------------------------
@@ -662,6 +703,8 @@ class TrainingRecorder:
             task.derive(ref, [self._last_checkpoint])
         self._last_checkpoint, self._last_checkpoint_element = ref, element
         self._checkpoints[os.path.abspath(os.fspath(path))] = (ref, element)
+        if self.steering.awaiting_checkpoint:
+            self.steering.checkpoint_recorded(self, ref, element)
         return ref
 
     def checkpoint_loaded(self, path: str | os.PathLike) -> FileRef:
@@ -685,6 +728,8 @@ class TrainingRecorder:
                             uses=[element], parameter="epochs", old_value=getattr(self, "_planned_epochs", None),
                             new_value=verdict.epoch, monitor=verdict.metric,
                             monitor_value=verdict.observed)
+        if self.steering.stop_request is not None and status == "finished":
+            self.steering.stopped(self, max(self._epochs, default=None), getattr(self, "_planned_epochs", None))
         self.train_task.end(status, error)
         self._last_train, self.train_task = self.train_task, None
         if self.run is not None:
@@ -732,6 +777,16 @@ class RecordsTraining:
     def profile(self, name: str, data: Any, split: str = "train", **options: Any) -> list[Element]:
         """Profile data (arrays, a DataFrame, `(x, y)`, a torch Dataset or DataLoader) as rows the training uses."""
         return self.recorder.profile(name, data, split, **options)
+
+    def steerable(self, name: str, get: Any, set: Any, *, type: type = float, low: float | None = None,
+                  high: float | None = None) -> None:
+        """Let people change `name` while the training runs: `trainprov steer RUN --set name=value` calls `set(value)`."""
+        self.recorder.steerable(name, get, set, type=type, low=low, high=high)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once someone asked that the training stop at the end of this epoch (trainprov steer RUN --stop)."""
+        return self.recorder.stop_requested
 
     def record_evaluation(self, metrics: Mapping[str, Any]) -> Element:
         """Record evaluation results you computed yourself (an error in physical units, say)."""

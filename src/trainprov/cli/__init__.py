@@ -4,6 +4,7 @@ Each command is a thin wrapper over one library call. `runs.py`: runs, show, que
 `export.py`: export, lineage. `analyze.py`: the analyze group. `ui.py`: the dashboard.
 `copy.py`: copy between stores. `reproduce.py`: diff, reproduce. `replay.py`: rows set aside during an outage.
 `report.py`: a run's report. `search.py`: `analyze search`. `importing.py`: import. `check.py`: a run's rule violations.
+`steer.py`: steer a running training.
 `options.py` declares the shared options (`--store`,
 `--format`) once; `output.py` holds the printing helpers. A new command is added below.
 """
@@ -26,6 +27,7 @@ from .report import report_command
 from .reproduce import diff_command, reproduce_command
 from .runs import query, runs, schema, show
 from .search import search_command  # noqa: F401 - registers `analyze search`
+from .steer import steer_command
 from .ui import ui
 
 __all__ = ["main"]
@@ -49,5 +51,5 @@ def main(store: str) -> None:
 
 
 for command in (runs, show, query, schema, export_command, lineage_command, analyze, ui, copy_command, diff_command,
-                reproduce_command, replay_command, report_command, import_group, check_command):
+                reproduce_command, replay_command, report_command, import_group, check_command, steer_command):
     main.add_command(command)

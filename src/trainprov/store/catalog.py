@@ -227,6 +227,29 @@ TABLES: dict[str, Table] = {
             ("run_id", "tag"),
             (("tag", "value"),),
         ),
+        Table(
+            # a request to change a running training (online steering), and its answer
+            "steering_requests",
+            (
+                ("request_id", "str"),
+                ("run_id", "str"),
+                ("action", "str"),  # set, stop or checkpoint
+                ("parameter", "str"),
+                ("value", "json"),
+                ("reason", "str"),
+                ("requested_by", "str"),  # user@host
+                ("requested_at", "datetime"),
+                ("status", "str"),  # pending, applied or refused
+                ("message", "str"),
+                ("answered_at", "datetime"),
+                ("epoch", "int"),  # where the training applied it
+                ("step", "int"),
+                ("old_value", "json"),
+                ("new_value", "json"),
+            ),
+            ("request_id",),
+            (("run_id", "status"),),
+        ),
     )
 }
 assert tuple(TABLES) == CATALOG_TABLES
