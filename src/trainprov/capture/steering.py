@@ -199,7 +199,7 @@ def wait_for_answer(request: SteeringRequest, *, store: str | os.PathLike | Back
                                 f"{request.request_id}")
         if time.monotonic() >= deadline:
             raise SteeringError(
-                f"no answer to request {request.request_id} within {timeout:g} s: a training applies requests at "
+                f"no answer to request {request.request_id} within {timeout:.3g} s: a training applies requests at "
                 "its step and epoch boundaries, and only a run recorded by a trainprov integration (with "
                 "steering on) listens; the request stays pending")
         time.sleep(poll_s)
