@@ -310,7 +310,9 @@ class Steering:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._quit.wait(self.poll_s):
+        run = self._run
+        # a run may also end without the recorder (at exit, on a signal, by run.end()): stop with it
+        while not self._quit.wait(self.poll_s) and run is not None and run.status == "running":
             self.poll()
 
     def poll(self) -> int:
