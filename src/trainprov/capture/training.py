@@ -221,8 +221,8 @@ class TrainingRecorder:
 
     @property
     def should_stop(self) -> bool:
-        """True once a rule with action "stop" failed in the current training."""
-        return self.stopped_by is not None
+        """True once a rule with action "stop" failed in the current training, or someone asked it to stop."""
+        return self.stopped_by is not None or self.steering.stop_request is not None
 
     @property
     def stop_requested(self) -> bool:
@@ -588,6 +588,8 @@ class TrainingRecorder:
             due = [r for r in self.validator.sql_rules if epoch % r.every_epochs == 0]
             if due:
                 self._start_sql_checks().put((epoch, element, due))
+        # an epoch's end is a safe point for every framework: what is applied now takes effect in the next
+        self.apply_steering(epoch + 1)
         return element
 
     # ---- SQL rules, off the training thread ------------------------------------------------

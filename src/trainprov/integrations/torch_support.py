@@ -221,6 +221,7 @@ class LearningRateWatcher:
         self._last_setter: tuple[Any, float | None, Any] | None = None  # (scheduler, metric, its frame)
         self._known = [self._lr(g) for g in self.optimizer.param_groups]
         self._used = self._known[0] if self._known else None
+        self._steering = False  # True while a steering request sets rates: recorded as steering, not "manual"
         self._watch_groups()
         self._handle = self.optimizer.register_step_pre_hook(self._before_step)
 
@@ -260,6 +261,9 @@ class LearningRateWatcher:
         return scheduler, metric
 
     def _set(self, index: int, old: Any, new: Any) -> None:
+        if self._steering:
+            self._known[index] = number(new)
+            return
         scheduler, metric = self._setter()
         if scheduler is not None and all(s is not scheduler for s in self.schedulers):
             self.schedulers.append(scheduler)
@@ -282,6 +286,8 @@ class LearningRateWatcher:
         self._last_setter = None  # let go of the frame (and its locals)
         if self.before_step is not None:
             self.before_step()
+        if self.recorder.steering.pending:  # a step boundary: steering requests apply to this step
+            self.recorder.apply_steering(self.epochs_ended + 1, self.step_in_epoch + 1)
         groups = self.optimizer.param_groups
         if len(groups) != len(self._known) or any(type(g) is not _WatchedGroup for g in groups):
             self._watch_groups()  # add_param_group or load_state_dict made new groups
@@ -311,6 +317,35 @@ class LearningRateWatcher:
                     monitor_value=metric,
                 )
 
+    def steer(self, value: float, group: int | None = None) -> None:
+        """Set every group's rate (or one group's) for a steering request; this optimizer's schedules continue from it.
+
+        A schedule that computes rates from its base rates (LambdaLR, OneCycleLR, the
+        warm-up-then-decay schedules of Transformers) would undo the change at its next
+        step: its base rates are scaled by new/old, so it goes on from the steered rate.
+        """
+        groups = self.optimizer.param_groups
+        indexes = range(len(groups)) if group is None else [group]
+        if group is not None and not 0 <= group < len(groups):
+            raise ValueError(f"the optimizer has {len(groups)} parameter groups (0 to {len(groups) - 1}), not {group}")
+        found = self.find_schedulers()
+        self._steering = True
+        try:
+            for index in indexes:
+                old = self._lr(groups[index])
+                groups[index]["lr"] = value
+                for scheduler in found:
+                    rescale_schedule(scheduler, groups[index], index, old, value)
+        finally:
+            self._steering = False
+
+    def steerables(self, recorder: TrainingRecorder) -> None:
+        """Let people change `learning_rate` (every group) and `learning_rate_groupN` (one) while the training runs."""
+        recorder.steerable("learning_rate", lambda: self._lr(self.optimizer.param_groups[0]), self.steer, low=0.0)
+        for index in range(1, len(self.optimizer.param_groups)):
+            recorder.steerable(f"learning_rate_group{index}", lambda i=index: self._lr(self.optimizer.param_groups[i]),
+                               lambda value, i=index: self.steer(value, i), low=0.0)
+
     def find_schedulers(self) -> list[Any]:
         """The schedulers of this optimizer: those seen setting a rate, and any made before the watcher."""
         found = list(self.schedulers)
@@ -337,6 +372,20 @@ class LearningRateWatcher:
         for index, group in enumerate(groups):
             if type(group) is _WatchedGroup:
                 groups[index] = dict(group)
+
+
+def rescale_schedule(scheduler: Any, group: dict, index: int, old: float | None, new: float) -> None:
+    """Make `scheduler` go on from a rate set by hand: its base rates for group `index` scaled by new/old."""
+    def scaled(value: Any) -> Any:
+        return new if not old else value * (new / old)
+    for name in ("base_lrs", "max_lrs"):  # LambdaLR and most others; CyclicLR's upper bounds
+        rates = getattr(scheduler, name, None)
+        if isinstance(rates, list) and index < len(rates) and isinstance(rates[index], (int, float)):
+            rates[index] = scaled(rates[index])
+    if isinstance(scheduler, schedulers.OneCycleLR):  # it reads its bounds from the group itself
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            if isinstance(group.get(key), (int, float)):
+                group[key] = scaled(group[key])
 
 
 def distributed_rank() -> tuple[int, int] | None:
