@@ -263,10 +263,11 @@ class PickyBackend(SlowBackend):
 
 def element_items(store, flow, n):
     """(run, task, queued items) for n epoch_metrics rows, as capture calls queue them."""
-    from trainprov.store.catalog import element_target
+    from trainprov.store.catalog import element_target, element_values
 
     target = element_target(flow.datasets["epoch_metrics"])
-    return [(target, ("r", "r.1", i, time.time()), {"epoch": i, "loss": 0.5}) for i in range(1, n + 1)]
+    return [(target, ("r", "r.1", i, time.time()), element_values(target, {"epoch": i, "loss": 0.5}))
+            for i in range(1, n + 1)]
 
 
 def test_a_full_queue_makes_the_caller_wait_and_drops_nothing(store, flow):

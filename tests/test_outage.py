@@ -17,7 +17,7 @@ from conftest import run_python, spawn_python, training_flow
 from trainprov.capture.spool import Spool
 from trainprov.capture.writer import Writer
 from trainprov.store import open_backend
-from trainprov.store.catalog import element_target
+from trainprov.store.catalog import element_target, element_values
 
 
 class Outage:
@@ -46,7 +46,8 @@ class Outage:
 
 def items(flow, n, run="r"):
     target = element_target(flow.datasets["epoch_metrics"])
-    return [(target, (run, f"{run}.1", i, time.time()), {"epoch": i, "loss": 1.0 / i}) for i in range(1, n + 1)]
+    return [(target, (run, f"{run}.1", i, time.time()), element_values(target, {"epoch": i, "loss": 1.0 / i}))
+            for i in range(1, n + 1)]
 
 
 def test_rows_spill_to_disk_during_an_outage_and_come_back_in_order_once_each(tmp_path, monkeypatch):

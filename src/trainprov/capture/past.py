@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError
 from ..spec import Dataflow
-from ..store.catalog import element_target, target
+from ..store.catalog import element_target, element_values, target
 from . import agents, groups
 from .writer import writer_for
 
@@ -63,7 +63,8 @@ class PastTask:
         ds = self.run.dataflow.datasets[dataset]
         ds.check(values)
         seq = next(self._seq)
-        self.run._items.append((self.run._targets[dataset], (self.run.id, self.id, seq, _seconds(at)), values))
+        tgt = self.run._targets[dataset]
+        self.run._items.append((tgt, (self.run.id, self.id, seq, _seconds(at)), element_values(tgt, values)))
         return seq
 
     def file(self, path: str | os.PathLike, *, role: str, at: float | _dt.datetime | None = None,

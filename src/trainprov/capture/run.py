@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 from ..errors import CaptureError, SpecError
 from ..spec import Dataflow, check_text
 from ..store import liveness
-from ..store.catalog import Target, element_target, target
+from ..store.catalog import Target, element_target, handle, target
 from . import agents, groups
 from .writer import Writer, before_close, writer_for
 
@@ -177,8 +177,9 @@ class Task:
         spec = dataflow.transformation(self.transformation)
         datasets, targets = dataflow.datasets, self.run._targets
 
-        def entries(names: tuple[str, ...]) -> dict[str, tuple[Any, Any, bool]]:
-            return {n: (targets[n], datasets[n].check, bool(datasets[n].file_attributes)) for n in names}
+        def entries(names: tuple[str, ...]) -> dict[str, tuple[int, tuple[str, ...], Any, bool]]:
+            return {n: (handle(targets[n]), targets[n].columns[targets[n].prefix:], datasets[n].check,
+                        bool(datasets[n].file_attributes)) for n in names}
 
         self._uses = entries(spec.used_names)
         self._generates = entries(spec.generated_names)
@@ -206,14 +207,15 @@ class Task:
             raise self._refuse(what, "uses")
         return self._record(what, entry, values)
 
-    def _record(self, dataset: str, entry: tuple[Any, Any, bool], values: dict[str, Any]) -> Element:
+    def _record(self, dataset: str, entry: tuple[int, tuple[str, ...], Any, bool], values: dict[str, Any]) -> Element:
         # The hot path of capture: check, number, queue. The writer thread does the rest.
-        tgt, check, has_files = entry
+        # The item holds plain values only (see catalog.handle): the collector stops tracking it.
+        tgt, columns, check, has_files = entry
         if values:
             check(values)
         seq = next(self._seq)
         files = self._record_files(dataset, seq, values) if has_files else ()
-        item = (tgt, (self._run_id, self.id, seq, time.time()), values)
+        item = (tgt, (self._run_id, self.id, seq, time.time()), tuple(map(values.get, columns)))
         queue = self._queue
         if len(queue) < self._soft_limit:
             queue.append(item)

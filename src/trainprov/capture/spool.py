@@ -21,6 +21,7 @@ import tempfile
 from typing import Any
 
 from ..store import liveness
+from ..store.catalog import element_values, resolve
 
 DEFAULT_LIMIT_MB = 1024
 #: orders start here so that a segment put in front of the first one still has a positive number
@@ -85,6 +86,8 @@ class Spool:
         """Write items as the newest segment (the oldest with `front`); raise SpoolFull past the limit."""
         if self._owner[0] != os.getpid():  # a forked child: its segments are its own
             self._owner = (os.getpid(), liveness.process_started(os.getpid()) or "0")
+        # a target's handle means something in this process only: another one may adopt the segment
+        items = [(resolve(i[0]), *i[1:]) if i.__class__ is tuple and i[0].__class__ is int else i for i in items]
         data = pickle.dumps({"url": self.url, "pid": os.getpid(), "items": items}, protocol=pickle.HIGHEST_PROTOCOL)
         if self.bytes + len(data) > self.limit_bytes:
             raise SpoolFull(
@@ -122,7 +125,10 @@ class Spool:
 
     def peek(self) -> list[Any]:
         """The items of the oldest segment (it stays until `drop`)."""
-        return load_segment(self._segments[0][0])["items"]
+        items = load_segment(self._segments[0][0])["items"]
+        # a segment an older trainprov left holds an element's values as a dict
+        return [(i[0], i[1], element_values(i[0], i[2])) if i.__class__ is tuple and len(i) == 3 and
+                i[2].__class__ is dict else i for i in items]
 
     def drop(self) -> None:
         """Forget the oldest segment: its items are in the store."""

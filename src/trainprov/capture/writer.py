@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ..errors import CaptureError
 from ..spec import Dataflow
 from ..store import Backend, Target, open_backend
-from ..store.catalog import target
+from ..store.catalog import resolve, target
 from .spool import Spool, SpoolFull, spool_dir
 
 HEARTBEAT_SECONDS = 5.0
@@ -140,7 +140,7 @@ class Writer:
                         raise CaptureError(
                             f"trainprov gives up recording to {self.backend.url}: it has not answered since "
                             f"{time.strftime('%H:%M:%S', time.localtime(self.outage_since or time.time()))} and "
-                            f"{self._spool_error}. This row (table {item[0].table}) and later ones are not recorded; "
+                            f"{self._spool_error}. This row (table {resolve(item[0]).table}) and later ones are not recorded; "
                             f"the {self.unwritten_rows()} rows accepted before it "
                             "are kept and written if the store answers before the process ends (else saved to a file)"
                         )
@@ -297,9 +297,13 @@ class Writer:
         while True:
             if not self._pending:
                 self._pending = self._take()
-            markers = [m for m in self._pending if isinstance(m, _Flush)]
-            declarations = [d for d in self._pending if isinstance(d, Declaration)]
-            rows = [r for r in self._pending if not isinstance(r, (_Flush, Declaration))]
+            rows = self._pending
+            markers: list[_Flush] = []
+            declarations: list[Declaration] = []
+            if any(r.__class__ is not tuple for r in rows):  # rows are tuples; the rest are rare
+                markers = [m for m in rows if isinstance(m, _Flush)]
+                declarations = [d for d in rows if isinstance(d, Declaration)]
+                rows = [r for r in rows if not isinstance(r, (_Flush, Declaration))]
             versions = self._declare(declarations) if declarations else []
             groups = group_items(rows + versions)
             now = time.time()
@@ -456,8 +460,9 @@ class Writer:
             return
         self.spool.clear()  # only now: its rows are in the file
         elements = [r for r in rows if not isinstance(r, Declaration)]
-        tables = collections.Counter(r[0].table for r in elements)
-        runs = sorted({r[1][0] for r in elements if r[0].prefix} | {r[1][0] for r in elements if r[0].table == "runs"})
+        targets = [resolve(r[0]) for r in elements]
+        tables = collections.Counter(t.table for t in targets)
+        runs = sorted({r[1][0] for r, t in zip(elements, targets) if t.prefix or t.table == "runs"})
         print(
             f"trainprov: {len(elements)} captured rows could not be written to {self.backend.url} "
             f"(last error: {self.last_error!r}): "
@@ -563,12 +568,8 @@ def _expand(items: list[tuple]) -> list[tuple[Target, tuple]]:
     """Full rows (for the file of unwritten rows)."""
     out = []
     for item in items:
-        tgt = item[0]
-        if tgt.prefix:
-            values = item[2]
-            out.append((tgt, item[1] + tuple(map(values.get, tgt.columns[tgt.prefix :]))))
-        else:
-            out.append((tgt, item[1]))
+        tgt = resolve(item[0])
+        out.append((tgt, item[1] + item[2] if tgt.prefix else item[1]))
     return out
 
 
@@ -578,13 +579,14 @@ def group_items(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:
     updates: dict[Target, list[tuple]] = {}
     last, rows = None, []
     for item in items:
-        tgt = item[0]
-        if tgt is not last:
+        head = item[0]
+        if head is not last:
+            tgt = resolve(head)
             groups = updates if tgt.mode in ("update", "end_rank") else inserts
             rows = groups.get(tgt)
             if rows is None:
                 rows = groups[tgt] = []
-            last = tgt
+            last = head
         rows.append(item)
     return [*inserts.items(), *updates.items()]
 

@@ -175,6 +175,7 @@ class SQLBackend(Backend):
         self._connections: list[Any] = []
         self._lock = threading.Lock()
         self._statements: dict[Target, tuple[str, Encoder, Callable[[list, list], None]]] = {}
+        self._chunks: dict[tuple[Target, int], str] = {}  # multi-row INSERTs, by target and rows
 
     # ---- dialect hooks ---------------------------------------------------------------
 
@@ -389,7 +390,7 @@ class SQLBackend(Backend):
     def _compile(self, target: Target, order: Sequence[int]) -> tuple[Encoder, Callable[[list, list], None]]:
         """Build, once per target, functions from queued items to the values stored.
 
-        An item is (target, row) or, for elements, (target, element columns, values dict).
+        An item is (target, row) or, for elements, (target, element columns, other columns).
         `build(item)` returns one row; `extend(items, out)` appends the values of many rows
         to one flat list, for multi-row statements. Generated code because this runs for
         every row the writer writes: one tuple expression is several times faster than a
@@ -398,9 +399,9 @@ class SQLBackend(Backend):
         exprs = []
         for i in order:
             column, kind = target.columns[i], target.types[i]
-            source = f"g({column!r})" if target.prefix and i >= target.prefix else f"p[{i}]"
+            source = f"v[{i - target.prefix}]" if target.prefix and i >= target.prefix else f"p[{i}]"
             exprs.append(self._value_expr(kind, source))
-        head = "p = item[1]\n        g = item[2].get" if target.prefix else "p = item[1]"
+        head = "p = item[1]\n        v = item[2]" if target.prefix else "p = item[1]"
         row = f"({', '.join(exprs)},)"
         code = (
             f"def build(item):\n    {head.replace(chr(10) + '    ', chr(10))}\n    return {row}\n"
@@ -464,21 +465,30 @@ class SQLBackend(Backend):
                 self._end_rank(cur, *build(item))
             return
         n = max(1, min(self.rows_per_statement, self._max_parameters() // len(target.columns)))
-        if target.mode == "update" or len(rows) < 2 * n:
+        if target.mode == "update" or len(rows) == 1:
             cur.executemany(sql, map(build, rows))
             return
-        # Many rows per statement: the database is entered once per chunk, not per
-        # row, which matters when the capture thread competes for the GIL.
-        head, tail = sql[: sql.index(" VALUES ")], " ON CONFLICT DO NOTHING" if target.mode == "link" else ""
-        marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
-        chunk_sql = f"{head} VALUES {', '.join([marks] * n)}{tail}"
-        whole = len(rows) - len(rows) % n
-        values: list = []
-        extend(rows[:whole], values)
-        width = n * len(target.columns)
-        for lo in range(0, len(values), width):
-            cur.execute(chunk_sql, values[lo : lo + width])
-        cur.executemany(sql, map(build, rows[whole:]))
+        # Many rows per statement: the database is entered (and the GIL let go and taken
+        # back) once per chunk, not per row, which matters when the training thread
+        # competes for the GIL. Below n rows, chunks of 2^k rows: at most log2(n)
+        # statements, each of a size whose SQL is built once.
+        start = 0
+        while start < len(rows):
+            left = len(rows) - start
+            size = n if left >= n else 1 << (left.bit_length() - 1)
+            values: list = []
+            extend(rows[start : start + size], values)
+            cur.execute(self._chunk_sql(target, sql, size), values)
+            start += size
+
+    def _chunk_sql(self, target: Target, sql: str, rows: int) -> str:
+        """The INSERT of `rows` rows at once for a target (built once per size)."""
+        found = self._chunks.get((target, rows))
+        if found is None:
+            head, tail = sql[: sql.index(" VALUES ")], " ON CONFLICT DO NOTHING" if target.mode == "link" else ""
+            marks = "(" + ", ".join([self.placeholder] * len(target.columns)) + ")"
+            found = self._chunks[(target, rows)] = f"{head} VALUES {', '.join([marks] * rows)}{tail}"
+        return found
 
     def _end_rank(self, cur: Any, run_id: str, rank: int, status: str, ended_at: Any, duration_s: Any, error: Any) -> None:
         """End one rank of a run; the last rank to end ends the run, failed if any rank failed.

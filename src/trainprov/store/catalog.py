@@ -6,6 +6,7 @@ names say what the tables hold, so that users can join them in plain SQL.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,8 @@ class Target:
     types: tuple[str, ...]
     key: tuple[str, ...] = ()
     mode: str = "insert"  # "insert", "link" (an insert that ignores a row already there) or "update"
-    #: when > 0, a row is (values of the first `prefix` columns, dict of the other columns)
+    #: when > 0, a queued item is (target or its handle, values of the first `prefix` columns,
+    #: values of the other columns in order: see `element_values`)
     prefix: int = 0
 
     def row(self, **values: Any) -> tuple:
@@ -40,6 +42,36 @@ class Target:
         if unknown:
             raise KeyError(f"{self.table} has no column {', '.join(sorted(unknown))}")
         return tuple(values.get(c) for c in self.columns)
+
+
+#: Targets by handle. A queued element row names its Target by this number: a tuple of plain
+#: values is one Python's garbage collector stops tracking, so a long queue costs no full
+#: collection (one holding a Target object stays tracked, and is traversed again and again).
+TARGETS: list[Target] = []
+_HANDLES: dict[Target, int] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+def handle(target: Target) -> int:
+    """The number that stands for `target` in queued rows (the same for the life of the process)."""
+    found = _HANDLES.get(target)
+    if found is None:
+        with _HANDLES_LOCK:
+            found = _HANDLES.get(target)
+            if found is None:
+                found = _HANDLES[target] = len(TARGETS)
+                TARGETS.append(target)
+    return found
+
+
+def resolve(head: "Target | int") -> Target:
+    """The Target a queued item names (by handle or as itself)."""
+    return TARGETS[head] if head.__class__ is int else head  # type: ignore[index,return-value]
+
+
+def element_values(target: Target, values: dict[str, Any]) -> tuple:
+    """An element's values in the order of its target's columns after the element columns."""
+    return tuple(map(values.get, target.columns[target.prefix:]))
 
 
 TABLES: dict[str, Table] = {
