@@ -71,6 +71,8 @@ def main() -> None:
                 tracker.stopped_early(monitor="val_loss", best_epoch=best_epoch, best_value=best,  # trainprov
                                       monitor_value=val_loss)
                 break
+            if tracker.should_stop:  # trainprov: someone asked for a stop (trainprov steer --stop)
+                break
         model.load_state_dict(torch.load(os.path.join(folder, "best.pt")))
         with torch.no_grad():
             test_loss = torch.nn.functional.mse_loss(model(test_x), test_y).item()

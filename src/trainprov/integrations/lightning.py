@@ -4,7 +4,10 @@ The logger receives what loggers see (hyperparameters from `save_hyperparameters
 `self.log` value at its step and epoch); the callback sees the rest (optimizer and
 scheduler, architecture, learning-rate changes, early stopping, `ModelCheckpoint` files,
 timing) and knows where in the loop each logged value belongs. Both translate Lightning's
-events into calls on a `TrainingRecorder` and own nothing else. With several processes
+events into calls on a `TrainingRecorder` and own nothing else. Steering requests
+(docs/steering.md) apply before optimizer steps and at epoch ends; a checkpoint request is
+saved by `trainer.save_checkpoint` at the next batch's end, a stop request sets
+`trainer.should_stop` at the epoch's end. With several processes
 every rank records into one run, its tasks marked with its rank; on one, it records alone.
 """
 
@@ -93,17 +96,19 @@ class Provenance(RecordsTraining, Callback):
         tags: Mapping[str, Any] | None = None,
         rules: Any = None,
         profile: bool = False,
+        steering: bool = True,
     ) -> None:
         super().__init__()
         self._recorder_args = dict(store=store, dataflow=dataflow, name=name, record_agents=record_agents,
                                    group=group, parent=parent, tags=tags, rules=rules,
-                                   hyperparameters=hyperparameters, include=include)
+                                   hyperparameters=hyperparameters, include=include, steering=steering)
         self.recorder = TrainingRecorder("lightning", run=run, **self._recorder_args)
         self.logger = ProvenanceLogger(self)
         self.steps = steps
         self.architecture = architecture
         self.profile_data = profile
         self._pid = os.getpid()
+        self._fit_steerables: list[str] = []  # the names the last fit registered (its optimizers' rates)
         self._reset()
 
     def _reset(self) -> None:
@@ -255,8 +260,43 @@ class Provenance(RecordsTraining, Callback):
             watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitors.get(id(optimizer)))
             watcher.epochs_ended = trainer.current_epoch  # resumed from a checkpoint: epochs go on
             self._watchers.append(watcher)
+        self._steerables()
         self._first_epoch = trainer.current_epoch
         self._step_offset = logging_step(trainer)  # a resumed fit goes on counting
+
+    def _steerables(self) -> None:
+        """What a fit lets people steer: the first optimizer's rates by group, each further optimizer's as a whole."""
+        steering = self.recorder.steering
+        for name in self._fit_steerables:  # a previous fit's optimizers
+            steering.steerables.pop(name, None)
+        before = set(steering.steerables)
+        if self._watchers:
+            self._watchers[0].steerables(self.recorder)
+        for index, watcher in enumerate(self._watchers[1:], 1):
+            self.recorder.steerable(f"learning_rate_optimizer{index}",
+                                    lambda w=watcher: number(w.optimizer.param_groups[0]["lr"]), watcher.steer, low=0.0)
+        self._fit_steerables = [name for name in steering.steerables if name not in before]
+        # a request waits for the next safe point (a batch's end, or the fit's end), not inside an optimizer step
+        steering.checkpointer = lambda epoch, step: None
+
+    def _save_on_request(self, trainer: Trainer) -> None:
+        """Save the checkpoint that steering requests wait for, through Lightning, and record it (which answers them)."""
+        steering = self.recorder.steering
+        callback = trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None) or os.path.join(trainer.default_root_dir, "checkpoints")
+        path = os.path.join(folder, f"steered-epoch{self._epoch}-step{trainer.global_step}.ckpt")
+        try:
+            trainer.save_checkpoint(path)
+            self.recorder.checkpoint(path, epoch=self._epoch)
+        except Exception as exc:  # a failed save must not end the training: the requester learns why
+            while steering.awaiting_checkpoint:
+                steering.answer(steering.awaiting_checkpoint.pop(0), "refused",
+                                f"checkpoint failed: {type(exc).__name__}: {exc}")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.recorder.steering.awaiting_checkpoint and self._recording:
+            self._save_on_request(trainer)
 
     def _profile_loaders(self, trainer: Trainer) -> None:
         """Profile the fit's training and validation data (the datasets of its loaders)."""
@@ -291,6 +331,8 @@ class Provenance(RecordsTraining, Callback):
         self._write_step()
         for watcher in self._watchers:
             watcher.epoch_ended()  # a scheduler stepping from now on changes the next epoch's rate
+        if self.recorder.stop_requested:
+            trainer.should_stop = True  # asked during this epoch: the fit ends with it
 
     def _write_epoch(self) -> None:
         if self._epoch_values is None or not self._train_epoch_ended:
@@ -304,6 +346,8 @@ class Provenance(RecordsTraining, Callback):
             return
         self._write_step()
         self._write_epoch()
+        if self.recorder.steering.awaiting_checkpoint:
+            self._save_on_request(trainer)  # asked at the last epoch's end
         for watcher in self._watchers:
             watcher.flush()
         self._close_watchers()

@@ -3,7 +3,9 @@
 `Tracker` records hyperparameters (the optimizer's groups and defaults), the architecture
 (one row per leaf module), the values the loop reports per epoch and per step, checkpoints
 saved through it (path, size, SHA-256) and evaluations. Learning-rate changes are detected by
-`LearningRateWatcher` (in `torch_support`, shared with the Lightning and Transformers integrations).
+`LearningRateWatcher` (in `torch_support`, shared with the Lightning and Transformers integrations),
+which also applies steering requests before each optimizer step; a checkpoint request saves the
+model's and the optimizer's `state_dict` (docs/steering.md).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class Tracker(RecordsTraining):
     you want per-step rows), `epoch(...)` at the end of each epoch, `save(...)` for
     checkpoints and `evaluation(...)` for test results; `end()` (or the `with` block) ends
     the run. Learning-rate changes are detected by themselves.
+
+    With steering on (the default), `trainprov steer` may change `learning_rate` (or
+    `learning_rate_groupN`) before any optimizer step, ask for a checkpoint (the model's and
+    the optimizer's `state_dict`, saved into `checkpoint_dir`) and ask the loop to stop:
+    `tracker.should_stop` becomes True at the end of the epoch (`if tracker.should_stop: break`).
 
     In a torch.distributed job of several processes (torchrun), create it on every rank with
     `distributed=True` (a collective call: rank zero's run id is broadcast), or set
@@ -67,6 +74,8 @@ class Tracker(RecordsTraining):
         rules: Any = None,
         stop: str = "flag",
         profile: bool = False,
+        steering: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
     ) -> None:
         if stop not in ("flag", "raise"):
             raise SpecError(f"stop must be 'flag' or 'raise', got {stop!r}")
@@ -75,7 +84,7 @@ class Tracker(RecordsTraining):
         self.profile_data = profile
         self.recorder = TrainingRecorder("pytorch", store, dataflow=dataflow, run=run, name=name,
                                          record_agents=record_agents, rules=rules, group=group, parent=parent,
-                                         tags=tags, hyperparameters=hyperparameters)
+                                         tags=tags, hyperparameters=hyperparameters, steering=steering)
         if run is None and distributed:
             join_distributed_run(self.recorder)
         elif run is None and distributed is None and not os.environ.get("TRAINPROV_RUN_ID"):
@@ -98,7 +107,12 @@ class Tracker(RecordsTraining):
         self.steps_done = 0
         self._began = False
         self._epoch_started = time.perf_counter()
-        self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor, before_step=self.begin)
+        #: where checkpoints asked for by `trainprov steer --checkpoint` go (None: next to the store)
+        self.checkpoint_dir = checkpoint_dir
+        self._stop_due: int | None = None  # the epoch at whose end a stop request asked the loop to end
+        self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor, before_step=self._before_step)
+        self.watcher.steerables(self.recorder)
+        self.recorder.steering.checkpointer = self._checkpoint_on_request
 
     # ---- what the training was configured with --------------------------------------------
 
@@ -128,6 +142,7 @@ class Tracker(RecordsTraining):
         if self._began:
             return
         self._began = True
+        self.watcher.steerables(self.recorder)  # groups added since the tracker was made
         if self.profile_data and self.loader is not None:
             self.recorder.profile("train_data", self.loader, "train")
         layers = model_layers(self.model)[1] if self.architecture else []
@@ -157,6 +172,8 @@ class Tracker(RecordsTraining):
         self.watcher.epoch_ended()
         self.steps_in_epoch = 0
         self._epoch_started = now
+        if self.recorder.stop_requested and self._stop_due is None:
+            self._stop_due = self.epochs_done  # should_stop from now on: the loop ends after this epoch
         if self.stop == "raise" and self.recorder.stopped_by is not None:
             verdict = self.recorder.stopped_by[0]
             self.end_training()
@@ -165,8 +182,44 @@ class Tracker(RecordsTraining):
 
     @property
     def should_stop(self) -> bool:
-        """True once a rule with action "stop" failed: end your loop (`if tracker.should_stop: break`)."""
-        return self.recorder.should_stop
+        """True once a rule with action "stop" failed, or at the end of the epoch in which someone asked for a stop.
+
+        End your loop when it is: `if tracker.should_stop: break` after `tracker.epoch(...)`.
+        """
+        return self.recorder.stopped_by is not None or self._stop_due is not None
+
+    # ---- steering -----------------------------------------------------------------------------
+
+    def _before_step(self) -> None:
+        """Before each optimizer step (the watcher's pre-hook): the first records what the training is."""
+        self.begin()
+        if self._stop_due is not None:
+            self._stop_ignored()
+
+    def _stop_ignored(self) -> None:
+        """A step after the epoch a stop request ended: the loop does not look at should_stop; say so, do not claim a stop."""
+        steering, epoch = self.recorder.steering, self._stop_due
+        request, steering.stop_request, self._stop_due = steering.stop_request, None, None
+        if request is not None:
+            steering.answer(request, "refused", f"the training went on after epoch {epoch}: its loop does not end "
+                                                "when tracker.should_stop is True (add `if tracker.should_stop: break` "
+                                                "after tracker.epoch(...))", epoch=epoch)
+
+    def _checkpoint_on_request(self, epoch: int | None, step: int | None) -> None:
+        """Save the model's and the optimizer's state now (a steering request) and record the file."""
+        run = self.run
+        folder = self.checkpoint_dir
+        if folder is None:
+            # next to a SQLite store (its URL is the file's absolute path), else in the working folder
+            beside = os.path.dirname(run.store) if os.path.isabs(run.store) else os.getcwd()
+            folder = os.path.join(beside, "trainprov-checkpoints", run.id)
+        os.makedirs(folder, exist_ok=True)
+        # before step S of epoch E: the weights of the steps before it; at an epoch's end (step None): that epoch's
+        saved_in = epoch if step is not None else self.epochs_done
+        path = os.path.join(folder, f"steered-epoch{saved_in}-" + (f"step{step}.pt" if step is not None else "end.pt"))
+        torch.save({"model": self.model.state_dict(), "optimizer": self.watcher.optimizer.state_dict(),
+                    "epoch": saved_in, "step": step}, path)
+        self.recorder.checkpoint(path, epoch=saved_in)
 
     def save(self, obj: Any, path: str | os.PathLike, *, monitor: str | None = None, monitor_value: Any = None) -> FileRef:
         """`torch.save(obj, path)` and record the file (path, size, SHA-256) as a checkpoint of this epoch."""
