@@ -19,6 +19,9 @@ from ..spec import Dataflow
 from .keras_support import (accelerated, batch_size_of, layer_facts, model_hyperparameters,
                             schedule_changes, to_float)
 
+#: where a checkpoint asked for by `trainprov steer --checkpoint` goes when no ModelCheckpoint says (under the
+#: working directory, one folder per run)
+STEERING_CHECKPOINTS = "trainprov-checkpoints"
 _LR_CALLBACK_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
 
 
@@ -88,11 +91,13 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         parent: Run | str | None = None,
         tags: Mapping[str, Any] | None = None,
         rules: Any = None,
+        steering: bool = True,
     ) -> None:
         super().__init__()
         self.recorder = TrainingRecorder(
             "keras", store, dataflow=dataflow, run=run, name=name, record_agents=record_agents,
             group=group, parent=parent, tags=tags, rules=rules, hyperparameters=hyperparameters, include=include,
+            steering=steering,
         )
         self.hyperparameters_from = hyperparameters_from
         self.step_every = int(steps) if steps else 0
@@ -109,6 +114,9 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._steps_done = 0
         self._pending_checkpoints: list[tuple[int, str, str | None, Any, float]] = []
         self._recorded_files: dict[str, int] = {}  # path -> modification time when recorded
+        self._steering_lr = False  # True while a steering request sets the rate: recorded as steering, not "manual"
+        self.recorder.steerable("learning_rate", self._learning_rate, self._steer_learning_rate, low=0.0)
+        self.recorder.steering.checkpointer = self._save_for_request
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -187,13 +195,19 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._hook_learning_rate()
         self._check_checkpoints()
 
+    def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # A step boundary on the training thread (batch-end hooks may run on Keras's callback
+        # thread, alongside the next step): steering requests apply to the step about to run.
+        if self.recorder.steering.pending and self._began:
+            self.recorder.apply_steering(self._epoch + 1, batch + 1)
+
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         # may run on Keras's callback thread (async_safe): it only reads and queues
         if not self._began:  # a train function built before our wrapper (JAX, TensorFlow)
             self._begin(None)
         if self.step_every and (batch + 1) % self.step_every == 0:
             self.recorder.step(self._epoch + 1, batch + 1, logs or {}, global_step=self._steps_done + batch + 1)
-            if self.recorder.should_stop:
+            if self.recorder.stopped_by is not None:  # a step rule failed: stop now (a stop request waits for the epoch's end)
                 self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -206,7 +220,9 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
         self._epochs_done = epoch + 1
         self.recorder.epoch(epoch + 1, logs, learning_rate=self._epoch_learning_rate(epoch), seconds=seconds)
         if self.recorder.should_stop:
-            self.model.stop_training = True  # a rule with action "stop" failed: Keras ends the fit after this epoch
+            # a rule with action "stop" failed, or a stop request came (recorder.epoch applied it):
+            # Keras ends the fit after this epoch
+            self.model.stop_training = True
         for callback in self._others:
             if isinstance(callback, keras.callbacks.ModelCheckpoint):
                 try:
@@ -281,7 +297,7 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
             old = to_float(variable.value)
             result = original(value, *args, **kwargs)
             new = to_float(variable.value)
-            if new != old:
+            if new != old and not self._steering_lr:
                 self._learning_rate_changed(old, new)
             return result
 
@@ -313,6 +329,45 @@ class ProvenanceCallback(RecordsTraining, keras.callbacks.Callback):
             first_epoch, "learning_rate", cause, parameter="learning_rate", old_value=old, new_value=new,
             monitor=monitor, monitor_value=logs.get(monitor) if monitor else None,
         )
+
+    # ---- steering ---------------------------------------------------------------------------
+
+    def _learning_rate(self) -> float:
+        """The optimizer's current learning rate (a schedule's at the current iteration)."""
+        return to_float(self._optimizer().learning_rate)
+
+    def _steer_learning_rate(self, value: float) -> None:
+        """Set the optimizer's learning-rate variable for a steering request (recorded as steering, not as a change by hand)."""
+        optimizer = self._optimizer()
+        variable = getattr(optimizer, "_learning_rate", None)
+        if not isinstance(variable, keras.Variable):
+            kind = (f"{type(variable).__name__} schedule" if isinstance(variable, keras.optimizers.schedules.LearningRateSchedule)
+                    else "learning-rate function")
+            raise TypeError(f"{type(optimizer).__name__}'s learning rate is computed by its {kind} at every step, so it "
+                            "cannot be set; compile with a float learning rate to steer it (or register a value your "
+                            "schedule reads with prov.steerable)")
+        self._steering_lr = True
+        try:
+            variable.assign(value)
+        finally:
+            self._steering_lr = False
+
+    def _checkpoint_folder(self) -> str:
+        """Where a requested checkpoint goes: next to a ModelCheckpoint's files, else trainprov-checkpoints/<run id>."""
+        for callback in self._others:
+            if isinstance(callback, keras.callbacks.ModelCheckpoint):
+                folder = os.path.dirname(os.fspath(callback.filepath))
+                if "{" not in folder:  # not a folder named by epoch or metric
+                    return folder or os.curdir
+        return os.path.join(STEERING_CHECKPOINTS, self.recorder.start().id)
+
+    def _save_for_request(self, epoch: int | None, step: int | None) -> FileRef:
+        """Save the model now through Keras (`model.save`, a .keras file) and record it: it answers the request."""
+        folder = self._checkpoint_folder()
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"steering-checkpoint-{self._iterations()}.keras")  # named by optimizer steps done
+        self.model.save(path)
+        return self.recorder.checkpoint(path, epoch=self._epochs_done)
 
     def _epoch_learning_rate(self, epoch: int) -> float:
         """The learning rate the epoch's last step used."""

@@ -80,11 +80,12 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         tags: Mapping[str, Any] | None = None,
         rules: Any = None,
         profile: bool = False,
+        steering: bool = True,
     ) -> None:
         self.recorder = TrainingRecorder(
             FRAMEWORK, store, dataflow=dataflow or training_dataflow(f"{FRAMEWORK}_training"), run=run, name=name,
             record_agents=record_agents, group=group, parent=parent, tags=tags, rules=rules,
-            hyperparameters=hyperparameters, include=include,
+            hyperparameters=hyperparameters, include=include, steering=steering,
         )
         self.architecture = architecture
         self.profile_data = profile
@@ -104,6 +105,13 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._logs_at_step: dict[str, Any] = {}  # every value logged at the latest global step
         self._evaluations: list[tuple[int, int, dict[str, Any]]] = []  # (epoch, global step, eval logs)
         self._saved: dict[str, str] = {}  # checkpoint folder -> its last weight file recorded
+        self._save_asked = False  # a steering request asked for a checkpoint: the Trainer saves at its next chance
+        if checkpoints:
+            self.recorder.steering.checkpointer = self._ask_to_save
+        else:
+            self.recorder.steering.no_checkpointer = (
+                "this Trainer's checkpoints are not recorded (ProvenanceCallback(checkpoints=False)), so a checkpoint "
+                "saved on request would not be either")
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -147,6 +155,9 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             monitor = self._monitor(args)
             self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor)
             self.watcher.epochs_ended = self._epoch
+            # requests apply before each optimizer step (the watcher's pre-hook); the Trainer's
+            # schedule goes on from a steered rate
+            self.watcher.steerables(self.recorder)
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._training:
@@ -174,6 +185,27 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._epoch_end_step = state.global_step
         if self.watcher is not None:
             self.watcher.epoch_ended()  # a rate set from now on (a plateau at this evaluation) is the next epoch's
+        self._between_epochs(control)
+
+    def _between_epochs(self, control: Any) -> None:
+        """Apply steering requests after an epoch's last step (at its end, and after its evaluation).
+
+        The Trainer checks should_training_stop only after a step or an epoch: a stop applied
+        here ends the training after this epoch; a checkpoint asked for here is saved now.
+        """
+        self.recorder.apply_steering(self._epoch + 1)
+        if self.recorder.stop_requested:
+            control.should_training_stop = True
+        if self._save_asked:
+            control.should_save = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._save_asked and self._training:
+            control.should_save = True  # the Trainer saves checkpoint-N right after this event
+
+    def _ask_to_save(self, epoch: int | None, step: int | None) -> None:
+        """A checkpoint request: the Trainer saves at the next step's or epoch's end; on_save records it and that answers."""
+        self._save_asked = True
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if not self._training:
@@ -189,8 +221,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         if "epoch" in values:
             values[EPOCH_PROGRESS] = values.pop("epoch")
         self.recorder.step(self._epoch, state.global_step - self._epoch_first_step, values, global_step=state.global_step)
-        if self.recorder.should_stop:
-            control.should_training_stop = True  # a step rule failed
+        if self.recorder.stopped_by is not None:
+            control.should_training_stop = True  # a rule failed (a stop request waits for the epoch's end)
         if summary:
             return
         if state.global_step != self._logs_step:
@@ -222,6 +254,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._training or not self.record_checkpoints:
             return
+        self._save_asked = False  # this save answers any checkpoint request waiting
         folder = checkpoint_folder(args, state)
         files = checkpoint_weights(folder) if folder is not None else []
         if not files:
@@ -294,6 +327,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None,
                     **kwargs: Any) -> None:
         if self._training and _under_training_loop():
+            if self._epoch_open and self._epoch_end_step == state.global_step:
+                self._between_epochs(control)  # an epoch-end evaluation: requests that came during it apply now
             return  # an evaluation during training: its values came with on_log
         self._test_results(args, metrics or {})
 
