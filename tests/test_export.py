@@ -302,6 +302,75 @@ def test_adaptations_are_activities_that_use_the_old_value_and_generate_the_new(
     assert new2 in sources and new1 not in sources
 
 
+def test_a_steering_adaptation_is_associated_with_the_person_who_asked(tmp_path):
+    import getpass
+    import socket
+
+    from trainprov.capture.steering import request_steering, steering_requests
+    from trainprov.capture.training import TrainingRecorder
+
+    store = str(tmp_path / "steered.db")
+    rec = TrainingRecorder("toy", store, record_agents=False, steering=False)  # requests read below, by hand
+    state = {"lr": 0.1}
+    rec.steerable("learning_rate", lambda: state["lr"], lambda v: state.__setitem__("lr", v), low=0)
+    run_id = rec.start().id
+    rec.begin_training({"epochs": 3, "learning_rate": 0.1})
+    rec.epoch(1, {"loss": 1.0}, learning_rate=state["lr"])
+    asked = [request_steering(run_id, "set", "learning_rate", 0.01, store=store, reason="the loss plateaued"),
+             request_steering(run_id, "set", "learning_rate", 0.001, store=store, reason="still flat",
+                              requested_by=f"{getpass.getuser()}@{socket.gethostname()} via dashboard")]
+    rec.steering.listen(rec.run)
+    rec.steering.poll()
+    rec.apply_steering(2, 5)
+    rec.epoch(2, {"loss": 0.5}, learning_rate=state["lr"])
+    rec.end_training()
+    rec.end()
+    assert [r.status for r in steering_requests(run_id, store=store)] == ["applied", "applied"]
+
+    person = f"{getpass.getuser()}@{socket.gethostname()}"
+    agent_uri = TPID + ex.requester_identifier(person)
+    doc = ex.build_document(run_id, store=store)
+    for fmt, reader_format, options in (("json", "json", {}), ("turtle", "rdf", {"rdf_format": "turtle"})):
+        back = ProvDocument.deserialize(content=ex.serialize(doc, fmt).decode(), format=reader_format, **options)
+        [agent] = [r for r in back.get_records() if r.is_element() and r.identifier.uri == agent_uri]
+        assert agent.get_type().localpart == "Agent"
+        assert [canon(v) for v in values(agent, PROV_NS + "type")] == [("id", PROV_NS + "Person")], fmt
+        assert [canon(v) for v in values(agent, PROV_NS + "label")] == [("str", person)], fmt
+        steered = {}  # request id -> (adaptation activity, association)
+        for r in back.get_records():
+            if r.is_relation() and r.get_type().localpart == "Association":
+                activity, who = [v for _, v in r.formal_attributes][:2]
+                if isinstance(who, QualifiedName) and who.uri == agent_uri:
+                    [request_id] = [canon(v)[1] for v in values(r, TP + "request_id")]
+                    steered[request_id] = (activity.uri, r)
+        assert set(steered) == {a.request_id for a in asked}, fmt
+        for request in asked:
+            activity_uri, association = steered[request.request_id]
+            activity = record(back, activity_uri[len(TPID):])
+            assert TP + "Adaptation" in [canon(v)[1] for v in values(activity, PROV_NS + "type")]
+            assert [canon(v)[1] for v in values(activity, TPA + "request_id")] == [request.request_id]
+            assert [canon(v)[1] for v in values(association, TP + "reason")] == [request.reason]
+            assert [canon(v)[1] for v in values(association, PROV_NS + "role")] == [TP + "requester"]
+        assert [canon(v)[1] for v in values(steered[asked[1].request_id][1], TP + "via")] == ["dashboard"]
+        assert values(steered[asked[0].request_id][1], TP + "via") == []
+        assert violations(back) == [], fmt
+
+    # rdflib reads the same from the Turtle: the Person and the adaptations associated with it
+    prov = rdflib.Namespace(PROV_NS)
+    graph = rdflib.Graph().parse(data=ex.serialize(doc, "turtle").decode(), format="turtle")
+    agent = rdflib.URIRef(agent_uri)
+    assert (agent, rdflib.RDF.type, prov.Person) in graph
+    assert str(graph.value(agent, rdflib.RDFS.label)) == person
+    rows = graph.query(
+        """SELECT ?activity ?request ?reason WHERE {
+             ?activity a tp:Adaptation ; prov:qualifiedAssociation ?q .
+             ?q prov:agent ?who ; prov:hadRole tp:requester ; tp:request_id ?request ; tp:reason ?reason .
+           }""",
+        initNs={"prov": prov, "tp": rdflib.Namespace(TP)}, initBindings={"who": agent})
+    assert {(str(r.request), str(r.reason)) for r in rows} == {(a.request_id, a.reason) for a in asked}
+    assert {str(r.activity) for r in rows} == {uri for uri, _ in steered.values()}
+
+
 def test_values_keep_their_xsd_types_nan_and_infinities(steps):
     store, run_id = steps
     doc = ex.build_document(run_id, store=store)

@@ -7,6 +7,7 @@ database. What holds for both backends is tested in test_store.py, on both.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import math
@@ -331,19 +332,31 @@ def test_connection_errors_name_the_store_without_its_password(pg_store, postgre
 
 # ---- the team setup of docs/postgresql.md -----------------------------------------------------
 
-def _doc_blocks() -> list[str]:
+def _doc_blocks(heading: str = "## Team setup") -> list[str]:
     text = open(os.path.join(ROOT, "docs", "postgresql.md"), encoding="utf-8").read()
-    section = text.split("## Team setup", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sql\n(.*?)```", section, re.S)
 
 
-def test_the_team_roles_of_the_docs_write_and_read_as_documented(postgres):
-    server_sql, database_sql, member_sql = _doc_blocks()
-    pw = {"trainprov_writer": "change-me-writer", "trainprov_analyst": "change-me-analyst", "alice": "change-me-alice"}
-    for statement in server_sql.strip().rstrip(";").split(";\n"):
+def _run_server_statements(postgres, sql: str) -> None:
+    for statement in sql.strip().rstrip(";").split(";\n"):
         postgres.execute(statement)  # CREATE DATABASE cannot run in a transaction: one at a time
+
+
+def _team_setup(postgres) -> None:
+    """The roles and database of the docs' team setup, made as written (once per session)."""
+    with postgres.admin() as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'trainprov_writer'").fetchone():
+            return
+    server_sql, database_sql, member_sql = _doc_blocks()
+    _run_server_statements(postgres, server_sql)
     postgres.execute(database_sql, database="trainprov")
     postgres.execute(member_sql)
+
+
+def test_the_team_roles_of_the_docs_write_and_read_as_documented(postgres):
+    _team_setup(postgres)
+    pw = {"trainprov_writer": "change-me-writer", "trainprov_analyst": "change-me-analyst", "alice": "change-me-alice"}
     writer = postgres.url("trainprov", "trainprov_writer", pw["trainprov_writer"])
     analyst = postgres.url("trainprov", "trainprov_analyst", pw["trainprov_analyst"])
     alice = postgres.url("trainprov", "alice", pw["alice"]) + "&options=-crole%3Dtrainprov_writer"
@@ -371,3 +384,62 @@ def test_the_team_roles_of_the_docs_write_and_read_as_documented(postgres):
     with pytest.raises(tp.StoreError):
         open_backend(analyst).declare(tp.Dataflow("sneaky", [tp.Transformation("t", generates=[tp.Dataset("sneaky", x=int)])]))
     assert reader.rows("SELECT count(*) AS n FROM runs") == [{"n": 4}]
+
+
+def test_the_steering_grants_of_the_docs_let_a_role_steer_and_a_read_only_role_cannot(postgres, tmp_path):
+    from test_steering import finish, start_training
+
+    _team_setup(postgres)
+    writer = postgres.url("trainprov", "trainprov_writer", "change-me-writer")
+    analyst = postgres.url("trainprov", "trainprov_analyst", "change-me-analyst")
+    steerer = postgres.url("trainprov", "trainprov_steerer", "change-me-steerer")
+    child, run_id = start_training(writer, tmp_path)  # a training as the team runs it: it creates steering_requests
+    try:
+        server_sql, database_sql = _doc_blocks("## Steering")
+        _run_server_statements(postgres, server_sql)
+        postgres.execute(database_sql, database="trainprov")
+        # a role with only what tp.steer needs
+        postgres.execute("CREATE ROLE least_steerer LOGIN PASSWORD 'change-me-least'; "
+                         "GRANT CONNECT ON DATABASE trainprov TO least_steerer")
+        postgres.execute("GRANT USAGE ON SCHEMA public TO least_steerer; GRANT SELECT ON runs TO least_steerer; "
+                         "GRANT SELECT, INSERT ON steering_requests TO least_steerer", database="trainprov")
+        # and one that reads everything, as the analyst does, but is not read-only by default
+        postgres.execute("CREATE ROLE plain_reader LOGIN PASSWORD 'change-me-reader'; "
+                         "GRANT CONNECT ON DATABASE trainprov TO plain_reader")
+        postgres.execute("GRANT USAGE ON SCHEMA public TO plain_reader; "
+                         "GRANT SELECT ON ALL TABLES IN SCHEMA public TO plain_reader", database="trainprov")
+        reader = postgres.url("trainprov", "plain_reader", "change-me-reader")
+
+        # the analyst (read-only by default) and a role that may only read cannot steer, and write nothing
+        for url, role, cause in ((analyst, "trainprov_analyst", "cannot execute INSERT in a read-only transaction"),
+                                 (reader, "plain_reader", "permission denied for table steering_requests")):
+            with pytest.raises(tp.SteeringError) as refused:
+                tp.steer(run_id, {"learning_rate": 0.01}, store=url)
+            message = str(refused.value)
+            assert f"refused the steering request ({cause}): steering needs a role granted INSERT and SELECT on " \
+                   "steering_requests and SELECT on runs" in message, message
+            assert f"GRANT SELECT, INSERT ON steering_requests TO {role}; GRANT SELECT ON runs TO {role}" in message
+            assert "change-me" not in message
+            shown = cli(url, "steer", run_id, "--stop")
+            assert shown.exit_code == 1 and "a read-only role cannot steer" in shown.output, shown.output
+        assert tp.query("SELECT count(*) AS n FROM steering_requests", store=writer) == [{"n": 0}]
+
+        # the least grants steer with tp.steer, and read the answer
+        [applied] = tp.steer(run_id, {"learning_rate": 0.01}, reason="from a small role", store=postgres.url(
+            "trainprov", "least_steerer", "change-me-least"), wait=30)
+        assert applied.status == "applied", applied.message
+        # the documented steering role steers from the command line, which reads the store to find the run
+        stopped = cli(steerer, "steer", "latest", "--stop", "--wait")
+        assert stopped.exit_code == 0 and "applied: the training stopped at the end of epoch" in stopped.output, stopped.output
+        # and can change nothing else
+        with psycopg.connect(steerer, autocommit=True) as raw:
+            for sql in ("UPDATE steering_requests SET status = 'refused'", "DELETE FROM steering_requests",
+                        "INSERT INTO runs (run_id) VALUES ('x')"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    raw.execute(sql)
+    finally:
+        lines = finish(child)
+    assert lines[-1].startswith("ended ")
+    rows = tp.query("SELECT action, status, requested_by FROM steering_requests ORDER BY requested_at", store=writer)
+    assert [(r["action"], r["status"]) for r in rows] == [("set", "applied"), ("stop", "applied")]
+    assert {r["requested_by"] for r in rows} == {f"{getpass.getuser()}@{socket.gethostname()}"}

@@ -7,7 +7,8 @@ store with SQL while the training runs.
 from .capture.steering import steer
 from .capture.training import profile
 from .capture import Element, FileRef, Run, SignalInterrupt, Task, new_run_id, start_run
-from .errors import CaptureError, QueryError, QueryTimeout, SpecError, StoreError, TrainprovError, ValueTypeError
+from .errors import (CaptureError, QueryError, QueryTimeout, SpecError, SteeringError, StoreError, TrainprovError,
+                     ValueTypeError)
 from .query import Reader, connect, query, query_df
 from .rundiff import diff
 from .spec import Attribute, Dataflow, Dataset, Transformation
@@ -27,6 +28,7 @@ __all__ = [
     "Run",
     "SignalInterrupt",
     "SpecError",
+    "SteeringError",
     "StoreError",
     "Task",
     "TrainprovError",

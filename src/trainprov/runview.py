@@ -85,7 +85,7 @@ def epoch_curves(reader: Reader, run_id: str, *, rank: int = 0) -> tuple[list[An
 
 #: the adaptation columns a curve marks, in this order
 ADAPTATION_COLUMNS = ("epoch", "step", "kind", "parameter", "old_value", "new_value", "cause", "monitor",
-                      "monitor_value", "best_epoch", "best_value")
+                      "monitor_value", "best_epoch", "best_value", "reason", "requested_by")
 
 
 def adaptations(reader: Reader, run_id: str, *, rank: int = 0) -> list[dict[str, Any]]:

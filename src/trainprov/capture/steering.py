@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import QueryError, StoreError, SteeringError
+from ..errors import QueryError, SteeringError, StoreError
 from ..store import Backend, liveness, open_backend
 from ..store.catalog import target
 from ..store.jsonvalues import from_stored
@@ -74,9 +74,28 @@ class SteeringRequest:
         return f"request {self.request_id} ({what}) on run {self.run_id}: {self.status}: {self.message}"
 
 
-def requester() -> str:
-    """Who asks, as user@host (the person agent the adaptation names)."""
-    return f"{agents.user()}@{socket.gethostname()}"
+#: how `requested_by` names the program a person steered through: "user@host via dashboard"
+VIA = " via "
+
+
+def requester(via: str | None = None) -> str:
+    """Who asks, as user@host (the person agent the adaptation names), and through what (`via`), if not directly."""
+    person = f"{agents.user()}@{socket.gethostname()}"
+    return person + (f"{VIA}{via}" if via else "")
+
+
+def requester_of(requested_by: str) -> tuple[str, str | None]:
+    """The person (user@host) of a request's `requested_by`, and what they steered through (None: directly)."""
+    person, _, via = requested_by.partition(VIA)
+    return person.strip(), via.strip() or None
+
+
+def parse_value(text: str) -> Any:
+    """A value as a person types it (command line, dashboard): JSON (1e-4, true, "x") if it parses, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 _JSON_FIELDS = ("value", "old_value", "new_value")
@@ -134,7 +153,9 @@ def request_steering(run_id: str, action: str, parameter: str | None = None, val
     try:
         found = backend.query(f"SELECT status, world_size FROM runs WHERE run_id = {backend.placeholder}", (run_id,)).rows
     except QueryError as exc:
-        raise SteeringError(f"{backend.url} is not a trainprov store ({exc})") from None
+        if not backend.exists():
+            raise SteeringError(f"{backend.url} is not a trainprov store ({exc})") from None
+        raise SteeringError(_refused(backend, exc)) from None
     if not found:
         raise SteeringError(f"no run {run_id!r} in {backend.url}")
     status, world_size = found[0]
@@ -150,12 +171,32 @@ def request_steering(run_id: str, action: str, parameter: str | None = None, val
                        "supported (the ranks would apply a change at different steps)", now)
     row = _row(request, REQUEST)
     try:
-        backend.ensure_catalog()  # a store made before steering existed gets its table
+        _ensure_requests_table(backend)
         backend.write([(REQUEST, [(REQUEST, row)])])  # items, as the writer queues them
-    except StoreError as exc:
-        raise SteeringError(f"{backend.url} refused the steering request ({exc}); steering needs a role that may "
-                            "insert into steering_requests (see docs/steering.md)") from None
+    except Exception as exc:  # the driver's own errors too: a refused INSERT is a psycopg error
+        raise SteeringError(_refused(backend, exc)) from None
     return request
+
+
+def _ensure_requests_table(backend: Backend) -> None:
+    """Give a store made before steering its steering_requests table (a role that may not create tables need not)."""
+    try:
+        backend.query("SELECT request_id FROM steering_requests LIMIT 0")
+    except QueryError as unreadable:
+        try:
+            backend.ensure_catalog()
+        except Exception:  # a role that may not read the table may not create tables either: say what it cannot read
+            raise unreadable from None
+
+
+def _refused(backend: Backend, exc: BaseException) -> str:
+    """Why the store refused a steering request, and the access it takes."""
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, StoreError):  # unreachable, locked, ...: trainprov's own message says why
+        return f"{backend.url} did not take the steering request: {cause}"
+    return (f"{backend.url} refused the steering request ({cause}): steering needs "
+            f"{backend.access_needed(write=['steering_requests'], read=['runs', 'steering_requests'])}; "
+            "a read-only role cannot steer (see docs/steering.md#who-may-steer)")
 
 
 def steering_requests(run_id: str | None = None, *, store: str | os.PathLike | Backend | None = None,

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from ..capture.steering import WAIT_S, steer
+from ..capture.steering import WAIT_S, parse_value, steer
 from ..query import Reader
 from .options import store_option
-
-
-def parse_value(text: str) -> Any:
-    """A value as typed on the command line: JSON (1e-4, true, "x") if it parses, else the text itself."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

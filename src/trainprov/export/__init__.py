@@ -36,6 +36,7 @@ from .identifiers import (
     file_identifier,
     parse_identifier,
     plan_identifier,
+    requester_identifier,
     run_identifier,
     summary_identifier,
     task_identifier,
@@ -45,7 +46,7 @@ __all__ = [
     "ADAPTATIONS", "ADAPTATION_COLUMNS", "BULKY_DATASETS", "BULKY_THRESHOLD", "CHECKPOINT_ROLES", "FORMATS",
     "MIME_TYPES", "TPA_NS", "TPID_NS", "TP_NS", "ExportError", "Format", "GraphvizMissing", "build_document",
     "element_identifier", "export", "file_identifier", "format_for_path", "get_format", "parse_identifier",
-    "plan_identifier", "run_identifier", "serialize", "summary_identifier", "task_identifier",
+    "plan_identifier", "requester_identifier", "run_identifier", "serialize", "summary_identifier", "task_identifier",
 ]
 
 

@@ -99,6 +99,11 @@ def adaptation_identifier(task_id: str, seq: int) -> str:
     return f"adaptation.{safe(task_id)}.{int(seq)}"
 
 
+def requester_identifier(person: str) -> str:
+    """Local identifier of the person (user@host) who steered a training: the same in every export."""
+    return f"agent.person.{safe(person)}"
+
+
 def value_identifier(task_id: str, seq: int, which: str) -> str:
     """Local identifier of the old or new value (`which`) of an adaptation."""
     return f"value.{safe(task_id)}.{int(seq)}.{which}"

@@ -131,6 +131,10 @@ class Backend(ABC):
         """
         return isinstance(exc, StoreUnreachable) or not isinstance(exc, TrainprovError)
 
+    def access_needed(self, *, write: Sequence[str] = (), read: Sequence[str] = ()) -> str:
+        """What a session needs to insert into the tables `write` and read `read`, for messages (an access refused)."""
+        return "write access to the store"
+
     def maintain(self) -> None:
         """Periodic upkeep done by the writer between batches (nothing by default)."""
 

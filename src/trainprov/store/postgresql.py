@@ -418,6 +418,18 @@ class PostgreSQLBackend(SQLBackend):
 
     # ---- reads -----------------------------------------------------------------------
 
+    def access_needed(self, *, write: Sequence[str] = (), read: Sequence[str] = ()) -> str:
+        role = conninfo_to_dict(self._conninfo).get("user") or "ROLE"
+        only_read = [t for t in read if t not in write]
+        needs, grants = [], []
+        if write:
+            needs.append(f"INSERT and SELECT on {', '.join(write)}")
+            grants.append(f"GRANT SELECT, INSERT ON {', '.join(write)} TO {role}")
+        if only_read:
+            needs.append(f"SELECT on {', '.join(only_read)}")
+            grants.append(f"GRANT SELECT ON {', '.join(only_read)} TO {role}")
+        return f"a role granted {' and '.join(needs)} ({'; '.join(grants)})"
+
     def exists(self) -> bool:
         try:
             result = self.query("SELECT to_regclass('runs') IS NOT NULL AND to_regclass('attributes') IS NOT NULL")

@@ -485,6 +485,11 @@ class SQLiteBackend(SQLBackend):
 
     # ---- reads -----------------------------------------------------------------------
 
+    def access_needed(self, *, write: Sequence[str] = (), read: Sequence[str] = ()) -> str:
+        if not write:
+            return f"read access to the file {self.path}"
+        return f"write access to the file {self.path} and its folder (where SQLite keeps its -wal file)"
+
     def exists(self) -> bool:
         try:
             conn = self._reader()

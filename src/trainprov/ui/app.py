@@ -28,12 +28,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import __version__
-from ..errors import ConsoleBusy, QueryTimeout, StoreError, TrainprovError
+from ..errors import ConsoleBusy, QueryTimeout, SteeringError, StoreError, TrainprovError
 from ..export import FORMATS, ExportError, build_document, serialize
 from ..export.formats import MIME_TYPES
 from ..query import Reader
 from ..store import hide_password, resolve_url
-from . import data, graph_layout, graphs, listing, report
+from . import data, graph_layout, graphs, listing, report, steering
 from .console import CONSOLE_LIMIT, CONSOLE_TIMEOUT, Console
 from .present import duration, exact, is_missing, jsonable, number, records, when
 from .security import LOOPBACK_HOSTS, TOKEN_FIELD, TOKEN_HEADER, Guard, Sessions, cross_site, session_of
@@ -69,8 +69,10 @@ class Dashboard:
     """The state of one dashboard: the store it reads and its templates."""
 
     def __init__(self, store: str | os.PathLike | None, *, sql_timeout: float | None = CONSOLE_TIMEOUT,
-                 sql_limit: int = CONSOLE_LIMIT) -> None:
+                 sql_limit: int = CONSOLE_LIMIT, allow_steering: bool = False) -> None:
         self.store = resolve_url(store)
+        #: whether running runs' pages have steering controls (and the steering endpoint takes requests)
+        self.allow_steering = allow_steering
         self._reader: Reader | None = None
         self._lock = threading.Lock()
         self.sessions = Sessions()
@@ -80,7 +82,8 @@ class Dashboard:
         env.filters.update(number=number, duration=duration, when=when, exact=exact)
         env.tests["missing"] = is_missing
         env.globals.update(version=__version__, cell=listing.cell, poll_ms=POLL_MS, export_buttons=EXPORT_BUTTONS,
-                           formats=FORMATS)
+                           formats=FORMATS, steering=allow_steering,
+                           requester=steering.requested_by() if allow_steering else None)
 
     def reader(self) -> Reader:
         """The Reader, opened on first use (a store that does not exist yet is waited for, not an error)."""
@@ -106,17 +109,31 @@ class Dashboard:
         if session is None:
             session = self.sessions.new()
         response = self.templates.TemplateResponse(
-            request, name, {"store": self.url, "sql_token": self.sessions.token(session), **context}, status_code=status_code)
+            request, name, {"store": self.url, "page_token": self.sessions.token(session), **context}, status_code=status_code)
         if started is None:
             response.set_cookie(self.sessions.cookie_name(request.scope), session, httponly=True, samesite="strict", path="/")
         return response
 
-    def sql_refusal(self, request: Request, token: str | None) -> str | None:
-        """Why a request may not run SQL: sent by another site, or without its page's token; None if it may."""
+    def page_refusal(self, request: Request, token: str | None) -> str | None:
+        """Why a request is not one of this dashboard's pages' (sent by another site, or without the page's
+        token); None if it is. SQL and steering requests must be."""
         why = cross_site(request.headers)
         if why is None and not self.sessions.valid(session_of(request.scope), token):
-            why = "it does not carry the token of a dashboard page (reload the SQL page)"
+            why = "it does not carry the token of a dashboard page (reload the page)"
+        return why
+
+    def sql_refusal(self, request: Request, token: str | None) -> str | None:
+        """Why a request may not run SQL: sent by another site, or without its page's token; None if it may."""
+        why = self.page_refusal(request, token)
         return f"SQL is only run for the dashboard's own pages: {why}" if why else None
+
+    def steering_refusal(self, request: Request, token: str | None) -> str | None:
+        """Why a request may not steer: steering not allowed, sent by another site, or without its page's token."""
+        if not self.allow_steering:
+            return ("this dashboard does not take steering requests: start it with `trainprov ui --allow-steering` "
+                    "to steer from it, or use `trainprov steer`")
+        why = self.page_refusal(request, token)
+        return f"steering requests are only taken from the dashboard's own pages: {why}" if why else None
 
 
 def _board(request: Request) -> Dashboard:
@@ -369,6 +386,43 @@ async def api_sql_csv(request: Request) -> Response:
     return await _console_answer(board, request, sql, token, work)
 
 
+async def api_steer(request: Request) -> Response:
+    """A steering request from a running run's page: written to the store, answered by the training."""
+    board = _board(request)
+    refusal = board.steering_refusal(request, request.headers.get(TOKEN_HEADER))
+    if refusal:
+        return JSON({"error": refusal}, 403)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return JSON({"error": 'send {"action": "set", "parameter": "learning_rate", "value": "1e-4", "reason": "..."} '
+                              'as JSON'}, 400)
+
+    def work() -> Response:
+        reader = board.reader()
+        return JSON(steering.send(reader, _run_ref(request, reader), body), 201)
+
+    try:
+        return await anyio.to_thread.run_sync(work)
+    except SteeringError as exc:  # a bad request, or a store that refuses it: the message says which
+        return JSON({"error": str(exc)}, 400)
+    except StoreError as exc:
+        return JSON({"error": str(exc)}, 503)
+    except TrainprovError as exc:
+        return JSON({"error": str(exc)}, 404 if str(exc).startswith("no run") else 400)
+
+
+def api_steering_request(board: Dashboard, request: Request, reader: Reader) -> Any:
+    """A steering request of a run and its answer so far, for the page that sent it."""
+    run_id, request_id = _run_ref(request, reader), request.path_params["request"]
+    found = steering.answer(reader, run_id, request_id)
+    if found is None:
+        return JSON({"error": f"run {run_id} has no steering request {request_id!r}"}, 404)
+    return found
+
+
 def plotly(request: Request) -> Response:
     """plotly.min.js from the installed plotly package."""
     return FileResponse(plotly_js(), media_type="text/javascript",
@@ -398,6 +452,8 @@ ROUTES = [
     Route("/api/runs/{run}", _api(api_run)),
     Route("/api/runs/{run}/epochs", _api(api_epochs)),
     Route("/api/runs/{run}/steps", _api(api_steps)),
+    Route("/api/runs/{run}/steer", api_steer, methods=["POST"]),
+    Route("/api/runs/{run}/steering/{request}", _api(api_steering_request)),
     Route("/api/compare", _api(api_compare)),
     Route("/api/schema", _api(api_schema)),
     Route("/api/sql", api_sql, methods=["POST"]),
@@ -410,14 +466,16 @@ ROUTES = [
 
 def create_app(store: str | os.PathLike | None = None, *, token: str | None = None,
                allowed_hosts: list[str] | None = list(LOOPBACK_HOSTS), sql_timeout: float | None = CONSOLE_TIMEOUT,
-               sql_limit: int = CONSOLE_LIMIT) -> Starlette:
+               sql_limit: int = CONSOLE_LIMIT, allow_steering: bool = False) -> Starlette:
     """The dashboard as an ASGI application reading `store`.
 
     `allowed_hosts` are the Host names it answers to (None: any, for a server reached by
     other names, which then needs a `token`). The SQL console runs at most `sql_limit`
-    statements at once and stops each after `sql_timeout` seconds (None: no limit).
+    statements at once and stops each after `sql_timeout` seconds (None: no limit). With
+    `allow_steering`, a running run's page has controls that write steering requests to
+    the store (docs/dashboard.md#steering); without it the dashboard takes no steering requests.
     """
-    board = Dashboard(store, sql_timeout=sql_timeout, sql_limit=sql_limit)
+    board = Dashboard(store, sql_timeout=sql_timeout, sql_limit=sql_limit, allow_steering=allow_steering)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -434,17 +492,20 @@ def create_app(store: str | os.PathLike | None = None, *, token: str | None = No
 
 
 def serve(store: str | os.PathLike | None, *, sock: socket.socket, token: str | None = None, url: str = "",
-          open_browser: bool = False, sql_timeout: float | None = CONSOLE_TIMEOUT) -> None:
+          open_browser: bool = False, sql_timeout: float | None = CONSOLE_TIMEOUT, allow_steering: bool = False) -> None:
     """Serve the dashboard on an already bound socket until interrupted."""
     import uvicorn
 
     host = sock.getsockname()[0]
     loopback = host in ("127.0.0.1", "::1") or host.startswith("127.")
     app = create_app(store, token=token, allowed_hosts=[*LOOPBACK_HOSTS, host] if loopback else None,
-                     sql_timeout=sql_timeout)
+                     sql_timeout=sql_timeout, allow_steering=allow_steering)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     print(f"trainprov ui: reading {app.state.dashboard.url}", flush=True)
+    if allow_steering:
+        print(f"trainprov ui: steering allowed: running runs' pages send requests as {steering.requested_by()}",
+              flush=True)
     print(f"trainprov ui: serving at {url}  (Ctrl-C to stop)", flush=True)
     if open_browser:
         threading.Timer(0.5, webbrowser.open, (url,)).start()

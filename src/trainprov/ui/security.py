@@ -1,11 +1,11 @@
 """Who may talk to the dashboard: a Host check against DNS rebinding, an optional token, safe headers,
-and the checks that keep other websites from running SQL through the user's browser.
+and the checks that keep other websites from running SQL or steering through the user's browser.
 
 A plain ASGI middleware (no per-request task switching), which also reports each
 response's server-side time in a `Server-Timing` header (what benchmarks/ui_bench.py reads),
-and gives every browser a session cookie; a request that runs SQL must come from the
-dashboard's own pages (Origin, Sec-Fetch-Site) and carry the token those pages hold for
-that session, which another site can neither read nor compute.
+and gives every browser a session cookie; a request that runs SQL or steers a training must
+come from the dashboard's own pages (Origin, Sec-Fetch-Site) and carry the token those pages
+hold for that session, which another site can neither read nor compute.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-#: the header (fetch) or form field (download) that carries a page's SQL token
+#: the header (fetch) or form field (download) that carries a page's token
 TOKEN_HEADER, TOKEN_FIELD = "x-trainprov-token", "token"
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
 
 class Sessions:
-    """Per-browser sessions and their SQL tokens: HMAC(server key, session id), valid until the server stops."""
+    """Per-browser sessions and their page tokens: HMAC(server key, session id), valid until the server stops."""
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
@@ -50,7 +50,7 @@ class Sessions:
         return secrets.token_urlsafe(24)
 
     def token(self, session: str) -> str:
-        """The SQL token of a session, which its pages hold."""
+        """The token of a session, which its pages hold (and send with SQL and steering requests)."""
         return hmac.new(self._key, session.encode(), hashlib.sha256).hexdigest()
 
     def valid(self, session: str | None, token: str | None) -> bool:

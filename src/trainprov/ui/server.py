@@ -56,14 +56,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(store: str | os.PathLike | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           token: str | None = None, allow_remote: bool = False, open_browser: bool = False,
-          sql_timeout: float | None = None) -> None:
+          sql_timeout: float | None = None, allow_steering: bool = False) -> None:
     """Serve the dashboard of `store` on host:port until interrupted, printing its address (with the token).
 
     `sql_timeout` stops a SQL console statement after that many seconds (default: app.CONSOLE_TIMEOUT).
+    `allow_steering` gives running runs' pages controls that steer the training (otherwise it takes no steering requests).
     """
     token = checked_token(host, token, allow_remote)
     sock = listen(host, port)
     shown = f"[{host.strip('[]')}]" if sock.family == socket.AF_INET6 else host
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     limits = {} if sql_timeout is None else {"sql_timeout": sql_timeout}
-    app.serve(store, sock=sock, token=token, url=url, open_browser=open_browser, **limits)
+    app.serve(store, sock=sock, token=token, url=url, open_browser=open_browser, allow_steering=allow_steering, **limits)

@@ -26,8 +26,13 @@
     if (a.kind === "early_stopping") {
       return `early stopping after epoch ${a.epoch}` + (a.monitor ? ` (${a.monitor} ${TP.fmt(a.monitor_value)}, best epoch ${a.best_epoch ?? "?"})` : "");
     }
+    // a steering request's adaptation also says who asked and why
+    const cause = a.cause ? ` (${a.cause}${a.requested_by ? " by " + a.requested_by : ""})` : "";
+    const why = a.reason ? `: ${a.reason}` : "";
+    if (a.kind === "checkpoint") return `checkpoint saved in epoch ${a.epoch}` + cause + why;
+    if (a.kind === "stopped_by_request") return `stopped at the end of epoch ${a.epoch}` + cause + why;
     const what = a.parameter || a.kind || "adaptation";
-    return `${what} ${TP.fmt(a.old_value)} → ${TP.fmt(a.new_value)} from epoch ${a.epoch}` + (a.cause ? ` (${a.cause})` : "");
+    return `${what} ${TP.fmt(a.old_value)} → ${TP.fmt(a.new_value)} from epoch ${a.epoch}` + cause + why;
   }
 
   function draw(d) {
@@ -88,6 +93,7 @@
 
   function showState(d) {
     const badge = document.getElementById("run-status");
+    if (badge.textContent !== d.status) document.dispatchEvent(new CustomEvent("trainprov:status", { detail: d.status }));
     badge.textContent = d.status;
     badge.className = "status status-" + d.status;
     document.getElementById("run-duration").textContent = d.duration;
