@@ -402,7 +402,7 @@ class SQLBackend(Backend):
         """
         exprs = []
         for i in order:
-            column, kind = target.columns[i], target.types[i]
+            kind = target.types[i]
             source = f"v[{i - target.prefix}]" if target.prefix and i >= target.prefix else f"p[{i}]"
             exprs.append(self._value_expr(kind, source))
         head = "p = item[1]\n        v = item[2]" if target.prefix else "p = item[1]"
