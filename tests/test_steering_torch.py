@@ -216,14 +216,20 @@ def test_tracker_stop_request_ends_the_loop_at_the_end_of_the_epoch_and_the_run_
     assert adaptation["reason"] == "will not converge"
 
 
-def test_tracker_checkpoint_request_saves_model_and_optimizer_next_to_the_store(store, tmp_path):
-    training = Training(TRACKER_TRAINING, store, "400", "plain")
+def checkpoint_then_stop(training: "Training", store: str):
+    """Ask the training for a checkpoint, then to stop; the checkpoint's answer, once the training ended."""
     try:
         [answer] = tp.steer(training.run_id, checkpoint=True, store=store, wait=30)
         tp.steer(training.run_id, stop=True, store=store, wait=30)
     finally:
         training.finish()
     assert answer.status == "applied", answer.message
+    return answer
+
+
+def test_tracker_checkpoint_request_saves_model_and_optimizer_next_to_the_store(store, tmp_path):
+    training = Training(TRACKER_TRAINING, store, "400", "plain")
+    answer = checkpoint_then_stop(training, store)
     path = answer.new_value
     assert os.path.dirname(path) == str(tmp_path / "trainprov-checkpoints" / training.run_id)
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
@@ -336,12 +342,7 @@ def test_lightning_stop_request_ends_the_fit_at_the_end_of_the_epoch(store, tmp_
 
 def test_lightning_checkpoint_request_is_saved_by_the_trainer_into_the_checkpoint_folder(store, tmp_path):
     training = Training(LIGHTNING_TRAINING, store, "300", "plain", str(tmp_path))
-    try:
-        [answer] = tp.steer(training.run_id, checkpoint=True, store=store, wait=30)
-        tp.steer(training.run_id, stop=True, store=store, wait=30)
-    finally:
-        training.finish()
-    assert answer.status == "applied", answer.message
+    answer = checkpoint_then_stop(training, store)
     path = answer.new_value
     assert os.path.dirname(path) == str(tmp_path / "ckpts") and os.path.basename(path).startswith("steered-epoch")
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
