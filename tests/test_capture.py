@@ -255,7 +255,7 @@ class PickyBackend(SlowBackend):
 
     def write(self, groups, retry=False):
         for _, items in groups:
-            if any(len(item) == 3 and item[2].get("epoch") == 13 for item in items):
+            if any(len(item) == 3 and item[2][0] == 13 for item in items):
                 raise sqlite3.IntegrityError("CHECK constraint failed: epoch (simulated)")
         self.inner.write(groups, retry=retry)
 
