@@ -254,8 +254,8 @@ class PickyBackend(SlowBackend):
     """Refuses for good every batch that holds the element of epoch 13 (as a constraint would)."""
 
     def write(self, groups, retry=False):
-        for _, items in groups:
-            if any(len(item) == 3 and item[2][0] == 13 for item in items):
+        for target, items in groups:
+            if target.prefix and any(item[1 + target.columns.index("epoch")] == 13 for item in items):
                 raise sqlite3.IntegrityError("CHECK constraint failed: epoch (simulated)")
         self.inner.write(groups, retry=retry)
 
@@ -263,10 +263,10 @@ class PickyBackend(SlowBackend):
 
 def element_items(store, flow, n):
     """(run, task, queued items) for n epoch_metrics rows, as capture calls queue them."""
-    from trainprov.store.catalog import element_target, element_values
+    from trainprov.store.catalog import element_item, element_target
 
     target = element_target(flow.datasets["epoch_metrics"])
-    return [(target, ("r", "r.1", i, time.time()), element_values(target, {"epoch": i, "loss": 0.5}))
+    return [element_item(target, ("r", "r.1", i, time.time()), {"epoch": i, "loss": 0.5})
             for i in range(1, n + 1)]
 
 

@@ -17,7 +17,7 @@ from conftest import run_python, spawn_python, training_flow
 from trainprov.capture.spool import Spool
 from trainprov.capture.writer import Writer
 from trainprov.store import open_backend
-from trainprov.store.catalog import element_target, element_values
+from trainprov.store.catalog import element_item, element_target
 
 
 class Outage:
@@ -32,7 +32,7 @@ class Outage:
         if self.down:
             raise sqlite3.OperationalError("unable to open database file (simulated outage)")
         self.inner.write(groups, retry=retry)
-        self.written += [item[1][2] for _, batch in groups for item in batch if len(item) == 3]
+        self.written += [item[3] for target, batch in groups if target.prefix for item in batch]  # the element's seq
 
     def maintain(self):
         self.inner.maintain()
@@ -46,7 +46,7 @@ class Outage:
 
 def items(flow, n, run="r"):
     target = element_target(flow.datasets["epoch_metrics"])
-    return [(target, (run, f"{run}.1", i, time.time()), element_values(target, {"epoch": i, "loss": 1.0 / i}))
+    return [element_item(target, (run, f"{run}.1", i, time.time()), {"epoch": i, "loss": 1.0 / i})
             for i in range(1, n + 1)]
 
 
@@ -76,6 +76,24 @@ def test_rows_spill_to_disk_during_an_outage_and_come_back_in_order_once_each(tm
     assert [r["element_seq"] for r in rows] == list(range(1, 5001))
     assert all(r["loss"] == 1.0 / r["epoch"] for r in rows)
     assert os.listdir(tmp_path / "spool") == []  # written segments are removed
+
+
+def test_spool_segments_an_older_version_left_are_written_as_rows(tmp_path, monkeypatch):
+    """Older versions queued an element's values nested in the item (a dict, later a tuple): such segments still load."""
+    monkeypatch.setenv("TRAINPROV_SPOOL", str(tmp_path / "spool"))
+    store, flow = str(tmp_path / "store.db"), training_flow()
+    open_backend(store).declare(flow)
+    target = element_target(flow.datasets["epoch_metrics"])
+    values = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    old = [(target, ("r", "r.1", 1, time.time()), values[0]),
+           (target, ("r", "r.1", 2, time.time()), tuple(map(values[1].get, target.columns[target.prefix:])))]
+    writer = Writer(open_backend(store), interval=0.02)
+    writer.spool.put(old)
+    assert writer.flush(timeout=30) is True
+    writer.close()
+    assert tp.query("SELECT task_id, element_seq, epoch, loss FROM epoch_metrics ORDER BY element_seq", store=store) == [
+        {"task_id": "r.1", "element_seq": 1, "epoch": 1, "loss": 0.5},
+        {"task_id": "r.1", "element_seq": 2, "epoch": 2, "loss": 0.25}]
 
 
 def test_a_retried_batch_whose_commit_went_through_is_not_written_twice(tmp_path):

@@ -26,7 +26,7 @@ import trainprov as tp
 from conftest import ROOT, PG_PASSWORD, spawn_python, training_flow
 from trainprov.cli import main
 from trainprov.store import hide_password, open_backend
-from trainprov.store.catalog import element_target, element_values, target
+from trainprov.store.catalog import element_item, element_target, target
 from trainprov.store.postgresql import to_dollar
 
 TESTS = os.path.join(ROOT, "tests")
@@ -196,7 +196,7 @@ def test_a_big_batch_goes_in_with_copy_and_keeps_every_value(pg_store, monkeypat
     specials = [math.nan, math.inf, -math.inf, None, -0.0, 5e-324, 1 / 3]
     now = time.time()
     items = [
-        (elements, ("r1", "r1.1", i + 1, now + i * 1e-3), element_values(elements,
+        element_item(elements, ("r1", "r1.1", i + 1, now + i * 1e-3),
          {"step": i, "loss": specials[i % len(specials)], "note": "tab\there, new\nline \\ 'quote'" if i % 2 else None,
           "ok": i % 3 == 0, "at": now, "extra": {"i": i, "bad": math.nan} if i % 5 == 0 else None}))
         for i in range(20_000)
@@ -225,9 +225,9 @@ def test_a_row_the_server_refuses_is_set_aside_and_the_others_are_written(pg_sto
     flow = tp.Dataflow("f", [tp.Transformation("t", generates=[tp.Dataset("vals", s=str)])])
     backend.declare(flow)
     elements = element_target(flow.datasets["vals"])
-    bad = (elements, ("r", "r.1", 2, time.time()), element_values(elements, {"s": "nul \x00 inside"}))
+    bad = element_item(elements, ("r", "r.1", 2, time.time()), {"s": "nul \x00 inside"})
     with pytest.raises(psycopg.DataError) as info:
-        backend.write([(elements, [(elements, ("r", "r.1", 1, time.time()), element_values(elements, {"s": "fine"})), bad])])
+        backend.write([(elements, [element_item(elements, ("r", "r.1", 1, time.time()), {"s": "fine"}), bad])])
     assert backend.is_permanent(info.value)
 
 

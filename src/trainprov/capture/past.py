@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import CaptureError
 from ..spec import Dataflow
-from ..store.catalog import element_target, element_values, target
+from ..store.catalog import element_item, element_target, target
 from . import agents, groups
 from .writer import writer_for
 
@@ -64,7 +64,7 @@ class PastTask:
         ds.check(values)
         seq = next(self._seq)
         tgt = self.run._targets[dataset]
-        self.run._items.append((tgt, (self.run.id, self.id, seq, _seconds(at)), element_values(tgt, values)))
+        self.run._items.append(element_item(tgt, (self.run.id, self.id, seq, _seconds(at)), values))
         return seq
 
     def file(self, path: str | os.PathLike, *, role: str, at: float | _dt.datetime | None = None,

@@ -209,13 +209,13 @@ class Task:
 
     def _record(self, dataset: str, entry: tuple[int, tuple[str, ...], Any, bool], values: dict[str, Any]) -> Element:
         # The hot path of capture: check, number, queue. The writer thread does the rest.
-        # The item holds plain values only (see catalog.handle): the collector stops tracking it.
+        # The item is one flat tuple of plain values (see catalog.handle): the collector stops tracking it.
         tgt, columns, check, has_files = entry
         if values:
             check(values)
         seq = next(self._seq)
         files = self._record_files(dataset, seq, values) if has_files else ()
-        item = (tgt, (self._run_id, self.id, seq, time.time()), tuple(map(values.get, columns)))
+        item = (tgt, self._run_id, self.id, seq, time.time(), *map(values.get, columns))
         queue = self._queue
         if len(queue) < self._soft_limit:
             queue.append(item)

@@ -21,7 +21,7 @@ import tempfile
 from typing import Any
 
 from ..store import liveness
-from ..store.catalog import element_values, resolve
+from ..store.catalog import current_item, resolve
 
 DEFAULT_LIMIT_MB = 1024
 #: orders start here so that a segment put in front of the first one still has a positive number
@@ -125,10 +125,7 @@ class Spool:
 
     def peek(self) -> list[Any]:
         """The items of the oldest segment (it stays until `drop`)."""
-        items = load_segment(self._segments[0][0])["items"]
-        # a segment an older trainprov left holds an element's values as a dict
-        return [(i[0], i[1], element_values(i[0], i[2])) if i.__class__ is tuple and len(i) == 3 and
-                i[2].__class__ is dict else i for i in items]
+        return [current_item(i) for i in load_segment(self._segments[0][0])["items"]]
 
     def drop(self) -> None:
         """Forget the oldest segment: its items are in the store."""
@@ -144,7 +141,7 @@ class Spool:
         """Every item, oldest first; the segments stay on disk (until `clear`)."""
         out: list[Any] = []
         for path, _, _ in self._segments:
-            out += load_segment(path)["items"]
+            out += map(current_item, load_segment(path)["items"])
         return out
 
     def clear(self) -> None:

@@ -30,10 +30,11 @@ from typing import Any, Callable
 from ..errors import CaptureError
 from ..spec import Dataflow
 from ..store import Backend, Target, open_backend
-from ..store.catalog import resolve, target
+from ..store.catalog import item_row, resolve, target
 from .spool import Spool, SpoolFull, spool_dir
 
 HEARTBEAT_SECONDS = 5.0
+YIELD_ROWS = 128  # rows a caller queues, while the writer is behind, between two GIL hand-overs
 _HEARTBEAT = target("runs", ("run_id", "heartbeat_at"), mode="update")
 RUN_VERSION = target("runs", ("run_id", "dataflow_version"), mode="update")
 
@@ -98,6 +99,7 @@ class Writer:
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._room = threading.Condition()
+        self._behind = 0  # rows queued since the caller last let the writer take the GIL
         self._pending: list[tuple[Any, ...]] = []
         self._active_runs: set[str] = set()
         self._last_heartbeat = 0.0
@@ -121,7 +123,7 @@ class Writer:
     # ---- the training thread's side ---------------------------------------------------
 
     def put(self, item: tuple) -> None:
-        """Queue (target, row) or (target, row_prefix, values); blocks only when the queue is full."""
+        """Queue an item (see Target.prefix); blocks only when the queue is full."""
         queue = self._queue
         if len(queue) < self.batch_rows:
             queue.append(item)
@@ -129,7 +131,18 @@ class Writer:
         self._put_slow(item)
 
     def _put_slow(self, item: tuple) -> None:
-        if not self._wake.is_set():
+        # The writer is behind (batch_rows wait): a caller that captures in a tight loop holds
+        # the GIL for a whole switch interval (5 ms) at a time, so the writer, back from each
+        # statement SQLite ran without the GIL, would wait that long for it. Letting it in
+        # every YIELD_ROWS rows keeps its SQLite work beside the caller's (measured in
+        # docs/benchmarks.md, "The write path"); when nobody waits, sleep(0) costs ~1 us.
+        self._behind += 1
+        if self._behind >= YIELD_ROWS:
+            self._behind = 0
+            if not self._wake.is_set():
+                self._wake.set()
+            time.sleep(0)
+        elif not self._wake.is_set():
             self._wake.set()
         if len(self._queue) >= self.max_rows:
             if not self._thread.is_alive():
@@ -385,7 +398,7 @@ class Writer:
             first = refused[0][1]
             warnings.warn(
                 f"trainprov: {len(refused)} captured row(s) were refused by {self.backend.url} "
-                f"({type(first).__name__}: {first}, table {refused[0][0][0].table}); they are saved in {path}",
+                f"({type(first).__name__}: {first}, table {resolve(refused[0][0][0]).table}); they are saved in {path}",
                 RuntimeWarning,
                 stacklevel=1,
             )
@@ -462,7 +475,7 @@ class Writer:
         elements = [r for r in rows if not isinstance(r, Declaration)]
         targets = [resolve(r[0]) for r in elements]
         tables = collections.Counter(t.table for t in targets)
-        runs = sorted({r[1][0] for r, t in zip(elements, targets) if t.prefix or t.table == "runs"})
+        runs = sorted({item_row(r)[1][0] for r, t in zip(elements, targets) if t.prefix or t.table == "runs"})
         print(
             f"trainprov: {len(elements)} captured rows could not be written to {self.backend.url} "
             f"(last error: {self.last_error!r}): "
@@ -566,11 +579,7 @@ def write_isolating(backend: Backend, groups: list[tuple[Target, list[tuple]]], 
 
 def _expand(items: list[tuple]) -> list[tuple[Target, tuple]]:
     """Full rows (for the file of unwritten rows)."""
-    out = []
-    for item in items:
-        tgt = resolve(item[0])
-        out.append((tgt, item[1] + item[2] if tgt.prefix else item[1]))
-    return out
+    return [item_row(item) for item in items]
 
 
 def group_items(items: list[tuple]) -> list[tuple[Target, list[tuple]]]:

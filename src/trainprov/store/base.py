@@ -394,7 +394,7 @@ class SQLBackend(Backend):
     def _compile(self, target: Target, order: Sequence[int]) -> tuple[Encoder, Callable[[list, list], None]]:
         """Build, once per target, functions from queued items to the values stored.
 
-        An item is (target, row) or, for elements, (target, element columns, other columns).
+        An item is (target, row) or, for elements, (target, value of each column): Target.prefix.
         `build(item)` returns one row; `extend(items, out)` appends the values of many rows
         to one flat list, for multi-row statements. Generated code because this runs for
         every row the writer writes: one tuple expression is several times faster than a
@@ -403,9 +403,8 @@ class SQLBackend(Backend):
         exprs = []
         for i in order:
             kind = target.types[i]
-            source = f"v[{i - target.prefix}]" if target.prefix and i >= target.prefix else f"p[{i}]"
-            exprs.append(self._value_expr(kind, source))
-        head = "p = item[1]\n        v = item[2]" if target.prefix else "p = item[1]"
+            exprs.append(self._value_expr(kind, f"p[{i + 1}]" if target.prefix else f"p[{i}]"))
+        head = "p = item" if target.prefix else "p = item[1]"
         row = f"({', '.join(exprs)},)"
         code = (
             f"def build(item):\n    {head.replace(chr(10) + '    ', chr(10))}\n    return {row}\n"

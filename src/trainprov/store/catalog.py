@@ -32,8 +32,9 @@ class Target:
     types: tuple[str, ...]
     key: tuple[str, ...] = ()
     mode: str = "insert"  # "insert", "link" (an insert that ignores a row already there) or "update"
-    #: when > 0, a queued item is (target or its handle, values of the first `prefix` columns,
-    #: values of the other columns in order: see `element_values`)
+    #: when > 0 (an element's table: the first `prefix` columns are the element columns), a
+    #: queued item is flat: (target or its handle, value of each column in order), see
+    #: `element_item`; else it is (target or its handle, row)
     prefix: int = 0
 
     def row(self, **values: Any) -> tuple:
@@ -44,9 +45,10 @@ class Target:
         return tuple(values.get(c) for c in self.columns)
 
 
-#: Targets by handle. A queued element row names its Target by this number: a tuple of plain
-#: values is one Python's garbage collector stops tracking, so a long queue costs no full
-#: collection (one holding a Target object stays tracked, and is traversed again and again).
+#: Targets by handle. A queued element row names its Target by this number: a flat tuple of
+#: plain values is one Python's garbage collector stops tracking the first time it looks, so a
+#: long queue costs no full collection (a tuple holding a Target object, or other tuples, can
+#: stay tracked, and is traversed again and again).
 TARGETS: list[Target] = []
 _HANDLES: dict[Target, int] = {}
 _HANDLES_LOCK = threading.Lock()
@@ -69,9 +71,25 @@ def resolve(head: "Target | int") -> Target:
     return TARGETS[head] if head.__class__ is int else head  # type: ignore[index,return-value]
 
 
-def element_values(target: Target, values: dict[str, Any]) -> tuple:
-    """An element's values in the order of its target's columns after the element columns."""
-    return tuple(map(values.get, target.columns[target.prefix:]))
+def element_item(head: "Target | int", element: tuple, values: dict[str, Any]) -> tuple:
+    """The queued item of one element: its target (or handle), its element columns, its values in column order."""
+    return (head, *element, *map(values.get, resolve(head).columns[len(element):]))
+
+
+def item_row(item: tuple) -> tuple[Target, tuple]:
+    """The target and the full row of a queued item."""
+    tgt = resolve(item[0])
+    return tgt, item[1:] if tgt.prefix else item[1]
+
+
+def current_item(item: Any) -> Any:
+    """A queued item as this version queues it (spool segments of older versions nest an element's values)."""
+    if item.__class__ is tuple and len(item) == 3 and item[1].__class__ is tuple and resolve(item[0]).prefix:
+        values = item[2]
+        if values.__class__ is dict:
+            values = tuple(map(values.get, resolve(item[0]).columns[len(item[1]):]))
+        return (item[0], *item[1], *values)
+    return item
 
 
 TABLES: dict[str, Table] = {
