@@ -5,8 +5,11 @@ Run:  .venv/bin/python benchmarks/frameworks_bench.py [--framework pytorch|light
 Each framework trains the same MLP (128-H-H-10, H = 512 or --hidden, batch 96, on generated data) again and
 again, without trainprov and with trainprov recording every step. Each round runs both in
 a shuffled order; the overhead is the median over rounds of a training's wall time against
-the one without trainprov of the same round (quartiles beside it). Separately, the time
-spent inside trainprov's code on the training thread is added up, per step.
+the one without trainprov of the same round (quartiles beside it). Separately, in one more
+training, the time spent inside trainprov's code on the training thread is added up: in the
+hooks each step calls (the framework's step or log hook, the optimizer's pre-hook, the
+learning-rate watcher) per step, in the epoch hooks (each ends with a flush: the epoch's rows
+are committed before the training goes on) per epoch, and once at the start.
 """
 
 from __future__ import annotations
@@ -26,19 +29,47 @@ import torch
 
 BATCH, FEATURES, CLASSES = 96, 128, 10
 HIDDEN = [512]  # the width of the MLP's two hidden layers (--hidden)
-SPENT = {"step": 0.0, "start": 0.0}
+SPENT = {"step": 0.0, "epoch": 0.0, "start": 0.0, "timer": 0.0}
+CALLS = dict.fromkeys(SPENT, 0)  # timed calls (the outer ones) of each kind
+CALIBRATE = [False]  # the timed training also times a hook that does nothing: the timer's own cost
+_TIMING: list[str] = []  # the kinds of the timed calls under way, outermost first
 
 
 def timed(function: Callable, kind: str = "step") -> Callable:
-    """The function, with its time added to SPENT[kind] (it runs on the training thread)."""
+    """The function, with its time added to SPENT[kind] (it runs on the training thread).
+
+    A timed call inside another of the same kind is counted once, in the outer one; inside
+    one of another kind (the start, inside the first step), it is taken out of the outer one.
+    """
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _TIMING and _TIMING[-1] == kind:
+            return function(*args, **kwargs)
+        _TIMING.append(kind)
+        CALLS[kind] += 1
         start = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
-            SPENT[kind] += time.perf_counter() - start
+            took = time.perf_counter() - start
+            _TIMING.pop()
+            SPENT[kind] += took
+            if _TIMING:
+                SPENT[_TIMING[-1]] -= took
     return wrapper
+
+
+@functools.partial(timed, kind="timer")
+def nothing(*args: Any, **kwargs: Any) -> None:
+    """A hook that does nothing: what it costs is the timer's own cost, in the place our hooks run."""
+
+
+def watcher_instrument() -> None:
+    """The learning-rate watcher's hooks: the optimizer's pre-hook, and each setting of a rate."""
+    from trainprov.integrations import torch_support
+
+    torch_support.LearningRateWatcher._before_step = timed(torch_support.LearningRateWatcher._before_step)
+    torch_support._WatchedGroup.__setitem__ = timed(torch_support._WatchedGroup.__setitem__)
 
 
 def data(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +94,8 @@ def pytorch_fit(store: str | None, epochs: int, steps: int) -> float:
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     tracker = Tracker(model, opt, store, record_agents=False, steps=True) if store else None
+    if CALIBRATE[0] and store:
+        opt.register_step_pre_hook(nothing)
     start = time.perf_counter()
     for _ in range(epochs):
         for i in range(steps):
@@ -85,9 +118,10 @@ def pytorch_fit(store: str | None, epochs: int, steps: int) -> float:
 def pytorch_instrument() -> None:
     from trainprov.integrations import torch as integration
 
+    watcher_instrument()
     integration.Tracker.step = timed(integration.Tracker.step)
-    integration.Tracker.begin = timed(integration.Tracker.begin, "start")  # once, inside the first step
-    integration.LearningRateWatcher._before_step = timed(integration.LearningRateWatcher._before_step)
+    integration.Tracker.begin = timed(integration.Tracker.begin, "start")  # inside the first step
+    integration.Tracker.epoch = timed(integration.Tracker.epoch, "epoch")
 
 
 # ---- Lightning ----------------------------------------------------------------------------
@@ -124,7 +158,9 @@ def lightning_fit(store: str | None, epochs: int, steps: int) -> float:
 
     x, y = data(steps)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
-    callbacks = [Provenance(store, record_agents=False, steps=True)] if store else []
+    callbacks: list = [Provenance(store, record_agents=False, steps=True)] if store else []
+    if CALIBRATE[0] and store:
+        callbacks.append(type("Nothing", (pl.Callback,), {"on_train_batch_end": nothing})())
     # trainprov brings its own logger; the run without it gets one that does nothing, so that
     # both pay Lightning's cost of handing values to a logger
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False if store else NullLogger(), enable_checkpointing=False,
@@ -134,19 +170,23 @@ def lightning_fit(store: str | None, epochs: int, steps: int) -> float:
     trainer.fit(Module(), loader)
     took = time.perf_counter() - start
     for callback in callbacks:
-        callback.end()
+        if store:
+            callback.end()
+            break
     return took
 
 
 def lightning_instrument() -> None:
     from trainprov.integrations import lightning as integration
-    from trainprov.integrations import torch as torch_integration
 
+    watcher_instrument()
     cls = integration.Provenance
-    for hook in ("_metrics_logged", "on_train_epoch_start", "on_train_epoch_end", "on_fit_end"):
-        setattr(cls, hook, timed(getattr(cls, hook)))
+    integration.ProvenanceLogger.log_metrics = timed(integration.ProvenanceLogger.log_metrics)
+    cls.on_train_batch_end = timed(cls.on_train_batch_end)
+    for hook in ("on_train_epoch_start", "on_train_epoch_end", "on_validation_start", "on_validation_epoch_end",
+                 "on_validation_end", "on_fit_end"):
+        setattr(cls, hook, timed(getattr(cls, hook), "epoch"))
     cls.on_train_start = timed(cls.on_train_start, "start")
-    torch_integration.LearningRateWatcher._before_step = timed(torch_integration.LearningRateWatcher._before_step)
 
 
 # ---- Transformers -------------------------------------------------------------------------
@@ -172,26 +212,31 @@ def transformers_fit(store: str | None, epochs: int, steps: int) -> float:
         output_dir=tempfile.mkdtemp(prefix="hf-bench-"), per_device_train_batch_size=BATCH, num_train_epochs=epochs,
         learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
         dataloader_num_workers=0, seed=0)
-    callbacks = [ProvenanceCallback(store, record_agents=False)] if store else []
+    callbacks: list = [ProvenanceCallback(store, record_agents=False)] if store else []
+    if CALIBRATE[0] and store:
+        callbacks.append(type("Nothing", (transformers.TrainerCallback,), {"on_step_end": nothing})())
     trainer = transformers.Trainer(model=Model(), args=args, train_dataset=rows, callbacks=callbacks)
     trainer.remove_callback(transformers.PrinterCallback)  # it prints every log line (disable_tqdm puts it in)
     start = time.perf_counter()
     trainer.train()
     took = time.perf_counter() - start
     for callback in callbacks:
-        callback.end()
+        if store:
+            callback.end()
+            break
     return took
 
 
 def transformers_instrument() -> None:
-    from trainprov.integrations import torch as torch_integration
     from trainprov.integrations import transformers as integration
 
+    watcher_instrument()
     cls = integration.ProvenanceCallback
-    for hook in ("on_log", "on_epoch_begin", "on_epoch_end", "on_train_end"):
+    for hook in ("on_log", "on_step_end"):
         setattr(cls, hook, timed(getattr(cls, hook)))
+    for hook in ("on_epoch_begin", "on_epoch_end", "on_train_end"):
+        setattr(cls, hook, timed(getattr(cls, hook), "epoch"))
     cls.on_train_begin = timed(cls.on_train_begin, "start")
-    torch_integration.LearningRateWatcher._before_step = timed(torch_integration.LearningRateWatcher._before_step)
 
 
 FRAMEWORKS: dict[str, tuple[Callable[[str | None, int, int], float], Callable[[], None]]] = {
@@ -219,15 +264,25 @@ def bench(name: str, rounds: int, epochs: int, steps: int) -> None:
     total_steps = epochs * steps
     step_s = statistics.median(seconds["without"]) / total_steps
     instrument()
-    SPENT.update(step=0.0, start=0.0)
+    CALIBRATE[0] = True
+    SPENT.update(dict.fromkeys(SPENT, 0.0))
+    CALLS.update(dict.fromkeys(CALLS, 0))
     fit(store, epochs, steps)
-    inside = (SPENT["step"] - SPENT["start"]) / total_steps
+    CALIBRATE[0] = False
+    timer = SPENT["timer"] / CALLS["timer"]  # one timed call's own cost, measured in the same training
+    inside = (SPENT["step"] - timer * CALLS["step"]) / total_steps
+    per_epoch = (SPENT["epoch"] - timer * CALLS["epoch"]) / epochs
+    amortized = inside + per_epoch / steps
     r = sorted(ratios)
     q1, q3 = r[len(r) // 4], r[(3 * len(r)) // 4]
     print(f"{name}: MLP {FEATURES}-{HIDDEN[0]}-{HIDDEN[0]}-{CLASSES}, batch {BATCH}, {epochs} epochs x {steps} steps, {rounds} rounds")
     print(f"  one training step without trainprov: {step_s * 1000:.2f} ms (median)")
     print(f"  inside trainprov on the training thread, every-step capture: {inside * 1e6:.1f} us per step "
-          f"= {100 * inside / step_s:.2f} % of a step (plus {SPENT['start'] * 1e3:.0f} ms once, at the start)")
+          f"= {100 * inside / step_s:.2f} % of a step in its step hooks; {per_epoch * 1e3:.2f} ms per epoch in its "
+          f"epoch hooks; with those, {amortized * 1e6:.1f} us per step = {100 * amortized / step_s:.2f} % "
+          f"(and {SPENT['start'] * 1e3:.0f} ms once, at the start)")
+    print(f"  (the timer's own cost, {timer * 1e6:.1f} us per timed call, measured on a hook that does nothing in the "
+          f"same training, is taken out: {CALLS['step'] / total_steps:.1f} timed calls per step)")
     print(f"  wall time with every-step capture: {statistics.median(seconds['with']):.3f} s against "
           f"{statistics.median(seconds['without']):.3f} s; overhead {100 * (statistics.median(r) - 1):+.2f} % "
           f"(median of paired rounds; quartiles {100 * (q1 - 1):+.2f} .. {100 * (q3 - 1):+.2f} %)")

@@ -284,6 +284,31 @@ def test_architecture_rows(store):
     assert model_layers(model)[0]["non_trainable_params"] == 36
 
 
+def test_a_change_by_hand_between_steps_of_a_per_step_schedule_is_recorded(store):
+    """LambdaLR sets both groups' rates at every step (as the Transformers Trainer's schedules do): those are
+    no adaptations, and a rate set by hand between two of its steps is one, caused "manual"."""
+    from trainprov.capture.training import TrainingRecorder
+
+    recorder = TrainingRecorder("custom", store)
+    model = mlp()
+    params = list(model.parameters())
+    opt = torch.optim.SGD([{"params": params[:2]}, {"params": params[2:]}], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    watcher = LearningRateWatcher(opt, recorder)
+    recorder.begin_training({"learning_rate": 0.1})
+    for step in range(1, 7):
+        opt.step()
+        scheduler.step()
+        if step == 3:
+            opt.param_groups[1]["lr"] = 0.5
+    watcher.close()
+    recorder.end()
+    assert [(c["step"], c["parameter"], c["old_value"], c["new_value"], c["cause"]) for c in adaptations(store)] == [
+        (4, "learning_rate_group1", 0.025, 0.5, "manual")]
+    assert watcher.schedulers == [scheduler]
+    assert watcher.learning_rate == 0.1 / 6  # the rate the sixth step used: the schedule's own
+
+
 def test_watcher_alone_reports_to_a_recorder(store):
     """The piece the Lightning and Transformers integrations build on."""
     from trainprov.capture.training import TrainingRecorder

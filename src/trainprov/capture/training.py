@@ -125,6 +125,8 @@ def training_dataflow(
 
 def number(value: Any) -> float | None:
     """A metric value as a float, or None if it is not a number."""
+    if value.__class__ is float:  # the usual case, per step: no attribute lookup, no ABC check
+        return value
     item = getattr(value, "item", None)
     if item is not None and not isinstance(value, numbers.Number):  # a NumPy or torch scalar
         try:
@@ -642,17 +644,22 @@ class TrainingRecorder:
         # map them directly; any value the dataset check refuses takes the general path.
         plan = self._step_columns.get(tuple(metrics))
         with self._lock:  # not while another thread grows the dataflow
-            task = self._training()
+            task = self.train_task or self._training()
             if plan is not None:
-                values = {column: metrics[key] for key, column in plan}
-                values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
                 try:
-                    return task.generated("step_metrics", **values)
+                    if plan:
+                        values = {column: metrics[key] for key, column in plan}
+                        values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
+                        return task.generated("step_metrics", **values)
+                    # () when every key is its own column (the usual case): nothing to rename
+                    return task.generated("step_metrics", **metrics, epoch=epoch, step=step, global_step=global_step)
                 except (ValueTypeError, SpecError):
                     pass
             values = self._map_columns("step_metrics", metrics)
             if "extra" not in values:
-                self._step_columns[tuple(metrics)] = tuple((key, self._columns[("step_metrics", key)]) for key in metrics)
+                plan = tuple((key, self._columns[("step_metrics", key)]) for key in metrics)
+                renamed = any(key != column or key in ("epoch", "step", "global_step") for key, column in plan)
+                self._step_columns[tuple(metrics)] = plan if renamed else ()
             values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
             return task.generated("step_metrics", **values)
 

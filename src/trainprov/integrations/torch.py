@@ -153,14 +153,19 @@ class Tracker(RecordsTraining):
 
     def step(self, **metrics: Any) -> None:
         """One training step done (after optimizer.step()); its values are recorded every `steps` steps."""
-        self.begin()
+        if not self._began:
+            self.begin()
         self.steps_in_epoch += 1
         self.steps_done += 1
         if self.step_every and self.steps_in_epoch % self.step_every == 0:
-            # tensors become numbers here: the recorder's fast path for steps takes plain values
-            values = {k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in metrics.items()}
-            values.setdefault("learning_rate", self.watcher.learning_rate)
-            self.recorder.step(self.epochs_done + 1, self.steps_in_epoch, values, global_step=self.steps_done)
+            for value in metrics.values():
+                if value.__class__ is not float:
+                    # tensors become numbers now (their value at this step): the recorder's fast path takes plain values
+                    metrics = {k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in metrics.items()}
+                    break
+            if "learning_rate" not in metrics:
+                metrics["learning_rate"] = self.watcher.learning_rate
+            self.recorder.step(self.epochs_done + 1, self.steps_in_epoch, metrics, global_step=self.steps_done)
 
     def epoch(self, **metrics: Any) -> Element:
         """One epoch done: record every value given, the learning rate its last step used, and its duration."""

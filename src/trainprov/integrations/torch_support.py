@@ -219,6 +219,10 @@ class LearningRateWatcher:
         # group -> its changes not yet used by a step, in order: [old, new, cause, monitor value, setter]
         self._pending: dict[int, list[list[Any]]] = {}
         self._last_setter: tuple[Any, float | None, Any] | None = None  # (scheduler, metric, its frame)
+        # the first continuous schedule found setting rates, and its step counter (last_epoch)
+        # when it last set each group: see _set
+        self._continuous: Any = None
+        self._counted: dict[int, Any] = {}
         self._known = [self._lr(g) for g in self.optimizer.param_groups]
         self._used = self._known[0] if self._known else None
         self._steering = False  # True while a steering request sets rates: recorded as steering, not "manual"
@@ -264,6 +268,18 @@ class LearningRateWatcher:
         if self._steering:
             self._known[index] = number(new)
             return
+        # A continuous schedule sets every rate at every step, and the stack walk that finds
+        # who is setting costs more than the rest of a step's capture. Its step counts up
+        # before it sets the rates: a set while its count differs from the one seen at its
+        # last set of this group is its own. Anything else (a set by hand, another scheduler)
+        # is found by the walk.
+        schedule = self._continuous
+        if schedule is not None:
+            count = getattr(schedule, "last_epoch", None)
+            if count is not None and count != self._counted.get(index):
+                self._counted[index] = count
+                self._known[index] = number(new)
+                return
         scheduler, metric = self._setter()
         if scheduler is not None and all(s is not scheduler for s in self.schedulers):
             self.schedulers.append(scheduler)
@@ -271,6 +287,10 @@ class LearningRateWatcher:
         if old == new:
             return  # schedulers set every rate at their start, changed or not
         if isinstance(scheduler, CONTINUOUS_SCHEDULES):
+            if self._continuous is None:
+                self._continuous = scheduler
+            if scheduler is self._continuous:
+                self._counted[index] = getattr(scheduler, "last_epoch", None)
             self._known[index] = new
             return
         cause = type(scheduler).__name__ if scheduler is not None else "manual"
@@ -289,20 +309,26 @@ class LearningRateWatcher:
         if self.recorder.steering.pending:  # a step boundary: steering requests apply to this step
             self.recorder.apply_steering(self.epochs_ended + 1, self.step_in_epoch + 1)
         groups = self.optimizer.param_groups
-        if len(groups) != len(self._known) or any(type(g) is not _WatchedGroup for g in groups):
+        known = self._known
+        if len(groups) != len(known):
             self._watch_groups()  # add_param_group or load_state_dict made new groups
-            self._known += [self._lr(g) for g in groups[len(self._known):]]
+            known += [self._lr(g) for g in groups[len(known):]]
         for index, group in enumerate(groups):
-            lr = self._lr(group)
-            if lr != self._known[index]:
-                # changed without setting the item (a tensor filled in place, update()): cause unknown
-                self._pending.setdefault(index, []).append([self._known[index], lr, "unknown", None, None])
-                self._known[index] = lr
+            if type(group) is not _WatchedGroup:
+                self._watch_groups()  # a group replaced by hand
+            lr = dict.get(group, "lr")
+            # a float the watcher saw set (or read) is the same object still: nothing changed
+            if lr is not known[index] and lr != known[index]:
+                lr = number(lr)
+                if lr != known[index]:
+                    # changed without setting the item (a tensor filled in place, update()): cause unknown
+                    self._pending.setdefault(index, []).append([known[index], lr, "unknown", None, None])
+                    known[index] = lr
         self.step_in_epoch += 1
         self.steps += 1
         if self._pending:
             self._record(self.epochs_ended + 1, self.step_in_epoch)
-        self._used = self._lr(groups[0])
+        self._used = known[0] if groups else None
 
     def _record(self, epoch: int, step: int | None) -> None:
         pending, self._pending = self._pending, {}
