@@ -136,14 +136,12 @@ class Writer:
         # statement SQLite ran without the GIL, would wait that long for it. Letting it in
         # every YIELD_ROWS rows keeps its SQLite work beside the caller's (measured in
         # docs/benchmarks.md, "The write path"); when nobody waits, sleep(0) costs ~1 us.
+        if not self._wake.is_set():
+            self._wake.set()
         self._behind += 1
         if self._behind >= YIELD_ROWS:
             self._behind = 0
-            if not self._wake.is_set():
-                self._wake.set()
             time.sleep(0)
-        elif not self._wake.is_set():
-            self._wake.set()
         if len(self._queue) >= self.max_rows:
             if not self._thread.is_alive():
                 raise CaptureError(f"the trainprov writer for {self.backend.url} has stopped")

@@ -85,10 +85,9 @@ def item_row(item: tuple) -> tuple[Target, tuple]:
 def current_item(item: Any) -> Any:
     """A queued item as this version queues it (spool segments of older versions nest an element's values)."""
     if item.__class__ is tuple and len(item) == 3 and item[1].__class__ is tuple and resolve(item[0]).prefix:
-        values = item[2]
-        if values.__class__ is dict:
-            values = tuple(map(values.get, resolve(item[0]).columns[len(item[1]):]))
-        return (item[0], *item[1], *values)
+        if item[2].__class__ is dict:
+            return element_item(*item)
+        return (item[0], *item[1], *item[2])
     return item
 
 
