@@ -198,7 +198,7 @@ def test_a_big_batch_goes_in_with_copy_and_keeps_every_value(pg_store, monkeypat
     items = [
         element_item(elements, ("r1", "r1.1", i + 1, now + i * 1e-3),
          {"step": i, "loss": specials[i % len(specials)], "note": "tab\there, new\nline \\ 'quote'" if i % 2 else None,
-          "ok": i % 3 == 0, "at": now, "extra": {"i": i, "bad": math.nan} if i % 5 == 0 else None}))
+          "ok": i % 3 == 0, "at": now, "extra": {"i": i, "bad": math.nan} if i % 5 == 0 else None})
         for i in range(20_000)
     ]
     links = target("task_dependencies", mode="link")
