@@ -136,7 +136,7 @@ def test_the_run_page_steers_a_running_training_and_shows_the_answer_and_the_mar
     assert marks["text"][0] == (f"learning_rate 0.1 → 0.01 from epoch {answer.epoch} (steering by {REQUESTER}): "
                                 "the loss plateaued")
     assert marks["text"][2].startswith("stopped at the end of epoch")
-    page.screenshot(path=os.path.join(shots, "run-steered.png"), full_page=True)
+    page.screenshot(path=os.path.join(shots, "run-steered.png"))  # the top: status, controls, the marked curve
 
 
 def test_requests_another_site_could_send_are_refused_and_write_nothing(steering_dashboard, store, tmp_path):
