@@ -5,17 +5,18 @@ Run:  .venv/bin/python benchmarks/frameworks_bench.py [--framework pytorch|light
 Each framework trains the same MLP (128-H-H-10, H = 512 or --hidden, batch 96, on generated data) again and
 again, without trainprov and with trainprov recording every step. Each round runs both in
 a shuffled order; the overhead is the median over rounds of a training's wall time against
-the one without trainprov of the same round (quartiles beside it). Separately, in one more
-training, the time spent inside trainprov's code on the training thread is added up: in the
-hooks each step calls (the framework's step or log hook, the optimizer's pre-hook, the
-learning-rate watcher) per step, in the epoch hooks (each ends with a flush: the epoch's rows
-are committed before the training goes on) per epoch, and once at the start.
+the one without trainprov of the same round (quartiles beside it). Each round also runs a
+third training, timed: the time spent inside trainprov's code on the training thread is
+added up, in the hooks each step calls (the framework's step or log hook, the optimizer's
+pre-hook, the learning-rate watcher) per step, in the epoch hooks (each ends with a flush:
+the epoch's rows are committed before the training goes on) per epoch, and once at the
+start; the median over rounds is shown. (The timers' wrappers stay in place, inactive, in
+the untimed trainings with trainprov: a call each, counted against trainprov.)
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import random
@@ -27,41 +28,10 @@ from typing import Any, Callable
 
 import torch
 
+from hooktimer import active, nothing, timed, timing
+
 BATCH, FEATURES, CLASSES = 96, 128, 10
 HIDDEN = [512]  # the width of the MLP's two hidden layers (--hidden)
-SPENT = {"step": 0.0, "epoch": 0.0, "start": 0.0, "timer": 0.0}
-CALLS = dict.fromkeys(SPENT, 0)  # timed calls (the outer ones) of each kind
-CALIBRATE = [False]  # the timed training also times a hook that does nothing: the timer's own cost
-_TIMING: list[str] = []  # the kinds of the timed calls under way, outermost first
-
-
-def timed(function: Callable, kind: str = "step") -> Callable:
-    """The function, with its time added to SPENT[kind] (it runs on the training thread).
-
-    A timed call inside another of the same kind is counted once, in the outer one; inside
-    one of another kind (the start, inside the first step), it is taken out of the outer one.
-    """
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if _TIMING and _TIMING[-1] == kind:
-            return function(*args, **kwargs)
-        _TIMING.append(kind)
-        CALLS[kind] += 1
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            took = time.perf_counter() - start
-            _TIMING.pop()
-            SPENT[kind] += took
-            if _TIMING:
-                SPENT[_TIMING[-1]] -= took
-    return wrapper
-
-
-@functools.partial(timed, kind="timer")
-def nothing(*args: Any, **kwargs: Any) -> None:
-    """A hook that does nothing: what it costs is the timer's own cost, in the place our hooks run."""
 
 
 def watcher_instrument() -> None:
@@ -94,7 +64,7 @@ def pytorch_fit(store: str | None, epochs: int, steps: int) -> float:
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     tracker = Tracker(model, opt, store, record_agents=False, steps=True) if store else None
-    if CALIBRATE[0] and store:
+    if active() and store:
         opt.register_step_pre_hook(nothing)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -159,7 +129,7 @@ def lightning_fit(store: str | None, epochs: int, steps: int) -> float:
     x, y = data(steps)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
     callbacks: list = [Provenance(store, record_agents=False, steps=True)] if store else []
-    if CALIBRATE[0] and store:
+    if active() and store:
         callbacks.append(type("Nothing", (pl.Callback,), {"on_train_batch_end": nothing})())
     # trainprov brings its own logger; the run without it gets one that does nothing, so that
     # both pay Lightning's cost of handing values to a logger
@@ -181,7 +151,7 @@ def lightning_instrument() -> None:
 
     watcher_instrument()
     cls = integration.Provenance
-    integration.ProvenanceLogger.log_metrics = timed(integration.ProvenanceLogger.log_metrics)
+    cls._metrics_logged = timed(cls._metrics_logged)  # what the logger's log_metrics is, for each Provenance
     cls.on_train_batch_end = timed(cls.on_train_batch_end)
     for hook in ("on_train_epoch_start", "on_train_epoch_end", "on_validation_start", "on_validation_epoch_end",
                  "on_validation_end", "on_fit_end"):
@@ -213,7 +183,7 @@ def transformers_fit(store: str | None, epochs: int, steps: int) -> float:
         learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
         dataloader_num_workers=0, seed=0)
     callbacks: list = [ProvenanceCallback(store, record_agents=False)] if store else []
-    if CALIBRATE[0] and store:
+    if active() and store:
         callbacks.append(type("Nothing", (transformers.TrainerCallback,), {"on_step_end": nothing})())
     trainer = transformers.Trainer(model=Model(), args=args, train_dataset=rows, callbacks=callbacks)
     trainer.remove_callback(transformers.PrinterCallback)  # it prints every log line (disable_tqdm puts it in)
@@ -232,8 +202,14 @@ def transformers_instrument() -> None:
 
     watcher_instrument()
     cls = integration.ProvenanceCallback
-    for hook in ("on_log", "on_step_end"):
-        setattr(cls, hook, timed(getattr(cls, hook)))
+    on_log, closing = timed(cls.on_log), timed(cls.on_log, "epoch")
+
+    def log(self: Any, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        # train()'s closing log (train_runtime, train_loss) writes the last epoch: an epoch hook's work
+        (closing if logs and "train_runtime" in logs else on_log)(self, args, state, control, logs, **kwargs)
+
+    cls.on_log = log
+    cls.on_step_end = timed(cls.on_step_end)
     for hook in ("on_epoch_begin", "on_epoch_end", "on_train_end"):
         setattr(cls, hook, timed(getattr(cls, hook), "epoch"))
     cls.on_train_begin = timed(cls.on_train_begin, "start")
@@ -246,43 +222,54 @@ FRAMEWORKS: dict[str, tuple[Callable[[str | None, int, int], float], Callable[[]
 }
 
 
+def inside_once(fit: Callable[[str | None, int, int], float], store: str, epochs: int, steps: int,
+                inside: dict[str, list[float]]) -> None:
+    """One timed training: the seconds inside trainprov of each kind (less the timer's cost) and calls, added to `inside`."""
+    result: dict[str, float] = {}
+    with timing(result):
+        fit(store, epochs, steps)
+    for kind, value in result.items():
+        inside.setdefault(kind, []).append(value)
+
+
 def bench(name: str, rounds: int, epochs: int, steps: int) -> None:
     fit, instrument = FRAMEWORKS[name]
     folder = tempfile.mkdtemp(prefix=f"{name}-bench-")
     store = os.path.join(folder, "bench.db")
     fit(None, 1, steps)  # warm-up: allocation, lazy imports
     fit(store, 1, steps)
+    instrument()  # the timers wait, inactive, until the timed training of each round
     order = random.Random(0)
     seconds: dict[str, list[float]] = {"without": [], "with": []}
-    ratios = []
+    ratios: list[float] = []
+    inside: dict[str, list[float]] = {}
+    total_steps = epochs * steps
     for _ in range(rounds):
         took = {}
-        for kind in order.sample(["without", "with"], 2):
+        for kind in order.sample(["without", "with", "timed"], 3):
+            if kind == "timed":
+                inside_once(fit, store, epochs, steps, inside)
+                continue
             took[kind] = fit(store if kind == "with" else None, epochs, steps)
             seconds[kind].append(took[kind])
         ratios.append(took["with"] / took["without"])
-    total_steps = epochs * steps
     step_s = statistics.median(seconds["without"]) / total_steps
-    instrument()
-    CALIBRATE[0] = True
-    SPENT.update(dict.fromkeys(SPENT, 0.0))
-    CALLS.update(dict.fromkeys(CALLS, 0))
-    fit(store, epochs, steps)
-    CALIBRATE[0] = False
-    timer = SPENT["timer"] / CALLS["timer"]  # one timed call's own cost, measured in the same training
-    inside = (SPENT["step"] - timer * CALLS["step"]) / total_steps
-    per_epoch = (SPENT["epoch"] - timer * CALLS["epoch"]) / epochs
-    amortized = inside + per_epoch / steps
+    per_step, per_epoch, start, timer = (statistics.median(inside[kind]) for kind in ("step", "epoch", "start", "timer"))
+    per_step /= total_steps
+    per_epoch /= epochs
+    amortized = per_step + per_epoch / steps
     r = sorted(ratios)
     q1, q3 = r[len(r) // 4], r[(3 * len(r)) // 4]
     print(f"{name}: MLP {FEATURES}-{HIDDEN[0]}-{HIDDEN[0]}-{CLASSES}, batch {BATCH}, {epochs} epochs x {steps} steps, {rounds} rounds")
     print(f"  one training step without trainprov: {step_s * 1000:.2f} ms (median)")
-    print(f"  inside trainprov on the training thread, every-step capture: {inside * 1e6:.1f} us per step "
-          f"= {100 * inside / step_s:.2f} % of a step in its step hooks; {per_epoch * 1e3:.2f} ms per epoch in its "
-          f"epoch hooks; with those, {amortized * 1e6:.1f} us per step = {100 * amortized / step_s:.2f} % "
-          f"(and {SPENT['start'] * 1e3:.0f} ms once, at the start)")
+    low, high = min(inside["step"]) / total_steps, max(inside["step"]) / total_steps
+    print(f"  inside trainprov on the training thread, every-step capture: {per_step * 1e6:.1f} us per step "
+          f"= {100 * per_step / step_s:.2f} % of a step in its step hooks (median of {rounds} timed trainings, "
+          f"range {low * 1e6:.1f} .. {high * 1e6:.1f} us); {per_epoch * 1e3:.2f} ms per epoch in its epoch hooks; "
+          f"with those, {amortized * 1e6:.1f} us per step = {100 * amortized / step_s:.2f} % "
+          f"(and {start * 1e3:.0f} ms once, at the start)")
     print(f"  (the timer's own cost, {timer * 1e6:.1f} us per timed call, measured on a hook that does nothing in the "
-          f"same training, is taken out: {CALLS['step'] / total_steps:.1f} timed calls per step)")
+          f"same trainings, is taken out: {statistics.median(inside['step_calls']) / total_steps:.1f} timed calls per step)")
     print(f"  wall time with every-step capture: {statistics.median(seconds['with']):.3f} s against "
           f"{statistics.median(seconds['without']):.3f} s; overhead {100 * (statistics.median(r) - 1):+.2f} % "
           f"(median of paired rounds; quartiles {100 * (q1 - 1):+.2f} .. {100 * (q3 - 1):+.2f} %)")

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 import trainprov as tp
@@ -399,6 +400,32 @@ def test_a_running_run_can_grow_its_dataflow(store, flow):
     assert tp.query("SELECT dataflow_version FROM runs", store=store) == [{"dataflow_version": 2}]
     assert tp.query("SELECT epoch, accuracy FROM epoch_metrics ORDER BY epoch", store=store) == [
         {"epoch": 1, "accuracy": None}, {"epoch": 2, "accuracy": 0.8}
+    ]
+
+
+def test_a_prepared_recorder_writes_the_same_rows_as_generated_and_checks_alike(store, flow):
+    with tp.start_run(flow, store) as run, run.task("train") as train:
+        record = train.prepared("epoch_metrics", ["loss", "epoch"])  # any order of the dataset's attributes
+        first = record((0.5, 1))
+        assert (first.dataset, first.task_id) == ("epoch_metrics", train.id)
+        record((np.float32(0.25), 2))  # not a float: converted, as generated() does
+        with pytest.raises(tp.ValueTypeError, match="'epoch' is int .64-bit., got 1180591620717411303424"):
+            record((0.5, 2**70))
+        with pytest.raises(tp.ValueTypeError, match="'loss'"):
+            record(("low", 3))
+        # the dataflow grows: the same recorder goes on, under the new columns
+        run.evolve(flow.with_attributes("epoch_metrics", accuracy=float))
+        record((0.125, 3))
+        train.generated("epoch_metrics", epoch=4, loss=0.0625, accuracy=0.9)
+        with pytest.raises(tp.SpecError, match="does not generate a dataset named 'nothing'"):
+            train.prepared("nothing", ["x"])
+    with pytest.raises(tp.CaptureError, match="has ended"):
+        record((0.5, 5))
+    assert tp.query("SELECT epoch, loss, val_loss, accuracy FROM epoch_metrics ORDER BY element_seq", store=store) == [
+        {"epoch": 1, "loss": 0.5, "val_loss": None, "accuracy": None},
+        {"epoch": 2, "loss": 0.25, "val_loss": None, "accuracy": None},
+        {"epoch": 3, "loss": 0.125, "val_loss": None, "accuracy": None},
+        {"epoch": 4, "loss": 0.0625, "val_loss": None, "accuracy": 0.9},
     ]
 
 

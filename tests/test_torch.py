@@ -364,3 +364,34 @@ def test_stopped_early_finds_the_best_epoch_among_the_recorded_ones(store):
     assert (row["epoch"], row["old_value"], row["new_value"]) == (4, 10, 4)
     assert (row["monitor"], row["monitor_value"], row["best_epoch"], row["best_value"]) == ("val_loss", 0.8, 2, 0.5)
     assert row["cause"] == "patience 2"
+
+
+def test_a_tensor_captured_at_a_step_keeps_its_value_when_changed_in_place_later(store):
+    """The value recorded is the tensor's at the call: a loop that accumulates into one tensor in place
+    (a running loss, a metric buffer reused by every step) must not rewrite the steps recorded before."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    running = torch.zeros(())  # one 0-d tensor, changed in place after every capture
+    seen = []
+    with Tracker(model, opt, store, steps=True) as tracker:
+        for xb, yb in loader():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            loss.backward()
+            opt.step()
+            running.add_(loss.detach())
+            tracker.step(loss=running)
+            seen.append(running.item())
+            running.mul_(0.5)  # in place, after the step was captured
+        tracker.epoch(loss=running)  # the epoch row too, then changed again
+        epoch_value = running.item()
+        running.fill_(-1.0)
+        # the capture API itself: a 0-d tensor given to generated() is its number at the call
+        with tracker.run.task("evaluate") as evaluate:
+            result = torch.tensor(0.75)
+            evaluate.generated("test_results", loss=result)
+            result.zero_()
+    steps = tp.query("SELECT loss FROM step_metrics ORDER BY global_step", store=store)
+    assert [r["loss"] for r in steps] == pytest.approx(seen, rel=1e-7) and len(set(seen)) == len(seen)
+    assert tp.query("SELECT loss FROM epoch_metrics", store=store) == [{"loss": pytest.approx(epoch_value, rel=1e-7)}]
+    assert tp.query("SELECT loss FROM test_results", store=store) == [{"loss": 0.75}]

@@ -171,7 +171,7 @@ def _unwrap_scalar(value: object) -> object:
     return value
 
 
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what SQL's BIGINT holds
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQL's BIGINT holds
 
 
 def text_problem(text: str) -> str | None:
@@ -210,7 +210,7 @@ def _to_int(dataset: str, attr: str, value: object) -> int:
             value = int(value)
         else:
             raise _bad(dataset, attr, "int", value)
-    if not _INT_MIN <= int(value) <= _INT_MAX:
+    if not INT_MIN <= int(value) <= INT_MAX:
         raise ValueTypeError(f"dataset {dataset!r} attribute {attr!r} is int (64-bit), got {value}, which does not fit")
     return int(value)
 
@@ -406,6 +406,10 @@ class Dataset:
         """Names of the declared attributes, in declaration order."""
         return tuple(self.types)
 
+    def exact_type(self, name: str) -> type | None:
+        """The Python type an attribute stores as it is (every other value is converted); None for an unknown name."""
+        return self._exact.get(name)
+
     def check(self, values: dict[str, object]) -> dict[str, object]:
         """Validate (and where needed convert) one element's values; raise naming the problem."""
         exact = self._exact
@@ -417,7 +421,7 @@ class Dataset:
                 if value is not None:
                     values[key] = self._convert[key](self.name, key, value)
             elif kind is int:
-                if not _INT_MIN <= value <= _INT_MAX:
+                if not INT_MIN <= value <= INT_MAX:
                     raise ValueTypeError(
                         f"dataset {self.name!r} attribute {key!r} is int (64-bit), got {value}, which does not fit"
                     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import os
 import re
 import secrets
@@ -13,10 +14,10 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from ..errors import CaptureError, SpecError
-from ..spec import Dataflow, check_text
+from ..spec import INT_MAX, INT_MIN, Dataflow, check_text
 from ..store import liveness
 from ..store.catalog import Target, element_target, handle, target
 from . import agents, groups
@@ -192,6 +193,58 @@ class Task:
         if entry is None or self.status != "running":
             raise self._refuse(dataset, "generates")
         return self._record(dataset, entry, values)
+
+    def prepared(self, dataset: str, names: Sequence[str]) -> Callable[[tuple], Element]:
+        """Record many elements of one dataset alike (a training's steps): call the result with values in `names` order.
+
+        Values of the type an attribute stores as it is (float, int in 64 bits) are queued
+        without building a dict; any other value, and any call once the task has ended,
+        takes the checked way of `generated`.
+        """
+        if dataset not in self._generates or self.status != "running":
+            raise self._refuse(dataset, "generates")
+        names = tuple(names)
+        generated = self.generated
+
+        def checked(values: tuple) -> Element:
+            return generated(dataset, **dict(zip(names, values)))
+
+        def plan() -> tuple[Any, tuple | None, tuple[int, ...], tuple, Callable[[tuple], tuple]]:
+            """How to queue the values under the task's dataflow now (types None: always the checked way)."""
+            bound = self._generates
+            tgt, columns, _, has_files = bound[dataset]
+            declared = self.run.dataflow.datasets[dataset]
+            kinds = tuple(declared.exact_type(name) for name in names)
+            if has_files or len(set(names)) < len(names) or any(kind not in (float, int) for kind in kinds):
+                return bound, None, (), (), tuple
+            position = {name: i for i, name in enumerate(names)}
+            # an attribute not among the names takes the None appended after the values
+            positions = [position.get(column, len(names)) for column in columns]
+            pick = operator.itemgetter(*positions) if len(positions) > 1 else lambda v: (v[positions[0]],)
+            ints = tuple(i for i, kind in enumerate(kinds) if kind is int)
+            return bound, kinds, ints, (tgt, self._run_id, self.id), pick
+
+        bound, kinds, ints, head, pick = plan()
+        seq, queue, limit = self._seq, self._queue, self._soft_limit
+
+        def record(values: tuple) -> Element:
+            nonlocal bound, kinds, ints, head, pick
+            if self._generates is not bound:  # the run's dataflow has grown: new columns, a new target
+                bound, kinds, ints, head, pick = plan()
+            if self.status != "running" or tuple(map(type, values)) != kinds:
+                return checked(values)
+            for i in ints:
+                if not INT_MIN <= values[i] <= INT_MAX:
+                    return checked(values)  # which says what does not fit
+            number = next(seq)
+            item = (*head, number, time.time(), *pick((*values, None)))
+            if len(queue) < limit:
+                queue.append(item)
+            else:
+                self._put(item)
+            return _new_tuple(Element, (dataset, self.id, number, ()))
+
+        return record
 
     def used(self, what: "str | Element", /, **values: Any) -> Element:
         """Record that this task used an element: a new one (dataset name and values) or a recorded one."""

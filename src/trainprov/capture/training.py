@@ -19,7 +19,7 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import CaptureError, SpecError, ValueTypeError
 from ..spec import ELEMENT_COLUMNS, Attribute, Dataflow, Dataset, Transformation, sanitize_name
@@ -192,7 +192,8 @@ class TrainingRecorder:
         self._checkpoints: dict[str, tuple[FileRef, Element]] = {}  # absolute path -> its latest record
         self._epochs: dict[int, dict[str, Any]] = {}  # the current training's epochs: epoch -> the values reported
         self._lock = threading.RLock()
-        self._step_columns: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+        #: metric keys -> (the training task, its prepared recorder of step rows with those keys)
+        self._prepared_steps: dict[tuple[str, ...], tuple[Task, Callable[[tuple], Element]]] = {}
         self._store_types: dict[str, dict[str, tuple[str, str | None]]] = {}
         #: name -> split -> (profile rows, their elements)
         self._profiles: dict[str, dict[str, tuple[list[dict[str, Any]], list[Element]]]] = {}
@@ -634,34 +635,33 @@ class TrainingRecorder:
 
     def step(self, epoch: int, step: int, metrics: Mapping[str, Any], *, global_step: int | None = None) -> None:
         """Record one training step (counted from 1 within its epoch); not flushed."""
-        element = self._step(epoch, step, metrics, global_step)
+        # Steps come by the thousand with the same keys: once their columns are known, the
+        # training task records them from a tuple of values (Task.prepared), without a lock:
+        # a dataflow grown meanwhile sends the call the checked way.
+        prepared = self._prepared_steps.get(tuple(metrics))
+        if prepared is not None and prepared[0] is self.train_task:
+            try:
+                element = prepared[1]((*metrics.values(), epoch, step, global_step))
+            except (ValueTypeError, SpecError):  # a value its column cannot take: the general way keeps it (in extra)
+                element = self._step(epoch, step, metrics, global_step)
+        else:
+            element = self._step(epoch, step, metrics, global_step)
         if self.validator is not None and self.validator.step_rules:
             with self._lock:
                 self._validate(self.validator.step(epoch, step, metrics), element)
 
     def _step(self, epoch: int, step: int, metrics: Mapping[str, Any], global_step: int | None) -> Element:
-        # Steps come by the thousand with the same keys: once their columns are known,
-        # map them directly; any value the dataset check refuses takes the general path.
-        plan = self._step_columns.get(tuple(metrics))
+        # the general way: columns for new keys (the dataflow grows), non-numbers into `extra`
+        keys = tuple(metrics)
         with self._lock:  # not while another thread grows the dataflow
             task = self.train_task or self._training()
-            if plan is not None:
-                try:
-                    if plan:
-                        values = {column: metrics[key] for key, column in plan}
-                        values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
-                        return task.generated("step_metrics", **values)
-                    # () when every key is its own column (the usual case): nothing to rename
-                    return task.generated("step_metrics", **metrics, epoch=epoch, step=step, global_step=global_step)
-                except (ValueTypeError, SpecError):
-                    pass
             values = self._map_columns("step_metrics", metrics)
-            if "extra" not in values:
-                plan = tuple((key, self._columns[("step_metrics", key)]) for key in metrics)
-                renamed = any(key != column or key in ("epoch", "step", "global_step") for key, column in plan)
-                self._step_columns[tuple(metrics)] = plan if renamed else ()
             values["epoch"], values["step"], values["global_step"] = epoch, step, global_step
-            return task.generated("step_metrics", **values)
+            element = task.generated("step_metrics", **values)
+            if "extra" not in values:
+                names = (*(self._columns[("step_metrics", key)] for key in keys), "epoch", "step", "global_step")
+                self._prepared_steps[keys] = (task, task.prepared("step_metrics", names))
+            return element
 
     def adaptation(self, epoch: int, kind: str, cause: str, *, uses: Iterable[Element] = (), **facts: Any) -> Element | None:
         """Record an adaptation (a learning-rate change, early stopping) as a task of its own."""

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from ..capture.run import Element, FileRef, Run, status_for
 from ..capture.training import RecordsTraining, TrainingRecorder, number
@@ -39,6 +39,8 @@ class ProvenanceLogger(Logger):
     def __init__(self, provenance: "Provenance") -> None:
         super().__init__()
         self.provenance = provenance
+        # called at every logged step: straight to the callback, without a call of ours in between
+        self.log_metrics = provenance._metrics_logged  # type: ignore[method-assign]
 
     # name and version make ModelCheckpoint's default folder: empty strings keep it where
     # Lightning puts checkpoints without a logger (default_root_dir/checkpoints)
@@ -117,7 +119,8 @@ class Provenance(RecordsTraining, Callback):
         self._recording = False
         self._lightning_hyperparameters: dict[str, Any] = {}
         self._watchers: list[LearningRateWatcher] = []
-        self._renamed: dict[tuple[str, str], str] = {}
+        #: suffix -> logged keys -> (the keys kept, their columns)
+        self._renamed: dict[str, dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]]] = {"_step": {}, "_epoch": {}}
         self._epoch = 0  # the epoch in progress or last run, from 1
         self._first_epoch = 0
         self._epoch_started = 0.0
@@ -229,7 +232,7 @@ class Provenance(RecordsTraining, Callback):
             self._recording = self._share_run(trainer)
         else:  # one process, or nothing to record: the run starts with the first thing it records
             self._recording = trainer.is_global_zero
-        self._renamed.clear()
+        self._renamed = {"_step": {}, "_epoch": {}}
         self._lightning_hyperparameters, self._exception = {}, None  # this call's own, if any
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -440,15 +443,21 @@ class Provenance(RecordsTraining, Callback):
                 warnings.warn("trainprov: the Provenance logger records nothing without its callback: "
                               "pass Trainer(callbacks=[prov])", RuntimeWarning, stacklevel=3)
             return
-        if not self._recording or trainer.sanity_checking:
+        if not self._recording:
             return
-        fn = trainer.state.fn
-        if fn == TrainerFn.FITTING and trainer.training:
+        state = trainer.state  # read once: the trainer's properties cost calls, at every step
+        stage, fn = state.stage, state.fn
+        # identity first: Lightning's enums compare as text, in Python
+        fitting = (stage is RunningStage.TRAINING and fn is TrainerFn.FITTING) or (
+            stage == RunningStage.TRAINING and fn == TrainerFn.FITTING)
+        if fitting:
             if not self._train_epoch_ended:
                 if self.steps:
                     self._gather_step(metrics, step)
             elif self._epoch_values is not None:
                 self._epoch_values.update(self._named("_epoch", metrics))
+        elif stage == RunningStage.SANITY_CHECKING:
+            return
         elif not self._eval_epoch_ended:
             return  # an evaluation step's values: not recorded
         elif fn == TrainerFn.FITTING:
@@ -462,13 +471,19 @@ class Provenance(RecordsTraining, Callback):
         # LearningRateMonitor log theirs for the same step before it: one row per step
         if step is None:
             step = self._step if self._step is not None else self._steps_before_epoch
-        if step != self._step:
-            self._write_step()
-            self._step = step
-        self._step_values.update(self._named("_step", metrics))
+        if step != self._step:  # the step before is complete (written here, not by _write_step: a call less per step)
+            previous, values = self._step, self._step_values
+            self._step, self._step_values = step, {}
+            if previous is not None:
+                self.recorder.step(self._epoch, previous + 1 - self._steps_before_epoch, values, global_step=previous + 1)
+        plan = self._renamed["_step"].get(tuple(metrics))  # known keys: renamed here, without calling _named
+        if plan is not None:
+            self._step_values.update(zip(plan[1], map(metrics.__getitem__, plan[0])))
+        else:
+            self._step_values.update(self._named("_step", metrics))
         watcher = self._watchers[0] if self._watchers else None
         if watcher is not None and watcher.steps + self._step_offset == step + 1:  # this step has run
-            self._step_values["learning_rate"] = watcher.learning_rate
+            self._step_values["learning_rate"] = watcher.last_used if watcher.steps else watcher.learning_rate
 
     def _write_step(self) -> None:
         if self._step is None:
@@ -479,18 +494,16 @@ class Provenance(RecordsTraining, Callback):
 
     def _named(self, suffix: str, metrics: Mapping[str, float]) -> dict[str, Any]:
         """Values under their names: Lightning's `epoch` counter dropped, `name_step` / `name_epoch` as `name`."""
-        out = {}
-        for key, value in metrics.items():
-            column = self._renamed.get((suffix, key))
-            if column is None:
-                column = key
-                base = key[: -len(suffix)]
-                if key.endswith(suffix) and base not in metrics and base in forked_names(self._trainer):
-                    column = base
-                self._renamed[(suffix, key)] = column
-            if column != "epoch":  # Lightning adds its own 0-based epoch; ours is a column already
-                out[column] = value
-        return out
+        plans = self._renamed[suffix]
+        plan = plans.get(tuple(metrics))
+        if plan is None:
+            forked = forked_names(self._trainer)
+            pairs = [(key, key[: -len(suffix)] if key.endswith(suffix) and key[: -len(suffix)] not in metrics
+                      and key[: -len(suffix)] in forked else key) for key in metrics]
+            # Lightning adds its own 0-based epoch; ours is a column already
+            pairs = [(key, column) for key, column in pairs if column != "epoch"]
+            plan = plans[tuple(metrics)] = (tuple(key for key, _ in pairs), tuple(column for _, column in pairs))
+        return dict(zip(plan[1], map(metrics.__getitem__, plan[0])))
 
     # ---- checkpoints --------------------------------------------------------------------------
 

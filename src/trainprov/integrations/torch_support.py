@@ -143,14 +143,26 @@ class _WatchedGroup(dict):
     __slots__ = ("watcher", "index")
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key == "lr":
-            old = dict.get(self, "lr")
-            dict.__setitem__(self, key, value)
-            watcher = self.watcher()
-            if watcher is not None:
-                watcher._set(self.index, old, value)
-        else:
-            dict.__setitem__(self, key, value)
+        old = dict.get(self, key)
+        dict.__setitem__(self, key, value)
+        if key != "lr":
+            return
+        watcher = self.watcher()
+        if watcher is None:
+            return
+        # A continuous schedule sets every rate at every step, and the stack walk that finds
+        # who is setting costs more than the rest of a step's capture. Its step counts up
+        # before it sets the rates: a set while its count differs from the one seen at its
+        # last set of this group is its own, settled here without a further call. Anything
+        # else (a set by hand, another scheduler) is found by the walk in _set.
+        schedule = watcher._continuous
+        if schedule is not None and not watcher._steering:
+            count = getattr(schedule, "last_epoch", None)
+            if count is not None and count != watcher._counted.get(self.index):
+                watcher._counted[self.index] = count
+                watcher._known[self.index] = number(value)
+                return
+        watcher._set(self.index, old, value)
 
     def __reduce__(self) -> tuple:
         return dict, (dict(self),)  # a pickled optimizer holds plain groups, not our watcher
@@ -224,7 +236,8 @@ class LearningRateWatcher:
         self._continuous: Any = None
         self._counted: dict[int, Any] = {}
         self._known = [self._lr(g) for g in self.optimizer.param_groups]
-        self._used = self._known[0] if self._known else None
+        #: the first group's rate that the last optimizer step used (None before any step)
+        self.last_used: float | None = None
         self._steering = False  # True while a steering request sets rates: recorded as steering, not "manual"
         self._watch_groups()
         self._handle = self.optimizer.register_step_pre_hook(self._before_step)
@@ -232,7 +245,7 @@ class LearningRateWatcher:
     @property
     def learning_rate(self) -> float | None:
         """The first group's rate that the last optimizer step used (the current one before any step)."""
-        return self._used if self.steps else self._lr(self.optimizer.param_groups[0])
+        return self.last_used if self.steps else self._lr(self.optimizer.param_groups[0])
 
     @staticmethod
     def _lr(group: Mapping[str, Any]) -> float | None:
@@ -268,18 +281,6 @@ class LearningRateWatcher:
         if self._steering:
             self._known[index] = number(new)
             return
-        # A continuous schedule sets every rate at every step, and the stack walk that finds
-        # who is setting costs more than the rest of a step's capture. Its step counts up
-        # before it sets the rates: a set while its count differs from the one seen at its
-        # last set of this group is its own. Anything else (a set by hand, another scheduler)
-        # is found by the walk.
-        schedule = self._continuous
-        if schedule is not None:
-            count = getattr(schedule, "last_epoch", None)
-            if count is not None and count != self._counted.get(index):
-                self._counted[index] = count
-                self._known[index] = number(new)
-                return
         scheduler, metric = self._setter()
         if scheduler is not None and all(s is not scheduler for s in self.schedulers):
             self.schedulers.append(scheduler)
@@ -328,7 +329,7 @@ class LearningRateWatcher:
         self.steps += 1
         if self._pending:
             self._record(self.epochs_ended + 1, self.step_in_epoch)
-        self._used = known[0] if groups else None
+        self.last_used = known[0] if groups else None
 
     def _record(self, epoch: int, step: int | None) -> None:
         pending, self._pending = self._pending, {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import time
 import warnings
 from typing import Any, Iterable, Mapping
@@ -30,17 +31,27 @@ FRAMEWORK = "transformers"
 # The Trainer's `epoch` is a float (1.5: half-way through the second epoch); the integer
 # epoch (from 1) is the `epoch` column, the Trainer's value goes here.
 EPOCH_PROGRESS = "epoch_progress"
+_UNKNOWN = object()
 __all__ = ["EPOCH_PROGRESS", "FRAMEWORK", "ProvenanceCallback", "checkpoint_weights", "schedule_config"]
 
 
-def _under_training_loop() -> bool:
-    """True if the Trainer's training loop is on the stack (an evaluation during training, not after it)."""
-    frame = inspect.currentframe()
+def _training_loop_depth(hint: int = 0) -> int:
+    """Where on the stack the Trainer's training loop runs (sys._getframe's depth here); 0 if it is not on it.
+
+    0 means an evaluation after training, not during it. The depth `hint` is looked at first:
+    logs during training come from the same depth every time.
+    """
+    try:
+        if hint and sys._getframe(hint).f_code.co_name == "_inner_training_loop":
+            return hint
+    except ValueError:  # a shallower stack than last time
+        pass
+    frame, depth = sys._getframe(1), 1
     while frame is not None:
         if frame.f_code.co_name == "_inner_training_loop":
-            return True
-        frame = frame.f_back
-    return False
+            return depth
+        frame, depth = frame.f_back, depth + 1
+    return 0
 
 
 def _calling_handler() -> CallbackHandler | None:
@@ -103,6 +114,8 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
         self._epoch_open = False
         self._logs_step: int | None = None
         self._logs_at_step: dict[str, Any] = {}  # every value logged at the latest global step
+        self._splits: dict[tuple[str, ...], str | None] = {}  # a log's keys -> the evaluation it reports, if any
+        self._loop_depth = 0  # where on the stack the Trainer's training loop was at the last log
         self._evaluations: list[tuple[int, int, dict[str, Any]]] = []  # (epoch, global step, eval logs)
         self._saved: dict[str, str] = {}  # checkpoint folder -> its last weight file recorded
         self._save_asked = False  # a steering request asked for a checkpoint: the Trainer saves at its next chance
@@ -210,11 +223,21 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if not self._training:
             return  # an evaluation after training: on_evaluate records it
-        if not _under_training_loop():  # the training raised before its end; this log is a later evaluation's
-            self._training_failed()
-            return
         entry = self._entry(state, logs or {})
-        summary = "train_runtime" in entry  # train()'s closing log: runtime, train_loss, total_flos
+        keys = tuple(entry)
+        split = self._splits.get(keys, _UNKNOWN)  # the evaluation a log reports, if any (by its keys: once)
+        if split is _UNKNOWN:
+            split = self._splits[keys] = split_of(entry)
+        if split is not None:
+            # an evaluation's log, or train()'s closing one (train_runtime, train_loss, total_flos):
+            # from the training loop, unless the training raised before its end and this log is
+            # a later evaluation's (a training step's log comes only from the loop)
+            depth = _training_loop_depth(self._loop_depth)
+            if not depth:
+                self._training_failed()
+                return
+            self._loop_depth = depth
+        summary = "train_runtime" in entry
         if summary:
             self._close_epoch()  # the summary is no epoch's value
         values = dict(entry)
@@ -227,27 +250,32 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
             return
         if state.global_step != self._logs_step:
             self._logs_step, self._logs_at_step = state.global_step, {}
-        self._logs_at_step.update((k, v) for k, v in entry.items() if k != "epoch")
-        if split_of(entry) is not None:
-            self._evaluations.append((self._epoch, state.global_step, entry))
+        self._logs_at_step.update(entry)  # with the Trainer's fractional epoch, left out where it is read
+        if split is not None:
+            self._evaluations.append((self._epoch, state.global_step, dict(entry)))
 
     @staticmethod
-    def _entry(state: Any, logs: Mapping[str, Any]) -> dict[str, Any]:
-        """The log as the Trainer put it in log_history (a callback before us may have popped a key from `logs`)."""
+    def _entry(state: Any, logs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The log as the Trainer put it in log_history (a callback before us may have popped a key from `logs`).
+
+        Read, not changed: it may be `logs` itself, when no key is missing (the usual case, told by its length).
+        """
         history = state.log_history
         last = history[-1] if history else None
-        if last is not None and last.get("step") == state.global_step and all(
-            k in last and (last[k] is v or last[k] == v) for k, v in logs.items()
-        ):
-            return {k: v for k, v in last.items() if k != "step"}
-        return dict(logs)
+        if last is None or len(last) == len(logs) + 1 or last.get("step") != state.global_step:
+            return logs
+        if all(k in last and (last[k] is v or last[k] == v) for k, v in logs.items()):
+            entry = dict(last)
+            entry.pop("step", None)
+            return entry
+        return logs
 
     def _close_epoch(self) -> None:
         """Record the epoch in progress once it has ended: the values logged at its last step."""
         if not self._epoch_open or self._epoch_end_step is None:
             return
         self._epoch_open = False
-        values = dict(self._logs_at_step) if self._logs_step == self._epoch_end_step else {}
+        values = {k: v for k, v in self._logs_at_step.items() if k != "epoch"} if self._logs_step == self._epoch_end_step else {}
         rate = self.watcher.learning_rate if self.watcher is not None else values.get("learning_rate")
         self.recorder.epoch(self._epoch, values, learning_rate=rate, seconds=self._epoch_seconds)
 
@@ -326,7 +354,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None,
                     **kwargs: Any) -> None:
-        if self._training and _under_training_loop():
+        if self._training and _training_loop_depth():
             if self._epoch_open and self._epoch_end_step == state.global_step:
                 self._between_epochs(control)  # an epoch-end evaluation: requests that came during it apply now
             return  # an evaluation during training: its values came with on_log
@@ -334,7 +362,7 @@ class ProvenanceCallback(RecordsTraining, TrainerCallback):
 
     def on_predict(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None,
                    **kwargs: Any) -> None:
-        if self._training and _under_training_loop():
+        if self._training and _training_loop_depth():
             return
         self._test_results(args, metrics or {})
 
