@@ -90,6 +90,7 @@ def pytorch_instrument() -> None:
 
     watcher_instrument()
     integration.Tracker.step = timed(integration.Tracker.step)
+    integration.Tracker.__init__ = timed(integration.Tracker.__init__, "start")  # before the clock starts: timed here
     integration.Tracker.begin = timed(integration.Tracker.begin, "start")  # inside the first step
     integration.Tracker.epoch = timed(integration.Tracker.epoch, "epoch")
 

@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 QUERIES = os.path.join(os.path.dirname(HERE), "docs", "queries")
 
 NEW_EPOCHS = """
-SELECT m.epoch, m.loss, m.val_loss, m.learning_rate,
+SELECT m.epoch, m.loss, m.val_loss, m.learning_rate, m.recorded_at,
        (SELECT min(b.val_loss) FROM epoch_metrics b WHERE b.run_id = m.run_id AND b.epoch <= m.epoch) AS best
 FROM epoch_metrics m
 WHERE m.run_id = ? AND m.recorded_at > ?
@@ -84,15 +84,16 @@ def main() -> None:
                 epochs = reader.rows(NEW_EPOCHS, (run_id, seen_epoch))
             except tp.QueryError:  # val_loss becomes a column when Keras first reports it
                 epochs = []
+            # what was seen is what was printed: a row committed after this query is new next time
             for row in epochs:
                 print(f"{row['epoch']:>5}  {row['loss']:>9.5f}  {row['val_loss']:>9.5f}  {row['learning_rate']:>13.6g}  {row['best']:>13.5f}", flush=True)
-            seen_epoch = reader.rows("SELECT coalesce(max(recorded_at), '0') AS t FROM epoch_metrics WHERE run_id = ?", (run_id,))[0]["t"]
+                seen_epoch = row["recorded_at"]
             for a in reader.rows(NEW_ADAPTATIONS, (run_id, seen_adaptation)):
                 if a["kind"] == "early_stopping":
                     print(f"   -> early stopping after epoch {a['epoch']}: val_loss {a['monitor_value']:.5f}, best epoch {a['best_epoch']}", flush=True)
                 else:
                     print(f"   -> learning rate {a['old_value']:.6g} -> {a['new_value']:.6g} from epoch {a['epoch']} ({a['cause']})", flush=True)
-            seen_adaptation = reader.rows("SELECT coalesce(max(recorded_at), '0') AS t FROM adaptations WHERE run_id = ?", (run_id,))[0]["t"]
+                seen_adaptation = a["recorded_at"]
             if finished:
                 break
             time.sleep(1.0)

@@ -114,6 +114,73 @@ def test_step_scheduler_and_manual_changes_are_recorded_once_each(store):
     assert json.loads(hp["lr_schedule"]) == {"class": "StepLR", "step_size": 2, "gamma": 0.5, "base_lrs": [0.1]}
 
 
+def lr_schedule(store) -> object:
+    value = tp.query("SELECT lr_schedule FROM hyperparameters", store=store)[0]["lr_schedule"]
+    return json.loads(value) if value is not None else None
+
+
+def test_schedulers_made_before_the_tracker_are_found_without_scanning_every_object(store, tmp_path, monkeypatch):
+    """A scheduler in a trainer's attribute is found through the callers' variables; no scheduler costs no scan."""
+    import gc
+
+    def every_object(*objects):
+        raise AssertionError("every object was scanned")
+    monkeypatch.setattr(gc, "get_referrers", every_object)
+
+    class Trainer:
+        def __init__(self):
+            self.model = mlp()
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=3)
+
+        def fit(self, where):
+            with Tracker(self.model, self.opt, where, steps=False) as tracker:
+                train(tracker, self.model, self.opt, 1, record_steps=False)
+
+    Trainer().fit(store)
+    assert lr_schedule(store)["class"] == "ReduceLROnPlateau"
+    assert lr_schedule(store)["patience"] == 3
+
+    plain = str(tmp_path / "plain.db")
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Tracker(model, opt, plain, steps=False) as tracker:
+        train(tracker, model, opt, 1, record_steps=False)
+    assert lr_schedule(plain) is None
+
+
+def test_looking_for_schedulers_keeps_no_batch_of_the_loop_alive(store):
+    """The callers' variables are read when the tracker is made: not at a step, when they hold a batch's outputs."""
+    import weakref
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Tracker(model, opt, store, steps=True) as tracker:
+        for i, (xb, yb) in enumerate(loader()):
+            opt.zero_grad()
+            out = model(xb)
+            loss = ((out - yb) ** 2).mean()
+            loss.backward()
+            opt.step()  # the first records the hyperparameters
+            tracker.step(loss=loss.item())
+            if i == 0:
+                first = weakref.ref(out)
+            if i == 1:
+                break
+        assert first() is None
+
+
+def test_a_scheduler_out_of_the_callers_reach_is_found_by_a_scan(store):
+    """Kept two levels down, a scheduler made before the Tracker is still found: it marked the optimizer."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kept = {"schedules": {"main": torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)}}
+    with Tracker(model, opt, store, steps=False) as tracker:
+        train(tracker, model, opt, 1, record_steps=False)
+    assert lr_schedule(store) == {"class": "StepLR", "step_size": 3, "gamma": 0.5, "base_lrs": [0.1]}
+    assert kept
+
+
 def test_a_change_by_hand_then_by_a_scheduler_before_a_step_is_two_rows(store):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -11,6 +11,7 @@ model's and the optimizer's `state_dict` (docs/steering.md).
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from typing import Any, Mapping
@@ -111,6 +112,8 @@ class Tracker(RecordsTraining):
         self.checkpoint_dir = checkpoint_dir
         self._stop_due: int | None = None  # the epoch at whose end a stop request asked the loop to end
         self.watcher = LearningRateWatcher(optimizer, self.recorder, monitor=monitor, before_step=self._before_step)
+        if scheduler is None:  # schedulers made before the tracker: in the variables of the code making it
+            self.watcher.look_in_callers(sys._getframe(1))
         self.watcher.steerables(self.recorder)
         self.recorder.steering.checkpointer = self._checkpoint_on_request
 

@@ -227,7 +227,7 @@ class LearningRateWatcher:
         self.steps = 0
         self.step_in_epoch = 0
         self.epochs_ended = 0
-        self.schedulers: list[Any] = []  # every scheduler seen setting a rate, in order
+        self.schedulers: list[Any] = []  # every scheduler seen setting a rate (or found by look_in_callers), in order
         # group -> its changes not yet used by a step, in order: [old, new, cause, monitor value, setter]
         self._pending: dict[int, list[list[Any]]] = {}
         self._last_setter: tuple[Any, float | None, Any] | None = None  # (scheduler, metric, its frame)
@@ -374,13 +374,29 @@ class LearningRateWatcher:
                                lambda value, i=index: self.steer(value, i), low=0.0)
 
     def find_schedulers(self) -> list[Any]:
-        """The schedulers of this optimizer: those seen setting a rate, and any made before the watcher."""
+        """The schedulers of this optimizer the watcher knows: seen setting a rate, or found by `look_in_callers`.
+
+        When it knows none but a scheduler has marked the optimizer (torch's schedulers, all
+        but ReduceLROnPlateau, wrap its `step`), every object is scanned for it: tens of ms
+        (1-2 % of a short training), not spent when there is no scheduler.
+        """
         found = list(self.schedulers)
-        # one scan of the objects that refer to the optimizer (tens of ms, once per training)
-        for referrer in gc.get_referrers(self.optimizer):
-            if isinstance(referrer, schedulers.LRScheduler) and all(s is not referrer for s in found):
-                found.append(referrer)
+        if not found and hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
+            found = [r for r in gc.get_referrers(self.optimizer) if isinstance(r, schedulers.LRScheduler)]
         return found
+
+    def look_in_callers(self, frame: Any) -> None:
+        """Know the schedulers of this optimizer in the variables of `frame` and its callers (and their attributes and items).
+
+        Call it when the watcher is made, not at a step: before Python 3.13, reading a
+        function's variables keeps them until it returns, and at a step those would hold a
+        batch and its outputs.
+        """
+        for value in _reachable_from_callers(frame):
+            # by type: isinstance would ask a proxy object for its __class__, which may fail
+            if issubclass(type(value), schedulers.LRScheduler) and getattr(value, "optimizer", None) is self.optimizer \
+                    and all(s is not value for s in self.schedulers):
+                self.schedulers.append(value)
 
     def epoch_ended(self) -> None:
         """The loop finished an epoch: changes from now on take effect in the next one."""
@@ -399,6 +415,24 @@ class LearningRateWatcher:
         for index, group in enumerate(groups):
             if type(group) is _WatchedGroup:
                 groups[index] = dict(group)
+
+
+def _reachable_from_callers(frame: Any) -> Any:
+    """Every local variable of `frame` and the frames that called it, and their attributes and items."""
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            yield value
+            # in-memory containers only: the values of other mappings (shelve, h5py) may be read from disk
+            if issubclass(type(value), dict):
+                yield from list(value.values())
+            elif issubclass(type(value), (list, tuple)):
+                yield from value
+            else:
+                try:  # an object's own attributes, without running a __getattr__ of its class
+                    yield from list(object.__getattribute__(value, "__dict__").values())
+                except (AttributeError, TypeError):
+                    pass
+        frame = frame.f_back
 
 
 def rescale_schedule(scheduler: Any, group: dict, index: int, old: float | None, new: float) -> None:
